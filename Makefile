@@ -1,0 +1,65 @@
+# calsync developer entry points. `make run` and `make test` work from a clean clone.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+CALSYNC := $(BIN)/calsync
+CLUSTER ?= calsync
+export PATH := $(CURDIR)/$(BIN):$(PATH)
+
+.PHONY: help venv controlplane cluster cluster-down crds crds-check lint test test-unit test-e2e run bench clean
+
+help:
+	@echo "make run        local control plane + CRDs + demo connection + operator (Ctrl-C stops)"
+	@echo "make test       every test (unit, integration, e2e against a real API server)"
+	@echo "make lint       ruff, mypy --strict, import contracts, CRD drift"
+	@echo "make crds       regenerate crds/*.yaml from calsync/api"
+	@echo "make cluster    start the local control plane (CLUSTER=$(CLUSTER)) and print its kubeconfig"
+	@echo "make bench      benchmarks (not part of make test)"
+
+$(VENV)/.installed: pyproject.toml constraints.txt
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[dev]'
+	touch $@
+
+venv: $(VENV)/.installed
+
+controlplane: venv
+	$(CALSYNC) devcluster build
+
+cluster: controlplane
+	@$(CALSYNC) devcluster up --name $(CLUSTER)
+
+cluster-down: venv
+	$(CALSYNC) devcluster down --name $(CLUSTER)
+
+crds: venv
+	$(BIN)/python -m calsync.api.crdgen --out crds
+
+crds-check: venv
+	$(BIN)/python -m calsync.api.crdgen --out crds --check
+
+lint: venv crds-check
+	$(BIN)/ruff check calsync tests bench
+	$(BIN)/ruff format --check calsync tests bench
+	$(BIN)/mypy calsync
+	$(BIN)/lint-imports
+
+test: venv controlplane crds-check
+	$(BIN)/pytest -m "unit or integration or e2e" $(PYTEST_ARGS)
+
+test-unit: venv
+	$(BIN)/pytest -m unit $(PYTEST_ARGS)
+
+test-e2e: venv controlplane
+	$(BIN)/pytest -m e2e $(PYTEST_ARGS)
+
+run: controlplane
+	$(BIN)/python hack/run.py --cluster $(CLUSTER)
+
+bench: venv controlplane
+	$(BIN)/python -m bench
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,5 @@
+import sys
+
+from calsync.cli import main
+
+sys.exit(main())

@@ -1,0 +1,126 @@
+"""The `calsync` command: the operator and the local development cluster.
+
+Heavy imports (kopf, lightkube) happen inside the subcommands that need them, so that
+`calsync devcluster ...` and `calsync --help` start fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+from calsync import __version__
+
+
+def _devcluster(args: argparse.Namespace) -> int:
+    from calsync.devcluster import BuildError, Cluster, ClusterError, ensure_binaries
+    from calsync.devcluster.cluster import list_clusters
+
+    try:
+        if args.action == "build":
+            bins = ensure_binaries(helm=True)
+            for path in (bins.etcd, bins.kube_apiserver, bins.kube_controller_manager, bins.helm):
+                print(path)
+            return 0
+        if args.action == "list":
+            for cluster in list_clusters():
+                state = "running" if cluster.running() else "stopped"
+                print(f"{cluster.name}\t{state}\t{cluster.state_server()}\t{cluster.kubeconfig}")
+            return 0
+        cluster = Cluster(args.name)
+        if args.action == "up":
+            print(cluster.up())
+        elif args.action == "down":
+            cluster.down()
+        elif args.action == "kubeconfig":
+            if not cluster.running():
+                print(
+                    f"calsync: cluster {cluster.name!r} is not running; start it with "
+                    f"`calsync devcluster up --name {cluster.name}`",
+                    file=sys.stderr,
+                )
+                return 1
+            print(cluster.kubeconfig)
+        elif args.action == "helm":
+            print(ensure_binaries(helm=True).helm)
+    except (BuildError, ClusterError) as exc:
+        print(f"calsync: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _operator(args: argparse.Namespace) -> int:
+    from calsync.observability.logging import configure_logging
+    from calsync.operator.settings import SettingsError, load_settings
+
+    overrides = {
+        "namespaces": args.namespace or None,
+        "log_level": args.log_level,
+        "log_format": args.log_format,
+        "metrics_port": args.metrics_port,
+        "health_port": args.health_port,
+        "bind_address": args.bind_address,
+    }
+    try:
+        settings = load_settings(overrides)
+    except SettingsError as exc:
+        print(f"calsync: {exc}", file=sys.stderr)
+        return 2
+    configure_logging(settings.log_level, settings.log_format)
+
+    from calsync.operator.main import main as operator_main
+
+    return operator_main(settings)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="calsync", description="Kubernetes-native calendar sync"
+    )
+    parser.add_argument("--version", action="version", version=f"calsync {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    dev = sub.add_parser(
+        "devcluster",
+        help="a local Kubernetes control plane (etcd, kube-apiserver, kube-controller-manager)",
+        description="Build (once, cached) and run a local control plane on 127.0.0.1.",
+    )
+    dev.add_argument(
+        "action",
+        choices=["up", "down", "kubeconfig", "list", "build", "helm"],
+        help="up: start (no-op when running) and print the kubeconfig path; down: stop and "
+        "remove; kubeconfig: print the path; list: all clusters; build: build the binaries; "
+        "helm: print the cached helm binary's path",
+    )
+    dev.add_argument("--name", default="calsync", help="cluster name (default: calsync)")
+    dev.set_defaults(func=_devcluster)
+
+    op = sub.add_parser(
+        "operator",
+        help="run the controllers (Kopf)",
+        description="Run the calsync operator. Every flag also reads CALSYNC_<NAME> from the "
+        "environment; see the README's settings table for the rest.",
+    )
+    op.add_argument(
+        "--namespace",
+        action="append",
+        help="watch only this namespace (repeatable; default: the whole cluster)",
+    )
+    op.add_argument("--log-level", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    op.add_argument("--log-format", choices=["json", "text"])
+    op.add_argument("--metrics-port", type=int, help="Prometheus /metrics port (0: off)")
+    op.add_argument("--health-port", type=int, help="liveness /healthz port (0: off)")
+    op.add_argument("--bind-address", help="address for /metrics and /healthz")
+    op.set_defaults(func=_operator)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    result: int = args.func(args)
+    return result
+
+
+if __name__ == "__main__":
+    sys.exit(main())
