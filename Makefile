@@ -26,7 +26,7 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 venv: $(VENV)/.installed
 
 controlplane: venv
-	$(CALSYNC) devcluster build
+	@$(CALSYNC) devcluster build > /dev/null
 
 cluster: controlplane
 	@$(CALSYNC) devcluster up --name $(CLUSTER)

@@ -75,9 +75,7 @@ def _operator(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="calsync", description="Kubernetes-native calendar sync"
-    )
+    parser = argparse.ArgumentParser(prog="calsync", description="Kubernetes-native calendar sync")
     parser.add_argument("--version", action="version", version=f"calsync {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 

@@ -75,7 +75,9 @@ def pinned_version(component: Component, src: Path | None = None) -> str:
         ) from exc
     match = re.search(rf"^\s*(?:require\s+)?{re.escape(component.module)}\s+(v\S+)", text, re.M)
     if not match:
-        raise BuildError(f"step 'read pinned versions': {gomod} does not require {component.module}")
+        raise BuildError(
+            f"step 'read pinned versions': {gomod} does not require {component.module}"
+        )
     return match.group(1)
 
 
@@ -107,8 +109,8 @@ def _go() -> str:
     match = re.match(r"go(\d+)\.(\d+)", out.stdout.strip())
     if not match or (int(match.group(1)), int(match.group(2))) < MIN_GO:
         raise BuildError(
-            f"step 'find the Go toolchain': {go} reports {out.stdout.strip() or out.stderr.strip()!r}"
-            f"; Go >= {MIN_GO[0]}.{MIN_GO[1]} is needed"
+            f"step 'find the Go toolchain': {go} reports "
+            f"{out.stdout.strip() or out.stderr.strip()!r}; Go >= {MIN_GO[0]}.{MIN_GO[1]} is needed"
         )
     return go
 

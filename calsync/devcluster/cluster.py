@@ -22,7 +22,7 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import httpx
@@ -58,6 +58,7 @@ class State:
     pids: dict[str, int]
     kubernetes_version: str
     started_at: float
+    timings: dict[str, float] = field(default_factory=dict)  # seconds per start-up step
 
     @property
     def server(self) -> str:
@@ -176,8 +177,10 @@ class Cluster:
 
     def _start(self, bins: Binaries) -> None:
         self.dir.mkdir(parents=True, exist_ok=True)
-        os.chmod(self.dir, 0o700)
+        self.dir.chmod(0o700)
+        clock = time.monotonic()
         keys = pki.generate(self.dir / "pki")
+        pki_seconds = time.monotonic() - clock
         logs = self.dir / "logs"
         logs.mkdir()
         etcd_port, peer_port, api_port, kcm_port = _free_ports(4)
@@ -190,6 +193,7 @@ class Cluster:
             pids={},
             kubernetes_version=bins.kubernetes_version,
             started_at=time.time(),
+            timings={"pki": round(pki_seconds, 3)},
         )
         self._write_kubeconfig(state, keys)
 
@@ -278,13 +282,21 @@ class Cluster:
         tmp.replace(self._state_file)
 
     def _wait(self, what: str, state: State, check: Callable[[], bool]) -> None:
+        started = time.monotonic()
+        try:
+            self._poll(what, check)
+        finally:
+            state.timings[what] = round(time.monotonic() - started, 3)
+            self._save(state)
+
+    def _poll(self, what: str, check: Callable[[], bool]) -> None:
         deadline = time.monotonic() + _READY_TIMEOUT
         proc = self._procs[what]
         while time.monotonic() < deadline:
             if proc.poll() is not None:
                 raise ClusterError(
-                    f"step 'start {what}': the process exited with {proc.returncode}; last lines of "
-                    f"{self.dir / 'logs' / (what + '.log')}:\n{self._tail(what)}"
+                    f"step 'start {what}': the process exited with {proc.returncode}; "
+                    f"last lines of {self.dir / 'logs' / (what + '.log')}:\n{self._tail(what)}"
                 )
             if check():
                 return

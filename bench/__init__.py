@@ -1,0 +1,1 @@
+"""calsync benchmarks: each measures our code beside its reference in the same run."""

@@ -1,0 +1,339 @@
+"""The CalendarConnection kind: one user's account at one calendar provider.
+
+A connection says where the calendars live (provider, CalDAV URL or OAuth client), where the
+credentials are (Secret references), which calendars to mirror and how often to poll. Its
+status is what the operator learned: whether it could authenticate, the calendars it found,
+how many events it holds and when it last synced.
+
+The admission rules (``x-kubernetes-validations``) declared here are also enforced by the
+model itself, so a spec that the API server would reject fails the same way in Python, with
+the same message.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import ConfigDict, Field, JsonValue, field_validator, model_validator
+
+from calsync.api.conditions import ConditionList
+from calsync.api.duration import DURATION_MAX_LENGTH, DURATION_PATTERN, parse_duration
+from calsync.api.meta import (
+    NAME_MAX_LENGTH,
+    URL_MAX_LENGTH,
+    ApiModel,
+    CalendarId,
+    SecretReference,
+    SpecModel,
+    Timestamp,
+    cel_rule,
+)
+
+Provider = Literal["google", "microsoft", "caldav", "icloud"]
+PROVIDERS: tuple[Provider, ...] = ("google", "microsoft", "caldav", "icloud")
+CALDAV_PROVIDERS: tuple[Provider, ...] = ("caldav", "icloud")
+OAUTH_PROVIDERS: tuple[Provider, ...] = ("google", "microsoft")
+
+ICLOUD_CALDAV_URL = "https://caldav.icloud.com/"
+MIN_POLL_INTERVAL_SECONDS = 60.0
+
+MSG_CALDAV_URL_REQUIRED = "spec.caldav.url is required when provider is caldav"
+MSG_CALDAV_CREDENTIALS_REQUIRED = (
+    "spec.caldav.credentialsSecretRef is required when provider is caldav or icloud"
+)
+MSG_OAUTH_CLIENT_REQUIRED = (
+    "spec.oauth.clientSecretRef is required when provider is google or microsoft"
+)
+MSG_CALDAV_NOT_ALLOWED = "spec.caldav is only valid when provider is caldav or icloud"
+MSG_OAUTH_NOT_ALLOWED = "spec.oauth is only valid when provider is google or microsoft"
+MSG_INSECURE_URL = "spec.caldav.url must use https:// unless spec.caldav.allowInsecureHTTP is true"
+MSG_POLL_INTERVAL_MIN = "spec.sync.pollInterval must be at least 1m"
+
+
+class CalDAVSettings(SpecModel):
+    """Where the CalDAV server is and how to log in (providers caldav and icloud)."""
+
+    url: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=URL_MAX_LENGTH,
+        description=(
+            "Where discovery starts: the server's root (well-known lookup, RFC 6764), a "
+            "principal or a single calendar collection. Required for caldav; for icloud it "
+            f"defaults to {ICLOUD_CALDAV_URL}."
+        ),
+    )
+    allow_insecure_http: bool = Field(
+        default=False,
+        alias="allowInsecureHTTP",
+        description=(
+            "Permit a plain http:// URL. Credentials then cross the network unencrypted: "
+            "meant for local servers in demos and tests only."
+        ),
+    )
+    credentials_secret_ref: SecretReference = Field(
+        description=(
+            "Secret with the keys 'username' and 'password'. For iCloud the password is an "
+            "app-specific password, never the Apple ID password."
+        ),
+    )
+
+
+class OAuthSettings(SpecModel):
+    """The OAuth client the operator signs in with (providers google and microsoft)."""
+
+    client_secret_ref: SecretReference = Field(
+        description="Secret with the keys 'client_id' and 'client_secret' of the OAuth client.",
+    )
+    token_secret_ref: SecretReference | None = Field(
+        default=None,
+        description=(
+            "Secret holding a refresh token obtained elsewhere (key 'refresh_token'). Without "
+            "it the operator publishes a consent link in status.authorizationURL."
+        ),
+    )
+
+
+class CalendarSelection(SpecModel):
+    """Which of the account's calendars to mirror."""
+
+    include: list[CalendarId] = Field(
+        default_factory=list,
+        description="Calendar ids to mirror. Empty means every calendar the account can see.",
+    )
+    exclude: list[CalendarId] = Field(
+        default_factory=list,
+        description="Calendar ids never to mirror, even when listed in include.",
+    )
+
+
+class SyncWindow(SpecModel):
+    """The span of time around now whose events are kept in the store."""
+
+    past_days: int = Field(
+        default=365, ge=0, le=3650, description="Days before today to keep events for."
+    )
+    future_days: int = Field(
+        default=730, ge=0, le=3650, description="Days after today to keep events for."
+    )
+
+
+class SyncSettings(SpecModel):
+    """When and how much to synchronise."""
+
+    window: SyncWindow = Field(
+        default_factory=SyncWindow,
+        json_schema_extra={"default": {}},
+        description="Time range of events to mirror.",
+    )
+    poll_interval: str = Field(
+        default="15m",
+        max_length=DURATION_MAX_LENGTH,
+        pattern=DURATION_PATTERN,
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                cel_rule(
+                    f"!self.matches('{DURATION_PATTERN}') || duration(self) >= duration('1m')",
+                    MSG_POLL_INTERVAL_MIN,
+                )
+            ]
+        },
+        description=(
+            "How often to look for changes without being told, as a duration such as 90s, "
+            "15m or 1h30m; at least 1m. The only trigger for CalDAV, a safety net for push "
+            "providers."
+        ),
+    )
+    push: bool = Field(
+        default=True,
+        description=(
+            "Subscribe to change notifications where the provider offers them (Google, "
+            "Microsoft). When false, polling alone keeps the mirror current."
+        ),
+    )
+
+    @field_validator("poll_interval")
+    @classmethod
+    def _poll_interval_at_least_a_minute(cls, value: str) -> str:
+        if parse_duration(value) < MIN_POLL_INTERVAL_SECONDS:
+            raise ValueError(MSG_POLL_INTERVAL_MIN)
+        return value
+
+    @property
+    def poll_interval_seconds(self) -> float:
+        return parse_duration(self.poll_interval)
+
+
+_CONNECTION_RULES: list[JsonValue] = [
+    cel_rule(
+        "self.provider != 'caldav' || (has(self.caldav) && has(self.caldav.url))",
+        MSG_CALDAV_URL_REQUIRED,
+        field_path=".caldav.url",
+        reason="FieldValueRequired",
+    ),
+    cel_rule(
+        "!(self.provider in ['caldav', 'icloud'])"
+        " || (has(self.caldav) && has(self.caldav.credentialsSecretRef))",
+        MSG_CALDAV_CREDENTIALS_REQUIRED,
+        field_path=".caldav.credentialsSecretRef",
+        reason="FieldValueRequired",
+    ),
+    cel_rule(
+        "!(self.provider in ['google', 'microsoft'])"
+        " || (has(self.oauth) && has(self.oauth.clientSecretRef))",
+        MSG_OAUTH_CLIENT_REQUIRED,
+        field_path=".oauth.clientSecretRef",
+        reason="FieldValueRequired",
+    ),
+    cel_rule(
+        "!has(self.caldav) || self.provider in ['caldav', 'icloud']",
+        MSG_CALDAV_NOT_ALLOWED,
+        field_path=".caldav",
+        reason="FieldValueForbidden",
+    ),
+    cel_rule(
+        "!has(self.oauth) || self.provider in ['google', 'microsoft']",
+        MSG_OAUTH_NOT_ALLOWED,
+        field_path=".oauth",
+        reason="FieldValueForbidden",
+    ),
+    cel_rule(
+        "!has(self.caldav) || !has(self.caldav.url)"
+        " || self.caldav.url.startsWith('https://')"
+        " || (self.caldav.url.startsWith('http://')"
+        " && has(self.caldav.allowInsecureHTTP) && self.caldav.allowInsecureHTTP)",
+        MSG_INSECURE_URL,
+        field_path=".caldav.url",
+    ),
+]
+
+
+class CalendarConnectionSpec(SpecModel):
+    """One account at a calendar provider whose events calsync mirrors into its store."""
+
+    model_config = ConfigDict(json_schema_extra={"x-kubernetes-validations": _CONNECTION_RULES})
+
+    provider: Provider = Field(
+        description=(
+            "Calendar service: google (Google Calendar), microsoft (Microsoft 365 / Outlook via "
+            "Graph), caldav (any CalDAV server) or icloud (Apple iCloud over CalDAV)."
+        ),
+    )
+    owner: str | None = Field(
+        default=None,
+        max_length=NAME_MAX_LENGTH,
+        description="Whose calendars these are, e.g. an email address; free text for humans.",
+    )
+    caldav: CalDAVSettings | None = Field(
+        default=None,
+        description="Server and credentials; only for providers caldav and icloud.",
+    )
+    oauth: OAuthSettings | None = Field(
+        default=None,
+        description="OAuth client and optional token; only for providers google and microsoft.",
+    )
+    calendars: CalendarSelection = Field(
+        default_factory=CalendarSelection,
+        description="Which calendars of the account to mirror. By default all of them.",
+    )
+    sync: SyncSettings = Field(
+        default_factory=SyncSettings,
+        json_schema_extra={"default": {}},
+        description="Time window, polling interval and push notifications.",
+    )
+    suspend: bool = Field(
+        default=False,
+        description=(
+            "Stop syncing and polling while true. Stored events and subscriptions are kept; "
+            "setting it back to false resumes incrementally."
+        ),
+    )
+
+    @model_validator(mode="after")
+    def _admission_rules(self) -> CalendarConnectionSpec:
+        problems = []
+        caldav, oauth = self.caldav, self.oauth
+        if self.provider == "caldav" and (caldav is None or caldav.url is None):
+            problems.append(MSG_CALDAV_URL_REQUIRED)
+        if self.provider in CALDAV_PROVIDERS and caldav is None:
+            problems.append(MSG_CALDAV_CREDENTIALS_REQUIRED)
+        if self.provider in OAUTH_PROVIDERS and oauth is None:
+            problems.append(MSG_OAUTH_CLIENT_REQUIRED)
+        if caldav is not None and self.provider not in CALDAV_PROVIDERS:
+            problems.append(MSG_CALDAV_NOT_ALLOWED)
+        if oauth is not None and self.provider not in OAUTH_PROVIDERS:
+            problems.append(MSG_OAUTH_NOT_ALLOWED)
+        if caldav is not None and caldav.url is not None:
+            url = caldav.url
+            if not (
+                url.startswith("https://")
+                or (url.startswith("http://") and caldav.allow_insecure_http)
+            ):
+                problems.append(MSG_INSECURE_URL)
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
+
+    @property
+    def caldav_url(self) -> str | None:
+        """The CalDAV URL to start from, with iCloud's well-known default filled in."""
+        if self.caldav is not None and self.caldav.url is not None:
+            return self.caldav.url
+        if self.provider == "icloud":
+            return ICLOUD_CALDAV_URL
+        return None
+
+
+class CalendarStatus(ApiModel):
+    """One calendar the operator found and mirrors."""
+
+    id: CalendarId = Field(description="The provider's id of the calendar.")
+    name: str | None = Field(default=None, description="Display name at the provider.")
+    events: int | None = Field(
+        default=None, ge=0, description="Events of this calendar in the store."
+    )
+    last_sync_time: Timestamp | None = Field(
+        default=None, description="When this calendar last finished a sync."
+    )
+
+
+class CalendarConnectionStatus(ApiModel):
+    """What the operator observed about the connection."""
+
+    observed_generation: int | None = Field(
+        default=None, ge=0, description="metadata.generation this status was computed from."
+    )
+    conditions: ConditionList = Field(
+        default_factory=list,
+        description=(
+            "Ready, Authenticated, Subscribed, Synced, Throttled and Degraded, each with a "
+            "reason and message."
+        ),
+    )
+    authorization_url: str | None = Field(
+        default=None,
+        alias="authorizationURL",
+        description=(
+            "Link where the account owner grants access, present while consent is needed "
+            "(OAuth providers without a usable token)."
+        ),
+    )
+    calendars: list[CalendarStatus] = Field(
+        default_factory=list, description="Calendars found at the provider and being mirrored."
+    )
+    event_count: int | None = Field(
+        default=None, ge=0, description="Events of all calendars in the store."
+    )
+    last_sync_time: Timestamp | None = Field(
+        default=None, description="When a sync of this connection last finished successfully."
+    )
+
+
+class CalendarConnection(ApiModel):
+    """A whole CalendarConnection object as stored by the API server."""
+
+    api_version: Literal["calsync.io/v1alpha1"] = "calsync.io/v1alpha1"
+    kind: Literal["CalendarConnection"] = "CalendarConnection"
+    metadata: dict[str, Any] = Field(default_factory=dict)
+    spec: CalendarConnectionSpec
+    status: CalendarConnectionStatus | None = None

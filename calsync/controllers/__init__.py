@@ -1,0 +1,1 @@
+"""Thin Kopf handlers that translate between Kubernetes objects and the engine."""

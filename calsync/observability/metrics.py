@@ -1,0 +1,45 @@
+"""The calsync_* Prometheus metrics of the operator.
+
+Condition gauges follow kube-state-metrics' shape (one series per condition type and status, the
+current one set to 1) so that an alert can select `status="False"` directly.
+"""
+
+from __future__ import annotations
+
+from contextlib import suppress
+
+from prometheus_client import CollectorRegistry, Counter, Gauge
+
+REGISTRY = CollectorRegistry(auto_describe=True)
+
+CONNECTION_CONDITION = Gauge(
+    "calsync_connection_condition",
+    "Conditions of each CalendarConnection: 1 for the current status of each type.",
+    ["namespace", "name", "type", "status"],
+    registry=REGISTRY,
+)
+CONNECTION_TRANSITIONS = Counter(
+    "calsync_connection_condition_transitions_total",
+    "Condition transitions of CalendarConnections, by type, new status and reason.",
+    ["type", "status", "reason"],
+    registry=REGISTRY,
+)
+
+_STATUSES = ("True", "False", "Unknown")
+
+
+def record_conditions(namespace: str, name: str, conditions: list[tuple[str, str]]) -> None:
+    """Set the condition gauges of one connection from (type, status) pairs."""
+    for ctype, status in conditions:
+        for candidate in _STATUSES:
+            CONNECTION_CONDITION.labels(namespace, name, ctype, candidate).set(
+                1.0 if candidate == status else 0.0
+            )
+
+
+def forget_connection(namespace: str, name: str, types: list[str]) -> None:
+    """Drop the series of a deleted connection so dashboards do not show ghosts."""
+    for ctype in types:
+        for candidate in _STATUSES:
+            with suppress(KeyError):
+                CONNECTION_CONDITION.remove(namespace, name, ctype, candidate)

@@ -1,0 +1,1 @@
+"""The Kopf entry point: settings, startup checks and handler registration."""

@@ -1,0 +1,137 @@
+"""Operator settings: one typed model, filled from defaults, then `CALSYNC_*` variables, then flags.
+
+The defaults are the settings of the platform calsync grew from (its deployment guide), kept where
+they still mean something in a Kubernetes-native design; the README's settings table and the Helm
+chart's values list the same names and defaults. Durations accept Go-style strings ("15m", "24h").
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from calsync.api.duration import parse_duration
+
+ENV_PREFIX = "CALSYNC_"
+
+
+def _seconds(value: object) -> object:
+    if isinstance(value, str):
+        stripped = value.strip()
+        try:
+            return float(stripped)
+        except ValueError:
+            return parse_duration(stripped)
+    return value
+
+
+class Settings(BaseModel):
+    """Every operator setting, its seed default, and what it controls."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    # Scope and identity
+    namespaces: tuple[str, ...] = Field(
+        default=(), description="namespaces to watch; empty = the whole cluster"
+    )
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    log_format: Literal["json", "text"] = "json"
+    bind_address: str = Field(
+        default="0.0.0.0",  # noqa: S104 - pods serve /metrics to Prometheus
+        description="address of the /metrics and /healthz listeners",
+    )
+    metrics_port: int = Field(default=9090, ge=0, le=65535, description="0 disables /metrics")
+    health_port: int = Field(default=8081, ge=0, le=65535, description="0 disables /healthz")
+
+    # Sync queue (seed: SYNC_CONCURRENT_JOBS, SYNC_MAX_RETRIES, SYNC_TIMEOUT_MS, SYNC_BATCH_SIZE)
+    sync_concurrency: int = Field(default=10, ge=1, le=1000)
+    sync_max_retries: int = Field(default=5, ge=0, le=100)
+    sync_job_timeout: float = Field(default=600.0, gt=0)
+    sync_batch_size: int = Field(default=100, ge=1, le=10_000)
+    caldav_poll_interval: float = Field(default=900.0, ge=60.0)
+    syncjob_history: float = Field(default=30 * 86400.0, ge=0)
+
+    # Provider budgets in requests per hour (seed: GOOGLE/MICROSOFT/CALDAV_API_RATE_LIMIT)
+    google_rate_limit: int = Field(default=1000, ge=1)
+    microsoft_rate_limit: int = Field(default=10_000, ge=1)
+    caldav_rate_limit: int = Field(default=100, ge=1)
+
+    # Webhooks (seed: WEBHOOK_TIMEOUT_MS, WEBHOOK_RATE_LIMIT, WEBHOOK_RENEWAL_THRESHOLD_HOURS)
+    webhook_timeout: float = Field(default=30.0, gt=0)
+    webhook_rate_limit: int = Field(default=1000, ge=1)
+    webhook_renewal_before_expiry: float = Field(default=24 * 3600.0, ge=0)
+    webhook_log_retention: float = Field(default=7 * 86400.0, ge=0)
+
+    # Scaling (seed: queue depth 500 to scale up, queue cap 5000)
+    scale_up_queue_depth: int = Field(default=500, ge=1)
+    queue_cap: int = Field(default=5000, ge=1)
+
+    # Security and retention (seed: key rotation 90 d, audit retention 90 d)
+    key_rotation_interval: float = Field(default=90 * 86400.0, ge=0)
+    audit_retention: float = Field(default=90 * 86400.0, ge=0)
+
+    @field_validator(
+        "sync_job_timeout",
+        "caldav_poll_interval",
+        "syncjob_history",
+        "webhook_timeout",
+        "webhook_renewal_before_expiry",
+        "webhook_log_retention",
+        "key_rotation_interval",
+        "audit_retention",
+        mode="before",
+    )
+    @classmethod
+    def _durations(cls, value: object) -> object:
+        return _seconds(value)
+
+    @field_validator("namespaces", mode="before")
+    @classmethod
+    def _split_namespaces(cls, value: object) -> object:
+        if isinstance(value, str):
+            return tuple(ns.strip() for ns in value.split(",") if ns.strip())
+        return value
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _upper(cls, value: object) -> object:
+        return value.upper() if isinstance(value, str) else value
+
+
+class SettingsError(ValueError):
+    """A setting has a value we cannot use; the message names the setting and its source."""
+
+
+def env_name(field: str) -> str:
+    return ENV_PREFIX + field.upper()
+
+
+def load_settings(
+    overrides: Mapping[str, Any] | None = None, environ: Mapping[str, str] | None = None
+) -> Settings:
+    """Defaults, then `CALSYNC_<FIELD>` environment variables, then explicit overrides (flags)."""
+    env = os.environ if environ is None else environ
+    values: dict[str, Any] = {}
+    sources: dict[str, str] = {}
+    for name in Settings.model_fields:
+        if env_name(name) in env:
+            values[name] = env[env_name(name)]
+            sources[name] = f"environment variable {env_name(name)}"
+    for name, value in (overrides or {}).items():
+        if value is not None:
+            values[name] = value
+            sources[name] = "--" + name.replace("_", "-")
+    try:
+        return Settings(**values)
+    except ValidationError as exc:
+        problems = []
+        for err in exc.errors():
+            field = str(err["loc"][0]) if err["loc"] else "?"
+            source = sources.get(field, "default")
+            problems.append(f"{field} (from {source}): {err['msg']}")
+        raise SettingsError("invalid settings: " + "; ".join(problems)) from None
+    except ValueError as exc:
+        raise SettingsError(f"invalid settings: {exc}") from None

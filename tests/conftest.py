@@ -1,0 +1,105 @@
+"""Shared fixtures: a real Kubernetes API server for e2e tests, kubectl, namespaces, the operator.
+
+The e2e tests start their own local control plane (`calsync devcluster`, a unique name per test
+session, removed at the end). `CALSYNC_E2E_KUBECONFIG` points them at an existing cluster
+instead (kind, k3d, a real one); the CRDs are then applied to it and test namespaces are created
+and deleted there.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.support import ROOT, Kubectl, Process, free_port, poll
+
+
+@pytest.fixture(scope="session")
+def kubeconfig() -> Iterator[Path]:
+    existing = os.environ.get("CALSYNC_E2E_KUBECONFIG")
+    if existing:
+        yield Path(existing)
+        return
+    from calsync.devcluster import Cluster
+
+    cluster = Cluster(f"e2e-{os.getpid()}")
+    path = cluster.up(log=False)
+    try:
+        yield path
+    finally:
+        cluster.down(log=False)
+
+
+@pytest.fixture(scope="session")
+def kubectl(kubeconfig: Path) -> Kubectl:
+    return Kubectl(kubeconfig)
+
+
+@pytest.fixture(scope="session")
+def crds(kubectl: Kubectl) -> list[str]:
+    kubectl("apply", "--server-side", "--force-conflicts", "-f", str(ROOT / "crds"))
+    names = [
+        yaml.safe_load(p.read_text())["metadata"]["name"]
+        for p in sorted((ROOT / "crds").glob("*.yaml"))
+    ]
+    kubectl("wait", "--for=condition=Established", "--timeout=60s", *[f"crd/{n}" for n in names])
+    return names
+
+
+@pytest.fixture
+def namespace(kubectl: Kubectl, crds: list[str]) -> Iterator[str]:
+    name = f"t-{uuid.uuid4().hex[:10]}"
+    kubectl("create", "namespace", name)
+    yield name
+    kubectl("delete", "namespace", name, "--wait=false", check=False)
+
+
+@pytest.fixture(scope="session")
+def operator(
+    kubectl: Kubectl, crds: list[str], tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Process]:
+    import httpx
+
+    health = free_port()
+    env = {
+        **os.environ,
+        "KUBECONFIG": str(kubectl.kubeconfig),
+        "CALSYNC_METRICS_PORT": str(free_port()),
+        "CALSYNC_HEALTH_PORT": str(health),
+        "CALSYNC_BIND_ADDRESS": "127.0.0.1",
+        "CALSYNC_LOG_LEVEL": "DEBUG",
+    }
+    proc = Process(["operator"], env, tmp_path_factory.mktemp("operator") / "operator.log")
+    proc.env = env  # type: ignore[attr-defined]
+
+    def healthy() -> bool:
+        if proc.proc.poll() is not None:
+            pytest.fail(f"operator exited with {proc.proc.returncode}:\n{proc.output()[-4000:]}")
+        try:
+            return httpx.get(f"http://127.0.0.1:{health}/healthz", timeout=2).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    poll(healthy, timeout=60, what="operator /healthz")
+    yield proc
+    code = proc.stop()
+    assert code == 0, f"operator exited with {code}:\n{proc.output()[-4000:]}"
+
+
+_KINDS = ("unit", "integration", "e2e")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Every test carries exactly one of the kind markers, or `make test` would skip it."""
+    unmarked = [
+        item.nodeid for item in items if not any(item.get_closest_marker(k) for k in _KINDS)
+    ]
+    if unmarked:
+        raise pytest.UsageError(
+            "tests without a unit/integration/e2e marker: " + ", ".join(unmarked[:10])
+        )

@@ -1,0 +1,181 @@
+"""The CalendarConnection controller against a real API server and the operator as a process."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from tests.support import Kubectl, Process, poll
+
+pytestmark = pytest.mark.e2e
+
+
+def caldav_connection(name: str, secret: str) -> dict[str, Any]:
+    return {
+        "apiVersion": "calsync.io/v1alpha1",
+        "kind": "CalendarConnection",
+        "metadata": {"name": name},
+        "spec": {
+            "provider": "caldav",
+            "owner": "alice@example.com",
+            "caldav": {
+                "url": "https://dav.example.com/",
+                "credentialsSecretRef": {"name": secret},
+            },
+        },
+    }
+
+
+def secret(name: str, **data: str) -> dict[str, Any]:
+    return {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": name}, "stringData": data}
+
+
+def condition(kubectl: Kubectl, namespace: str, name: str, ctype: str) -> dict[str, Any] | None:
+    obj = kubectl.json("get", f"calconn/{name}", "-n", namespace)
+    for cond in (obj.get("status") or {}).get("conditions", []):
+        if cond["type"] == ctype:
+            return dict(cond)
+    return None
+
+
+def events(kubectl: Kubectl, namespace: str, name: str) -> list[dict[str, Any]]:
+    items = kubectl.json(
+        "get",
+        "events",
+        "-n",
+        namespace,
+        "--field-selector",
+        f"involvedObject.name={name},involvedObject.kind=CalendarConnection",
+    )["items"]
+    return list(items)
+
+
+def test_missing_secret_then_secret_appears(
+    kubectl: Kubectl, namespace: str, operator: Process
+) -> None:
+    kubectl.apply(caldav_connection("alice", "alice-dav"), namespace)
+
+    ready = poll(lambda: condition(kubectl, namespace, "alice", "Ready"), what="a Ready condition")
+    assert ready["status"] == "False"
+    assert ready["reason"] == "SecretNotFound"
+    assert "alice-dav" in ready["message"]
+    obj = kubectl.json("get", "calconn/alice", "-n", namespace)
+    assert ready["observedGeneration"] == obj["metadata"]["generation"]
+    assert obj["status"]["observedGeneration"] == obj["metadata"]["generation"]
+    assert "lastTransitionTime" in ready
+    warning = poll(
+        lambda: [e for e in events(kubectl, namespace, "alice") if e["reason"] == "SecretNotFound"],
+        what="a SecretNotFound Event",
+    )
+    assert warning[0]["type"] == "Warning"
+
+    # The Secret appears; nobody touches the connection.
+    generation = obj["metadata"]["generation"]
+    kubectl.apply(secret("alice-dav", username="alice", password="s3cret"), namespace)
+    kubectl("wait", "--for=condition=Ready", "calconn/alice", "-n", namespace, "--timeout=60s")
+    obj = kubectl.json("get", "calconn/alice", "-n", namespace)
+    assert obj["metadata"]["generation"] == generation
+    ready = condition(kubectl, namespace, "alice", "Ready")
+    assert ready is not None and ready["reason"] == "CredentialsFound"
+    poll(
+        lambda: [e for e in events(kubectl, namespace, "alice") if e["type"] == "Normal"],
+        what="a Normal Event for the Ready transition",
+    )
+    # The password never shows up in status or events.
+    assert "s3cret" not in str(obj)
+    assert "s3cret" not in str(events(kubectl, namespace, "alice"))
+
+
+def test_secret_missing_a_key_then_fixed(
+    kubectl: Kubectl, namespace: str, operator: Process
+) -> None:
+    kubectl.apply(secret("bob-dav", username="bob"), namespace)
+    kubectl.apply(caldav_connection("bob", "bob-dav"), namespace)
+    ready = poll(
+        lambda: (c := condition(kubectl, namespace, "bob", "Ready")) and c["reason"] != "" and c,
+        what="a Ready condition",
+    )
+    assert (ready["status"], ready["reason"]) == ("False", "SecretKeyMissing")
+    assert "'password'" in ready["message"]
+
+    kubectl.apply(secret("bob-dav", username="bob", password="pw"), namespace)
+    kubectl("wait", "--for=condition=Ready", "calconn/bob", "-n", namespace, "--timeout=60s")
+
+    # Breaking it again is noticed too.
+    kubectl("delete", "secret", "bob-dav", "-n", namespace)
+    poll(
+        lambda: (c := condition(kubectl, namespace, "bob", "Ready")) and c["status"] == "False",
+        what="Ready=False after the Secret is deleted",
+    )
+
+
+def test_oauth_connection_without_token_needs_consent(
+    kubectl: Kubectl, namespace: str, operator: Process
+) -> None:
+    kubectl.apply(secret("google-client", client_id="id", client_secret="shh"), namespace)
+    kubectl.apply(
+        {
+            "apiVersion": "calsync.io/v1alpha1",
+            "kind": "CalendarConnection",
+            "metadata": {"name": "carol"},
+            "spec": {"provider": "google", "oauth": {"clientSecretRef": {"name": "google-client"}}},
+        },
+        namespace,
+    )
+    auth = poll(
+        lambda: condition(kubectl, namespace, "carol", "Authenticated"),
+        what="an Authenticated condition",
+    )
+    assert (auth["status"], auth["reason"]) == ("False", "ConsentRequired")
+
+
+def test_suspended_connection_is_not_ready(
+    kubectl: Kubectl, namespace: str, operator: Process
+) -> None:
+    kubectl.apply(secret("dave-dav", username="d", password="p"), namespace)
+    conn = caldav_connection("dave", "dave-dav")
+    kubectl.apply(conn, namespace)
+    kubectl("wait", "--for=condition=Ready", "calconn/dave", "-n", namespace, "--timeout=60s")
+    conn["spec"]["suspend"] = True
+    kubectl.apply(conn, namespace)
+    poll(
+        lambda: (
+            (c := condition(kubectl, namespace, "dave", "Ready")) and c["reason"] == "Suspended"
+        ),
+        what="Ready=False reason Suspended",
+    )
+    obj = kubectl.json("get", "calconn/dave", "-n", namespace)
+    assert obj["status"]["observedGeneration"] == obj["metadata"]["generation"] == 2
+
+
+def test_delete_is_not_blocked_by_the_finalizer(
+    kubectl: Kubectl, namespace: str, operator: Process
+) -> None:
+    kubectl.apply(secret("erin-dav", username="e", password="p"), namespace)
+    kubectl.apply(caldav_connection("erin", "erin-dav"), namespace)
+    poll(
+        lambda: (
+            "calsync.io/finalizer"
+            in kubectl.json("get", "calconn/erin", "-n", namespace)["metadata"].get(
+                "finalizers", []
+            )
+        ),
+        what="our finalizer on the connection",
+    )
+    kubectl("delete", "calconn/erin", "-n", namespace, "--timeout=60s")
+    gone = kubectl("get", "calconn/erin", "-n", namespace, check=False)
+    assert gone.returncode != 0 and "NotFound" in gone.stderr
+
+
+def test_kopf_bookkeeping_uses_our_prefix(
+    kubectl: Kubectl, namespace: str, operator: Process
+) -> None:
+    kubectl.apply(secret("fay-dav", username="f", password="p"), namespace)
+    kubectl.apply(caldav_connection("fay", "fay-dav"), namespace)
+    kubectl("wait", "--for=condition=Ready", "calconn/fay", "-n", namespace, "--timeout=60s")
+    annotations = kubectl.json("get", "calconn/fay", "-n", namespace)["metadata"].get(
+        "annotations", {}
+    )
+    assert not [a for a in annotations if "kopf.zalando.org" in a]
+    assert "calsync.io/last-handled-configuration" in annotations
