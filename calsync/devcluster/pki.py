@@ -33,6 +33,7 @@ class Pki:
 
 def _write(path: Path, data: bytes) -> None:
     path.touch(mode=0o600, exist_ok=True)
+    path.chmod(0o600)  # touch() keeps the mode of a file that already existed
     path.write_bytes(data)
 
 

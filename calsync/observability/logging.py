@@ -32,11 +32,12 @@ class JsonFormatter(logging.Formatter):
         ref = getattr(record, "k8s_ref", None)
         if isinstance(ref, dict):
             line["object"] = {k: ref[k] for k in ("kind", "namespace", "name") if ref.get(k)}
-        for key, value in vars(record).items():
-            if key not in _STANDARD and key not in ("k8s_ref", "k8s_skip", "settings"):
-                line[key] = value if isinstance(value, str | int | float | bool) else str(value)
         if record.exc_info:
             line["exception"] = self.formatException(record.exc_info)
+        for key, value in vars(record).items():  # extras never overwrite the fields above
+            if key in line or key in _STANDARD or key in ("k8s_ref", "k8s_skip", "settings"):
+                continue
+            line[key] = value if isinstance(value, str | int | float | bool) else str(value)
         return json.dumps(line, ensure_ascii=False)
 
 

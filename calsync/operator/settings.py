@@ -7,6 +7,7 @@ chart's values list the same names and defaults. Durations accept Go-style strin
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Mapping
 from typing import Any, Literal
@@ -22,9 +23,12 @@ def _seconds(value: object) -> object:
     if isinstance(value, str):
         stripped = value.strip()
         try:
-            return float(stripped)
+            seconds = float(stripped)
         except ValueError:
             return parse_duration(stripped)
+        if not math.isfinite(seconds):
+            raise ValueError(f"{value!r} is not a finite number of seconds")
+        return seconds
     return value
 
 

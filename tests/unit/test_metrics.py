@@ -1,0 +1,97 @@
+"""Condition gauges in kube-state-metrics' shape: one series per type and status, the current
+status at 1, the others at 0; a deleted connection's series disappear."""
+
+from __future__ import annotations
+
+import uuid
+
+import pytest
+
+from calsync.observability.metrics import REGISTRY, forget_connection, record_conditions
+
+pytestmark = pytest.mark.unit
+
+METRIC = "calsync_connection_condition"
+STATUSES = ("True", "False", "Unknown")
+
+
+@pytest.fixture
+def conn() -> tuple[str, str]:
+    """A namespace and name no other test uses, so the shared registry does not interfere."""
+    suffix = uuid.uuid4().hex[:10]
+    return f"ns-{suffix}", f"conn-{suffix}"
+
+
+def sample(namespace: str, name: str, ctype: str, status: str) -> float | None:
+    return REGISTRY.get_sample_value(
+        METRIC, {"namespace": namespace, "name": name, "type": ctype, "status": status}
+    )
+
+
+def series(namespace: str, name: str, ctype: str) -> dict[str, float | None]:
+    return {status: sample(namespace, name, ctype, status) for status in STATUSES}
+
+
+def test_exactly_one_status_per_type_is_one(conn: tuple[str, str]) -> None:
+    ns, name = conn
+    record_conditions(ns, name, [("Ready", "True"), ("Authenticated", "Unknown")])
+    assert series(ns, name, "Ready") == {"True": 1.0, "False": 0.0, "Unknown": 0.0}
+    assert series(ns, name, "Authenticated") == {"True": 0.0, "False": 0.0, "Unknown": 1.0}
+
+
+def test_a_change_moves_the_one(conn: tuple[str, str]) -> None:
+    ns, name = conn
+    record_conditions(ns, name, [("Ready", "True")])
+    record_conditions(ns, name, [("Ready", "False")])
+    assert series(ns, name, "Ready") == {"True": 0.0, "False": 1.0, "Unknown": 0.0}
+    assert sum(v or 0.0 for v in series(ns, name, "Ready").values()) == 1.0
+
+
+def test_types_not_mentioned_keep_their_values(conn: tuple[str, str]) -> None:
+    ns, name = conn
+    record_conditions(ns, name, [("Ready", "False"), ("Synced", "True")])
+    record_conditions(ns, name, [("Ready", "True")])
+    assert series(ns, name, "Synced") == {"True": 1.0, "False": 0.0, "Unknown": 0.0}
+
+
+def test_connections_are_independent(conn: tuple[str, str]) -> None:
+    ns, name = conn
+    record_conditions(ns, name, [("Ready", "True")])
+    record_conditions(ns, name + "-other", [("Ready", "False")])
+    record_conditions(ns + "-other", name, [("Ready", "Unknown")])
+    assert series(ns, name, "Ready") == {"True": 1.0, "False": 0.0, "Unknown": 0.0}
+    assert sample(ns, name + "-other", "Ready", "False") == 1.0
+    assert sample(ns + "-other", name, "Ready", "Unknown") == 1.0
+
+
+def test_nothing_recorded_means_no_series(conn: tuple[str, str]) -> None:
+    ns, name = conn
+    assert series(ns, name, "Ready") == {"True": None, "False": None, "Unknown": None}
+
+
+def test_forget_connection_removes_every_series(conn: tuple[str, str]) -> None:
+    ns, name = conn
+    other = name + "-kept"
+    record_conditions(ns, name, [("Ready", "True"), ("Authenticated", "False")])
+    record_conditions(ns, other, [("Ready", "True")])
+    forget_connection(ns, name, ["Ready", "Authenticated"])
+    assert series(ns, name, "Ready") == {"True": None, "False": None, "Unknown": None}
+    assert series(ns, name, "Authenticated") == {"True": None, "False": None, "Unknown": None}
+    assert sample(ns, other, "Ready", "True") == 1.0  # the neighbour is untouched
+
+
+def test_forget_connection_only_removes_the_types_given(conn: tuple[str, str]) -> None:
+    ns, name = conn
+    record_conditions(ns, name, [("Ready", "True"), ("Synced", "False")])
+    forget_connection(ns, name, ["Ready"])
+    assert sample(ns, name, "Ready", "True") is None
+    assert sample(ns, name, "Synced", "False") == 1.0
+
+
+def test_forgetting_unknown_series_is_harmless(conn: tuple[str, str]) -> None:
+    ns, name = conn
+    forget_connection(ns, name, ["Ready", "Degraded"])  # never recorded
+    record_conditions(ns, name, [("Ready", "True")])
+    forget_connection(ns, name, ["Ready"])
+    forget_connection(ns, name, ["Ready"])  # twice
+    assert sample(ns, name, "Ready", "True") is None
