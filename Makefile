@@ -58,8 +58,12 @@ test-e2e: venv controlplane
 run: controlplane
 	$(BIN)/python hack/run.py --cluster $(CLUSTER)
 
-bench: venv controlplane
-	$(BIN)/python -m bench
+$(VENV)/.bench-installed: $(VENV)/.installed
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[dev,bench]'
+	touch $@
+
+bench: venv controlplane $(VENV)/.bench-installed
+	$(BIN)/python -m bench $(BENCH)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

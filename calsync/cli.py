@@ -50,9 +50,9 @@ def _devcluster(args: argparse.Namespace) -> int:
     return 0
 
 
-def _operator(args: argparse.Namespace) -> int:
+def _component(args: argparse.Namespace, *, operator: bool, worker: bool) -> int:
     from calsync.observability.logging import configure_logging
-    from calsync.operator.settings import SettingsError, load_settings
+    from calsync.settings import SettingsError, load_settings
 
     overrides = {
         "namespaces": args.namespace or None,
@@ -61,6 +61,8 @@ def _operator(args: argparse.Namespace) -> int:
         "metrics_port": args.metrics_port,
         "health_port": args.health_port,
         "bind_address": args.bind_address,
+        "store_url": args.store,
+        "allow_private_addresses": True if args.allow_private_addresses else None,
     }
     try:
         settings = load_settings(overrides)
@@ -71,7 +73,34 @@ def _operator(args: argparse.Namespace) -> int:
 
     from calsync.operator.main import main as operator_main
 
-    return operator_main(settings)
+    return operator_main(settings, operator=operator, worker=worker)
+
+
+def _events(args: argparse.Namespace) -> int:
+    from calsync.cli_events import show_events
+
+    return show_events(args)
+
+
+def _add_component_flags(cmd: argparse.ArgumentParser) -> None:
+    cmd.add_argument(
+        "--namespace",
+        action="append",
+        help="watch only this namespace (repeatable; default: the whole cluster)",
+    )
+    cmd.add_argument("--log-level", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    cmd.add_argument("--log-format", choices=["json", "text"])
+    cmd.add_argument("--metrics-port", type=int, help="Prometheus /metrics port (0: off)")
+    cmd.add_argument("--health-port", type=int, help="liveness /healthz port (0: off)")
+    cmd.add_argument("--bind-address", help="address for /metrics and /healthz")
+    cmd.add_argument(
+        "--store", help="event store URL (default: CALSYNC_STORE_URL or SQLite in XDG_STATE_HOME)"
+    )
+    cmd.add_argument(
+        "--allow-private-addresses",
+        action="store_true",
+        help="let CalDAV URLs reach loopback and private networks (local servers, tests)",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -94,23 +123,51 @@ def build_parser() -> argparse.ArgumentParser:
     dev.add_argument("--name", default="calsync", help="cluster name (default: calsync)")
     dev.set_defaults(func=_devcluster)
 
+    run = sub.add_parser(
+        "run",
+        help="operator and worker in one process (the embedded default)",
+        description="Run the controllers and the SyncJob worker in one process. Every flag also "
+        "reads CALSYNC_<NAME> from the environment; see the README's settings table.",
+    )
+    _add_component_flags(run)
+    run.set_defaults(func=lambda a: _component(a, operator=True, worker=True))
+
     op = sub.add_parser(
         "operator",
-        help="run the controllers (Kopf)",
-        description="Run the calsync operator. Every flag also reads CALSYNC_<NAME> from the "
-        "environment; see the README's settings table for the rest.",
+        help="run the controllers only (Kopf)",
+        description="Run the calsync controllers; SyncJobs are run by `calsync worker`.",
     )
-    op.add_argument(
-        "--namespace",
-        action="append",
-        help="watch only this namespace (repeatable; default: the whole cluster)",
+    _add_component_flags(op)
+    op.set_defaults(func=lambda a: _component(a, operator=True, worker=False))
+
+    wk = sub.add_parser(
+        "worker",
+        help="run the SyncJob worker only",
+        description="Claim and run SyncJobs. More than one worker needs a PostgreSQL store.",
     )
-    op.add_argument("--log-level", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
-    op.add_argument("--log-format", choices=["json", "text"])
-    op.add_argument("--metrics-port", type=int, help="Prometheus /metrics port (0: off)")
-    op.add_argument("--health-port", type=int, help="liveness /healthz port (0: off)")
-    op.add_argument("--bind-address", help="address for /metrics and /healthz")
-    op.set_defaults(func=_operator)
+    _add_component_flags(wk)
+    wk.set_defaults(func=lambda a: _component(a, operator=False, worker=True))
+
+    ev = sub.add_parser(
+        "events",
+        help="show a connection's events from the store",
+        description="Read events from the event store, recurring series expanded in the range.",
+    )
+    ev.add_argument("--connection", required=True, help="NAMESPACE/NAME of the connection")
+    ev.add_argument("--calendar", help="only this calendar id")
+    ev.add_argument(
+        "--from", dest="start", help="range start (ISO date or date-time; default: 365 days ago)"
+    )
+    ev.add_argument("--to", dest="end", help="range end (default: 730 days ahead)")
+    ev.add_argument("--format", choices=["table", "json", "ics"], default="table")
+    ev.add_argument("--limit", type=int, default=10_000, help="at most this many occurrences")
+    ev.add_argument(
+        "--include-cancelled",
+        action="store_true",
+        help="also show cancelled events and occurrences (left out by default)",
+    )
+    ev.add_argument("--store", help="event store URL (default: CALSYNC_STORE_URL or SQLite)")
+    ev.set_defaults(func=_events)
     return parser
 
 

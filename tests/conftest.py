@@ -18,6 +18,9 @@ import yaml
 
 from tests.support import ROOT, Kubectl, Process, free_port, poll
 
+# Fixtures for real servers live in their own modules (one owner each).
+pytest_plugins = ["tests.fixtures.radicale", "tests.fixtures.postgres"]
+
 
 @pytest.fixture(scope="session")
 def kubeconfig() -> Iterator[Path]:
@@ -60,9 +63,16 @@ def namespace(kubectl: Kubectl, crds: list[str]) -> Iterator[str]:
 
 
 @pytest.fixture(scope="session")
+def store_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The SQLite event store the e2e operator writes to."""
+    return tmp_path_factory.mktemp("store") / "events.db"
+
+
+@pytest.fixture(scope="session")
 def operator(
-    kubectl: Kubectl, crds: list[str], tmp_path_factory: pytest.TempPathFactory
+    kubectl: Kubectl, crds: list[str], store_path: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Process]:
+    """`calsync run` (controllers and worker) as a real process against the test cluster."""
     import httpx
 
     health = free_port()
@@ -73,9 +83,12 @@ def operator(
         "CALSYNC_HEALTH_PORT": str(health),
         "CALSYNC_BIND_ADDRESS": "127.0.0.1",
         "CALSYNC_LOG_LEVEL": "DEBUG",
+        "CALSYNC_STORE_URL": f"sqlite+aiosqlite:///{store_path}",
+        "CALSYNC_ALLOW_PRIVATE_ADDRESSES": "true",
+        "CALSYNC_SYNC_RETRY_BACKOFF": "0.2",
+        "CALSYNC_SYNC_MAX_RETRIES": "3",
     }
-    proc = Process(["operator"], env, tmp_path_factory.mktemp("operator") / "operator.log")
-    proc.env = env  # type: ignore[attr-defined]
+    proc = Process(["run"], env, tmp_path_factory.mktemp("operator") / "operator.log")
 
     def healthy() -> bool:
         if proc.proc.poll() is not None:

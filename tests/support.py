@@ -73,6 +73,7 @@ class Process:
     """A calsync component run as a real process, its output kept for failure reports."""
 
     def __init__(self, args: list[str], env: dict[str, str], log: Path) -> None:
+        self.env = env
         self.log = log
         self._fh = log.open("wb")
         self.proc = subprocess.Popen(

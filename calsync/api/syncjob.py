@@ -110,6 +110,13 @@ class SyncJobStatus(ApiModel):
     completed_at: Timestamp | None = Field(
         default=None, description="When the job reached Succeeded, Failed or Superseded."
     )
+    next_attempt_at: Timestamp | None = Field(
+        default=None,
+        description="After a failed attempt: no worker starts the job again before this time.",
+    )
+    duration_seconds: float | None = Field(
+        default=None, ge=0, description="How long the last attempt took."
+    )
     counts: SyncCounts = Field(
         default_factory=SyncCounts, description="Events fetched, upserted and deleted."
     )

@@ -8,16 +8,30 @@ lightkube with generic resources for our kinds.
 from __future__ import annotations
 
 import base64
-from collections.abc import Mapping
+import datetime as dt
+import logging
+import socket
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, cast
 
 import httpx
 from lightkube import ApiError, AsyncClient
 from lightkube.generic_resource import create_namespaced_resource
-from lightkube.resources.core_v1 import Secret
+from lightkube.models.core_v1 import EventSource, ObjectReference
+from lightkube.models.meta_v1 import ObjectMeta, OwnerReference
+from lightkube.resources.core_v1 import Event, Secret
 from lightkube.types import PatchType
 
-from calsync.api.meta import CALENDAR_CONNECTION, GROUP, SYNC_JOB, VERSION, WEBHOOK_SUBSCRIPTION
+from calsync.api.meta import (
+    API_VERSION,
+    CALENDAR_CONNECTION,
+    GROUP,
+    SYNC_JOB,
+    VERSION,
+    WEBHOOK_SUBSCRIPTION,
+)
+
+log = logging.getLogger(__name__)
 
 CalendarConnectionResource = create_namespaced_resource(
     GROUP, VERSION, CALENDAR_CONNECTION.kind, CALENDAR_CONNECTION.plural
@@ -103,3 +117,174 @@ async def patch_connection_status(
         namespace=namespace,
         patch_type=PatchType.MERGE,
     )
+
+
+class Conflict(RuntimeError):
+    """A resourceVersion-guarded write lost against a concurrent writer."""
+
+
+def _now() -> dt.datetime:
+    return dt.datetime.now(dt.UTC).replace(microsecond=0)
+
+
+async def patch_status_guarded(
+    client: AsyncClient,
+    resource: Any,
+    namespace: str,
+    name: str,
+    resource_version: str,
+    status: Mapping[str, Any],
+) -> dict[str, Any]:
+    """Merge-patch status only if the object is still at `resource_version` (else Conflict)."""
+    try:
+        obj = await client.patch(
+            resource.Status,
+            name,
+            {"metadata": {"resourceVersion": resource_version}, "status": dict(status)},
+            namespace=namespace,
+            patch_type=PatchType.MERGE,
+        )
+    except ApiError as exc:
+        if exc.status.code == 409:
+            raise Conflict(f"{namespace}/{name} changed concurrently") from exc
+        raise
+    return cast(dict[str, Any], obj.to_dict())
+
+
+async def update_connection_status(
+    client: AsyncClient,
+    namespace: str,
+    name: str,
+    mutate: Callable[[dict[str, Any]], Awaitable[dict[str, Any] | None]],
+    *,
+    attempts: int = 5,
+) -> dict[str, Any] | None:
+    """Read-modify-write a connection's status, retrying on conflicts.
+
+    `mutate` receives the current object and returns the new status (or None: nothing to
+    write). Returns the object as written, or None when the connection is gone.
+    """
+    for _ in range(attempts):
+        body = await get_connection(client, namespace, name)
+        if body is None:
+            return None
+        status = await mutate(body)
+        if status is None:
+            return body
+        try:
+            return await patch_status_guarded(
+                client,
+                CalendarConnectionResource,
+                namespace,
+                name,
+                body["metadata"]["resourceVersion"],
+                status,
+            )
+        except Conflict:
+            continue
+    raise Conflict(f"could not update the status of {namespace}/{name}: too many conflicts")
+
+
+async def post_event(
+    client: AsyncClient,
+    body: Mapping[str, Any],
+    *,
+    type: str,
+    reason: str,
+    message: str,
+    component: str = "calsync",
+) -> None:
+    """Post a core/v1 Event about an object; failures are logged, never raised."""
+    meta = body.get("metadata", {})
+    now = _now()
+    event = Event(
+        metadata=ObjectMeta(
+            generateName=f"{meta.get('name', 'calsync')}.", namespace=meta.get("namespace")
+        ),
+        involvedObject=ObjectReference(
+            apiVersion=body.get("apiVersion"),
+            kind=body.get("kind"),
+            name=meta.get("name"),
+            namespace=meta.get("namespace"),
+            uid=meta.get("uid"),
+            resourceVersion=meta.get("resourceVersion"),
+        ),
+        type=type,
+        reason=reason,
+        message=message[:1024],
+        source=EventSource(component=component),
+        reportingComponent=component,
+        reportingInstance=socket.gethostname(),
+        firstTimestamp=now,
+        lastTimestamp=now,
+        count=1,
+    )
+    try:
+        await client.create(event)
+    except (ApiError, httpx.HTTPError) as exc:
+        log.warning("could not post Event %s on %s: %s", reason, meta.get("name"), exc)
+
+
+async def list_syncjobs(
+    client: AsyncClient, namespace: str = "*", *, connection: str | None = None
+) -> list[dict[str, Any]]:
+    fields: dict[str, Any] | None = {"spec.connection": connection} if connection else None
+    return [
+        cast(dict[str, Any], obj.to_dict())  # type: ignore[no-untyped-call]
+        async for obj in client.list(SyncJobResource, namespace=namespace, fields=fields)
+    ]
+
+
+async def create_syncjob(
+    client: AsyncClient,
+    connection: Mapping[str, Any],
+    *,
+    mode: str,
+    reason: str,
+    calendar_id: str = "",
+) -> dict[str, Any]:
+    """Create a SyncJob owned by `connection` (so it goes when the connection goes)."""
+    meta = connection["metadata"]
+    job = SyncJobResource(
+        metadata=ObjectMeta(
+            generateName=f"{meta['name'][:40]}-{reason}-",
+            namespace=meta["namespace"],
+            labels={"calsync.io/connection": meta["name"][:63]},
+            ownerReferences=[
+                OwnerReference(
+                    apiVersion=API_VERSION,
+                    kind=CALENDAR_CONNECTION.kind,
+                    name=meta["name"],
+                    uid=meta["uid"],
+                    controller=True,
+                    blockOwnerDeletion=False,
+                )
+            ],
+        ),
+        spec={
+            "connection": meta["name"],
+            "calendarId": calendar_id,
+            "mode": mode,
+            "reason": reason,
+        },
+    )
+    created = await client.create(job)
+    return cast(dict[str, Any], created.to_dict())  # type: ignore[no-untyped-call]
+
+
+async def get_syncjob(client: AsyncClient, namespace: str, name: str) -> dict[str, Any] | None:
+    try:
+        obj = await client.get(SyncJobResource, name=name, namespace=namespace)
+    except ApiError as exc:
+        if exc.status.code == 404:
+            return None
+        raise
+    return cast(dict[str, Any], obj.to_dict())  # type: ignore[no-untyped-call]
+
+
+async def delete_syncjob(client: AsyncClient, namespace: str, name: str) -> None:
+    try:
+        await client.delete(SyncJobResource, name, namespace=namespace)
+    except ApiError as exc:
+        if exc.status.code != 404:
+            raise

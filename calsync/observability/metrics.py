@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from contextlib import suppress
 
-from prometheus_client import CollectorRegistry, Counter, Gauge
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 REGISTRY = CollectorRegistry(auto_describe=True)
 
@@ -22,6 +22,33 @@ CONNECTION_TRANSITIONS = Counter(
     "calsync_connection_condition_transitions_total",
     "Condition transitions of CalendarConnections, by type, new status and reason.",
     ["type", "status", "reason"],
+    registry=REGISTRY,
+)
+
+SYNCJOBS_PENDING = Gauge(
+    "calsync_syncjobs_pending",
+    "SyncJobs waiting for a worker (as seen by this worker's last sweep); scale workers on it.",
+    registry=REGISTRY,
+)
+SYNCJOBS_RUNNING = Gauge(
+    "calsync_syncjobs_running", "SyncJobs this worker is running now.", registry=REGISTRY
+)
+SYNCJOBS_FINISHED = Counter(
+    "calsync_syncjobs_finished_total",
+    "SyncJobs this worker finished, by final phase.",
+    ["phase"],
+    registry=REGISTRY,
+)
+SYNC_DURATION = Histogram(
+    "calsync_sync_duration_seconds",
+    "Duration of successful SyncJob attempts.",
+    buckets=(0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600),
+    registry=REGISTRY,
+)
+EVENTS_SYNCED = Counter(
+    "calsync_events_synced_total",
+    "Events read from providers (fetched) and written to or removed from the store.",
+    ["operation"],
     registry=REGISTRY,
 )
 

@@ -11,6 +11,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import signal
+import socket
 import threading
 
 import httpx
@@ -21,7 +24,10 @@ from prometheus_client import start_http_server
 
 from calsync.controllers import connection as connection_controller
 from calsync.controllers import kube
-from calsync.operator.settings import Settings
+from calsync.controllers.syncjob import Worker
+from calsync.observability.metrics import REGISTRY
+from calsync.settings import Settings
+from calsync.store import EventStore, default_store_url
 
 log = logging.getLogger(__name__)
 
@@ -64,7 +70,14 @@ def _client() -> AsyncClient:
     return AsyncClient(config=config, field_manager="calsync-operator")
 
 
-async def run(settings: Settings, *, stop_flag: threading.Event | None = None) -> None:
+async def run(
+    settings: Settings,
+    *,
+    operator: bool = True,
+    worker: bool = False,
+    stop_flag: threading.Event | None = None,
+) -> None:
+    """Run the Kopf controllers, the SyncJob worker, or both in one process."""
     client = _client()
     try:
         await kube.check_crds(client)
@@ -75,39 +88,79 @@ async def run(settings: Settings, *, stop_flag: threading.Event | None = None) -
         await client.close()
         raise StartupError(f"cannot reach the Kubernetes API server: {exc}") from exc
 
+    try:
+        store = await EventStore.open(settings.store_url or default_store_url())
+    except Exception as exc:
+        await client.close()
+        raise StartupError(f"cannot open the event store: {exc}") from exc
+    if settings.metrics_port:
+        start_http_server(settings.metrics_port, addr=settings.bind_address, registry=REGISTRY)
+    log.info(
+        "calsync starting",
+        extra={
+            "components": ",".join(
+                c for c, on in (("operator", operator), ("worker", worker)) if on
+            ),
+            "namespaces": ",".join(settings.namespaces) or "*",
+        },
+    )
+    tasks: list[asyncio.Task[None]] = []
+    try:
+        if worker:
+            identity = settings.worker_identity or f"{socket.gethostname()}-{os.getpid()}"
+            runner = Worker(
+                client, store, settings, identity=identity, namespaces=settings.namespaces
+            )
+            tasks.append(asyncio.create_task(runner.run(), name="worker"))
+        if operator:
+            await _run_kopf(settings, client, store, stop_flag)
+        else:
+            await _wait_for_signal()
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        await store.close()
+        await client.close()
+
+
+async def _run_kopf(
+    settings: Settings, client: AsyncClient, store: EventStore, stop_flag: threading.Event | None
+) -> None:
     kopf_settings = kopf.OperatorSettings()
     configure_kopf(kopf_settings)
-    if settings.metrics_port:
-        from calsync.observability.metrics import REGISTRY
-
-        start_http_server(settings.metrics_port, addr=settings.bind_address, registry=REGISTRY)
-    memo = kopf.Memo(connections=connection_controller.ConnectionContext(client=client))
+    memo = kopf.Memo(
+        connections=connection_controller.ConnectionContext(
+            client=client, store=store, default_poll_interval=settings.caldav_poll_interval
+        )
+    )
     liveness = (
         f"http://{settings.bind_address}:{settings.health_port}/healthz"
         if settings.health_port
         else None
     )
-    log.info(
-        "calsync operator starting",
-        extra={"namespaces": ",".join(settings.namespaces) or "*"},
+    await kopf.operator(
+        settings=kopf_settings,
+        memo=memo,
+        standalone=True,
+        clusterwide=not settings.namespaces,
+        namespaces=settings.namespaces,
+        liveness_endpoint=liveness,
+        stop_flag=stop_flag,
     )
-    try:
-        await kopf.operator(
-            settings=kopf_settings,
-            memo=memo,
-            standalone=True,
-            clusterwide=not settings.namespaces,
-            namespaces=settings.namespaces,
-            liveness_endpoint=liveness,
-            stop_flag=stop_flag,
-        )
-    finally:
-        await client.close()
 
 
-def main(settings: Settings) -> int:
+async def _wait_for_signal() -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+
+
+def main(settings: Settings, *, operator: bool = True, worker: bool = False) -> int:
     try:
-        asyncio.run(run(settings))
+        asyncio.run(run(settings, operator=operator, worker=worker))
     except StartupError as exc:
         log.error("cannot start: %s", exc)
         return 2

@@ -11,7 +11,9 @@ from tests.support import Kubectl, Process, poll
 pytestmark = pytest.mark.e2e
 
 
-def caldav_connection(name: str, secret: str) -> dict[str, Any]:
+def caldav_connection(
+    name: str, secret: str, url: str = "https://dav.example.com/"
+) -> dict[str, Any]:
     return {
         "apiVersion": "calsync.io/v1alpha1",
         "kind": "CalendarConnection",
@@ -20,7 +22,8 @@ def caldav_connection(name: str, secret: str) -> dict[str, Any]:
             "provider": "caldav",
             "owner": "alice@example.com",
             "caldav": {
-                "url": "https://dav.example.com/",
+                "url": url,
+                "allowInsecureHTTP": url.startswith("http://"),
                 "credentialsSecretRef": {"name": secret},
             },
         },
@@ -52,9 +55,9 @@ def events(kubectl: Kubectl, namespace: str, name: str) -> list[dict[str, Any]]:
 
 
 def test_missing_secret_then_secret_appears(
-    kubectl: Kubectl, namespace: str, operator: Process
+    kubectl: Kubectl, namespace: str, operator: Process, caldav_calendar: Any
 ) -> None:
-    kubectl.apply(caldav_connection("alice", "alice-dav"), namespace)
+    kubectl.apply(caldav_connection("alice", "alice-dav", caldav_calendar.url), namespace)
 
     ready = poll(lambda: condition(kubectl, namespace, "alice", "Ready"), what="a Ready condition")
     assert ready["status"] == "False"
@@ -72,26 +75,29 @@ def test_missing_secret_then_secret_appears(
 
     # The Secret appears; nobody touches the connection.
     generation = obj["metadata"]["generation"]
-    kubectl.apply(secret("alice-dav", username="alice", password="s3cret"), namespace)
+    kubectl.apply(
+        secret("alice-dav", username=caldav_calendar.user, password=caldav_calendar.password),
+        namespace,
+    )
     kubectl("wait", "--for=condition=Ready", "calconn/alice", "-n", namespace, "--timeout=60s")
     obj = kubectl.json("get", "calconn/alice", "-n", namespace)
     assert obj["metadata"]["generation"] == generation
     ready = condition(kubectl, namespace, "alice", "Ready")
-    assert ready is not None and ready["reason"] == "CredentialsFound"
+    assert ready is not None and ready["reason"] == "Synced"
     poll(
         lambda: [e for e in events(kubectl, namespace, "alice") if e["type"] == "Normal"],
         what="a Normal Event for the Ready transition",
     )
     # The password never shows up in status or events.
-    assert "s3cret" not in str(obj)
-    assert "s3cret" not in str(events(kubectl, namespace, "alice"))
+    assert caldav_calendar.password not in str(obj)
+    assert caldav_calendar.password not in str(events(kubectl, namespace, "alice"))
 
 
 def test_secret_missing_a_key_then_fixed(
-    kubectl: Kubectl, namespace: str, operator: Process
+    kubectl: Kubectl, namespace: str, operator: Process, caldav_calendar: Any
 ) -> None:
-    kubectl.apply(secret("bob-dav", username="bob"), namespace)
-    kubectl.apply(caldav_connection("bob", "bob-dav"), namespace)
+    kubectl.apply(secret("bob-dav", username=caldav_calendar.user), namespace)
+    kubectl.apply(caldav_connection("bob", "bob-dav", caldav_calendar.url), namespace)
     ready = poll(
         lambda: (c := condition(kubectl, namespace, "bob", "Ready")) and c["reason"] != "" and c,
         what="a Ready condition",
@@ -99,7 +105,10 @@ def test_secret_missing_a_key_then_fixed(
     assert (ready["status"], ready["reason"]) == ("False", "SecretKeyMissing")
     assert "'password'" in ready["message"]
 
-    kubectl.apply(secret("bob-dav", username="bob", password="pw"), namespace)
+    kubectl.apply(
+        secret("bob-dav", username=caldav_calendar.user, password=caldav_calendar.password),
+        namespace,
+    )
     kubectl("wait", "--for=condition=Ready", "calconn/bob", "-n", namespace, "--timeout=60s")
 
     # Breaking it again is noticed too.
@@ -131,10 +140,13 @@ def test_oauth_connection_without_token_needs_consent(
 
 
 def test_suspended_connection_is_not_ready(
-    kubectl: Kubectl, namespace: str, operator: Process
+    kubectl: Kubectl, namespace: str, operator: Process, caldav_calendar: Any
 ) -> None:
-    kubectl.apply(secret("dave-dav", username="d", password="p"), namespace)
-    conn = caldav_connection("dave", "dave-dav")
+    kubectl.apply(
+        secret("dave-dav", username=caldav_calendar.user, password=caldav_calendar.password),
+        namespace,
+    )
+    conn = caldav_connection("dave", "dave-dav", caldav_calendar.url)
     kubectl.apply(conn, namespace)
     kubectl("wait", "--for=condition=Ready", "calconn/dave", "-n", namespace, "--timeout=60s")
     conn["spec"]["suspend"] = True
@@ -173,7 +185,10 @@ def test_kopf_bookkeeping_uses_our_prefix(
 ) -> None:
     kubectl.apply(secret("fay-dav", username="f", password="p"), namespace)
     kubectl.apply(caldav_connection("fay", "fay-dav"), namespace)
-    kubectl("wait", "--for=condition=Ready", "calconn/fay", "-n", namespace, "--timeout=60s")
+    poll(
+        lambda: condition(kubectl, namespace, "fay", "Authenticated"),
+        what="an Authenticated condition",
+    )
     annotations = kubectl.json("get", "calconn/fay", "-n", namespace)["metadata"].get(
         "annotations", {}
     )

@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from calsync.operator.settings import Settings, SettingsError, env_name, load_settings
+from calsync.settings import Settings, SettingsError, env_name, load_settings
 
 pytestmark = pytest.mark.unit
 

@@ -50,6 +50,22 @@ class Settings(BaseModel):
     metrics_port: int = Field(default=9090, ge=0, le=65535, description="0 disables /metrics")
     health_port: int = Field(default=8081, ge=0, le=65535, description="0 disables /healthz")
 
+    # Store and workers
+    store_url: str | None = Field(
+        default=None,
+        description="event store URL; default: SQLite under $XDG_STATE_HOME/calsync/events.db",
+    )
+    allow_private_addresses: bool = Field(
+        default=False,
+        description="let CalDAV URLs and their redirects reach loopback/private addresses",
+    )
+    worker_identity: str | None = Field(default=None, description="default: hostname-pid")
+    sync_lease: float = Field(default=60.0, ge=5.0, description="SyncJob claim lease")
+    sync_retry_backoff: float = Field(
+        default=5.0, gt=0, description="first retry delay; doubles per attempt, capped at 5 min"
+    )
+    provider_timeout: float = Field(default=30.0, gt=0, description="one provider request")
+
     # Sync queue (seed: SYNC_CONCURRENT_JOBS, SYNC_MAX_RETRIES, SYNC_TIMEOUT_MS, SYNC_BATCH_SIZE)
     sync_concurrency: int = Field(default=10, ge=1, le=1000)
     sync_max_retries: int = Field(default=5, ge=0, le=100)
@@ -79,6 +95,9 @@ class Settings(BaseModel):
 
     @field_validator(
         "sync_job_timeout",
+        "sync_lease",
+        "sync_retry_backoff",
+        "provider_timeout",
         "caldav_poll_interval",
         "syncjob_history",
         "webhook_timeout",

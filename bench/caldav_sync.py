@@ -1,0 +1,585 @@
+"""CalDAV sync against a real Radicale calendar of 10,000 events, beside vdirsyncer and the server.
+
+One run measures three cases on the same calendar: the initial sync into an empty store, an
+incremental sync after one event changed on the server, and a sync with nothing changed. Each
+case runs three ways, interleaved round by round (the order rotates) so machine noise hits all
+of them alike, three rounds each, medians reported:
+
+- ours: `SyncEngine.sync_connection` with a `CalDAVProvider` on the collection URL into a SQLite
+  store, in a child process of its own, timed inside the child around the sync call only (the
+  child's wall time including interpreter start-up and imports is reported beside it). Its peak
+  RSS is the child's own (VmHWM; see `bench._util.peak_rss_bytes`), not Radicale's nor ours.
+- vdirsyncer: `vdirsyncer -c CONFIG sync` of the same collection to a filesystem vdir, wall clock
+  of the CLI process (`discover` runs beforehand, untimed).
+- bare REPORT: one sync-collection REPORT (getetag + calendar-data) with a plain httpx client,
+  empty token for the initial case and the previous token otherwise, reading the whole body:
+  the server's own cost, the floor for any CalDAV client using sync-collection.
+
+The initial case starts each round from nothing (fresh store, fresh vdir and vdirsyncer status,
+empty token); the last round's state carries on into the incremental rounds (each preceded by a
+PUT of one modified event) and then into the no-change rounds.
+
+`python -m bench caldav_sync` runs it. `python -m bench.caldav_sync --profile DIR` additionally
+runs our side under pyinstrument (install it ad hoc) and writes one text profile per sync to DIR;
+the timings of such a run are inflated by the profiler.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import datetime as dt
+import json
+import os
+import platform
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import xml.etree.ElementTree as ET
+from dataclasses import dataclass, field
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from bench._util import MiB, median, peak_rss_bytes, rotate, ru_maxrss_bytes, verdict
+
+COUNT = 10_000
+SEED = 1
+ROUNDS = 3
+BATCH_SIZE = 500
+USER = "bench"
+PASSWORD = "bench-password"  # noqa: S105  # a throwaway local Radicale user
+SLUG = "work"
+CONNECTION = "bench"
+PAST_DAYS, FUTURE_DAYS = 365, 730
+CASES = ("initial", "incremental", "no-change")
+TOOLS = ("ours", "vdirsyncer", "report")
+INSTALL_HINT = "pip install -e '.[bench]'"
+
+# Targets: ours over vdirsyncer, and ours over the bare REPORT (None: no target).
+TARGETS: dict[str, tuple[float, float | None]] = {
+    "initial": (0.5, None),
+    "incremental": (0.25, 1.5),
+    "no-change": (0.25, 1.5),
+}
+
+# Radicale refuses a REPORT whose answer holds more than 10,000 VEVENTs (an anti-DoS cap); this
+# calendar holds about 12,600, so the bare single-REPORT reference needs the cap lifted. Our
+# provider and vdirsyncer fetch the data in batches and work either way.
+RADICALE_SETTINGS = {"reporting": {"max_expand_occurrence": "0"}}
+
+ROOT = Path(__file__).resolve().parents[1]
+DAV = "{DAV:}"
+CALDAV = "{urn:ietf:params:xml:ns:caldav}"
+
+
+# -- our side, in a child process ---------------------------------------------------------------
+
+
+async def _child_sync(
+    store_url: str, collection_url: str, batch_size: int, profile: str | None
+) -> dict[str, Any]:
+    from calsync.model import Window
+    from calsync.providers.caldav import CalDAVProvider
+    from calsync.store import EventStore
+    from calsync.sync.engine import SyncEngine
+
+    store = await EventStore.open(store_url)
+    provider = CalDAVProvider(
+        collection_url, USER, PASSWORD, allow_insecure_http=True, allow_private_addresses=True
+    )
+    try:
+        engine = SyncEngine(store, batch_size=batch_size)
+        window = Window.around(dt.datetime.now(dt.UTC), PAST_DAYS, FUTURE_DAYS)
+        profiler: Any = None
+        profile_text = ""
+        if profile:
+            from pyinstrument import Profiler
+
+            profiler = Profiler(async_mode="enabled")
+            profiler.start()
+        started = time.perf_counter()
+        result = await engine.sync_connection(CONNECTION, provider, window=window)
+        seconds = time.perf_counter() - started
+        if profiler is not None:
+            profiler.stop()
+            profile_text = profiler.output_text(unicode=True, show_all=False)
+        peak = peak_rss_bytes()
+        resources = 0
+        for calendar in result.calendars:
+            resources += len(await store.known_etags(CONNECTION, calendar.calendar_id))
+        return {
+            "seconds": seconds,
+            "peak_rss": peak,
+            "ru_maxrss": ru_maxrss_bytes(),
+            "calendars": len(result.calendars),
+            "fetched": result.fetched,
+            "upserted": result.upserted,
+            "deleted": result.deleted,
+            "dropped": sum(c.dropped for c in result.calendars),
+            "pages": sum(c.pages for c in result.calendars),
+            "full": any(c.full for c in result.calendars),
+            "resources": resources,
+            "events": await store.count_events(CONNECTION),
+            "skipped": [list(s) for s in result.skipped],
+            "profile_text": profile_text,
+        }
+    finally:
+        await provider.aclose()
+        await store.close()
+
+
+def _child_main(args: argparse.Namespace) -> int:
+    outcome = asyncio.run(_child_sync(args.store, args.url, args.batch_size, args.profile))
+    profile_text = outcome.pop("profile_text")
+    if args.profile:
+        Path(args.profile).write_text(profile_text)
+    print(json.dumps(outcome), flush=True)
+    return 0
+
+
+@dataclass
+class ChildRun:
+    seconds: float  # around sync_connection, inside the child
+    wall: float  # the child process, start-up and imports included
+    peak_rss: int
+    data: dict[str, Any]
+
+
+def run_ours(
+    store: Path, collection_url: str, batch_size: int, profile: Path | None = None
+) -> ChildRun:
+    command = [
+        sys.executable,
+        "-m",
+        "bench.caldav_sync",
+        "--child",
+        "--store",
+        f"sqlite+aiosqlite:///{store}",
+        "--url",
+        collection_url,
+        "--batch-size",
+        str(batch_size),
+    ]
+    if profile is not None:
+        command += ["--profile", str(profile)]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), _pythonpath()]))}
+    started = time.perf_counter()
+    done = subprocess.run(
+        command, cwd=ROOT, env=env, capture_output=True, text=True, stdin=subprocess.DEVNULL
+    )
+    wall = time.perf_counter() - started
+    if done.returncode != 0:
+        raise RuntimeError(f"our sync failed (exit {done.returncode}):\n{done.stderr[-4000:]}")
+    data = json.loads(done.stdout.strip().splitlines()[-1])
+    return ChildRun(float(data["seconds"]), wall, int(data["peak_rss"]), data)
+
+
+def _pythonpath() -> str:
+    return os.environ.get("PYTHONPATH", "")
+
+
+# -- vdirsyncer -----------------------------------------------------------------------------------
+
+
+def find_vdirsyncer() -> Path:
+    here = Path(sys.executable).parent / "vdirsyncer"
+    found = here if here.exists() else shutil.which("vdirsyncer")
+    if not found:
+        raise SystemExit(f"vdirsyncer is not installed (needed as the reference): {INSTALL_HINT}")
+    return Path(found)
+
+
+class Vdirsyncer:
+    """One vdirsyncer setup (config, status dir, vdir) syncing the collection to a folder."""
+
+    def __init__(self, binary: Path, folder: Path, collection_url: str) -> None:
+        self.binary = binary
+        self.folder = folder
+        self.vdir = folder / "vdir"
+        self.status = folder / "status"
+        self.config = folder / "config"
+        self.vdir.mkdir(parents=True)
+        self.status.mkdir()
+        self.config.write_text(
+            "[general]\n"
+            f"status_path = {json.dumps(str(self.status) + '/')}\n\n"
+            "[pair bench]\n"
+            'a = "bench_remote"\n'
+            'b = "bench_local"\n'
+            "collections = null\n"
+            'conflict_resolution = "a wins"\n\n'
+            "[storage bench_remote]\n"
+            'type = "caldav"\n'
+            f"url = {json.dumps(collection_url)}\n"
+            f"username = {json.dumps(USER)}\n"
+            f"password = {json.dumps(PASSWORD)}\n\n"
+            "[storage bench_local]\n"
+            'type = "filesystem"\n'
+            f"path = {json.dumps(str(self.vdir) + '/')}\n"
+            'fileext = ".ics"\n'
+        )
+
+    def _run(self, command: str) -> float:
+        started = time.perf_counter()
+        done = subprocess.run(
+            [str(self.binary), "-c", str(self.config), command],
+            cwd=self.folder,
+            capture_output=True,
+            text=True,
+            stdin=subprocess.DEVNULL,
+        )
+        seconds = time.perf_counter() - started
+        if done.returncode != 0:
+            raise RuntimeError(
+                f"vdirsyncer {command} failed (exit {done.returncode}):\n"
+                f"{done.stdout[-2000:]}\n{done.stderr[-4000:]}"
+            )
+        return seconds
+
+    def discover(self) -> None:
+        self._run("discover")
+
+    def sync(self) -> float:
+        return self._run("sync")
+
+    def files(self) -> list[Path]:
+        return sorted(self.vdir.glob("*.ics"))
+
+
+# -- the bare REPORT ------------------------------------------------------------------------------
+
+
+def _report_body(token: str) -> bytes:
+    token_element = f"<D:sync-token>{token}</D:sync-token>" if token else "<D:sync-token/>"
+    return (
+        '<?xml version="1.0" encoding="utf-8"?>\n'
+        '<D:sync-collection xmlns:D="DAV:" xmlns:C="urn:ietf:params:xml:ns:caldav">'
+        f"{token_element}<D:sync-level>1</D:sync-level>"
+        "<D:prop><D:getetag/><C:calendar-data/></D:prop>"
+        "</D:sync-collection>"
+    ).encode()
+
+
+@dataclass
+class Report:
+    seconds: float
+    body: bytes
+
+    @property
+    def tree(self) -> ET.Element:
+        return ET.fromstring(self.body)  # noqa: S314  # our own local server's answer
+
+    @property
+    def token(self) -> str:
+        element = self.tree.find(f"{DAV}sync-token")
+        if element is None or not element.text:
+            raise RuntimeError("sync-collection REPORT answered without a sync-token")
+        return element.text
+
+    def contents(self) -> dict[str, str]:
+        """href -> calendar-data of every resource the answer carries."""
+        found: dict[str, str] = {}
+        for response in self.tree.iter(f"{DAV}response"):
+            href = response.findtext(f"{DAV}href") or ""
+            data = response.find(f".//{CALDAV}calendar-data")
+            if data is not None and data.text:
+                found[href] = data.text
+        return found
+
+
+def bare_report(collection_url: str, token: str) -> Report:
+    import httpx
+
+    with httpx.Client(auth=(USER, PASSWORD), timeout=300.0) as client:
+        body = _report_body(token)
+        headers = {"Depth": "0", "Content-Type": "application/xml; charset=utf-8"}
+        started = time.perf_counter()
+        response = client.request("REPORT", collection_url, content=body, headers=headers)
+        data = response.content
+        seconds = time.perf_counter() - started
+    if response.status_code != 207:
+        raise RuntimeError(f"REPORT: {response.status_code} {response.text[:500]}")
+    return Report(seconds, data)
+
+
+# -- the run --------------------------------------------------------------------------------------
+
+
+@dataclass
+class Case:
+    ours: list[float] = field(default_factory=list)
+    ours_wall: list[float] = field(default_factory=list)
+    ours_rss: list[int] = field(default_factory=list)
+    vdirsyncer: list[float] = field(default_factory=list)
+    report: list[float] = field(default_factory=list)
+
+
+def _changed(ics: str, n: int) -> str:
+    text, count = re.subn(
+        r"SUMMARY:[^\r\n]*\r\n(?:[ \t][^\r\n]*\r\n)*",
+        f"SUMMARY:Changed by the benchmark ({n})\r\n",
+        ics,
+        count=1,
+    )
+    if count != 1:
+        raise RuntimeError("generated event without SUMMARY")
+    return text
+
+
+def _fail(message: str) -> None:
+    raise RuntimeError(f"caldav_sync benchmark: {message}")
+
+
+class Bench:
+    def __init__(self, root: Path, batch_size: int, profile: Path | None) -> None:
+        self.root = root
+        self.batch_size = batch_size
+        self.profile = profile
+        self.binary = find_vdirsyncer()
+        self.cases = {name: Case() for name in CASES}
+        self.url = ""
+        self.objects: dict[str, str] = {}
+        self.server_resources = 0
+        self.server_vevents = 0
+        self.stored: dict[str, Any] = {}
+        self.store = root / "store-none.db"
+        self.vdir: Vdirsyncer | None = None
+        self.token = ""
+        self.warmup = 0.0
+
+    def _profile_path(self, case: str, round_: int) -> Path | None:
+        if self.profile is None:
+            return None
+        return self.profile / f"ours-{case}-{round_}.txt"
+
+    def _ours(self, case: str, round_: int, store: Path) -> ChildRun:
+        outcome = run_ours(store, self.url, self.batch_size, self._profile_path(case, round_))
+        measured = self.cases[case]
+        measured.ours.append(outcome.seconds)
+        measured.ours_wall.append(outcome.wall)
+        measured.ours_rss.append(outcome.peak_rss)
+        return outcome
+
+    def _report(self, case: str, token: str) -> Report:
+        answer = bare_report(self.url, token)
+        self.cases[case].report.append(answer.seconds)
+        return answer
+
+    def seed_and_start(self, server: Any) -> None:
+        from calsync.testing.icalgen import generate_events
+
+        today = dt.datetime.now(dt.UTC).replace(hour=0, minute=0, second=0, microsecond=0)
+        self.objects = generate_events(COUNT, seed=SEED, start=today)
+        server.add_user(USER, PASSWORD)
+        server.seed_collection_files(USER, SLUG, self.objects, name="Work")
+        server.start()
+        self.url = server.collection_url(USER, SLUG)  # the port is known once started
+        # Radicale builds its item cache on the first request: pay that before measuring.
+        started = time.perf_counter()
+        answer = bare_report(self.url, "")
+        self.warmup = time.perf_counter() - started
+        contents = answer.contents()
+        self.server_resources = len(contents)
+        self.server_vevents = sum(text.count("BEGIN:VEVENT") for text in contents.values())
+        if self.server_resources != COUNT:
+            _fail(f"the server holds {self.server_resources} resources, {COUNT} were seeded")
+
+    def initial(self) -> None:
+        for round_ in range(ROUNDS):
+            store = self.root / f"store-initial-{round_}.db"
+            vdir = Vdirsyncer(self.binary, self.root / f"vdirsyncer-initial-{round_}", self.url)
+            vdir.discover()
+            for tool in rotate(TOOLS, round_):
+                if tool == "ours":
+                    outcome = self._ours("initial", round_, store)
+                    self._check_initial(outcome.data)
+                elif tool == "vdirsyncer":
+                    self.cases["initial"].vdirsyncer.append(vdir.sync())
+                    if len(vdir.files()) != self.server_resources:
+                        _fail(
+                            f"vdirsyncer wrote {len(vdir.files())} files, "
+                            f"the server holds {self.server_resources}"
+                        )
+                else:
+                    self.token = self._report("initial", "").token
+            # The last round's state carries on; earlier ones only take disk space.
+            self._drop_store(self.store)
+            if self.vdir is not None:
+                shutil.rmtree(self.vdir.folder, ignore_errors=True)
+            self.store, self.vdir = store, vdir
+
+    def _check_initial(self, data: dict[str, Any]) -> None:
+        self.stored = data
+        if data["resources"] != self.server_resources or data["events"] != self.server_vevents:
+            _fail(
+                f"after the initial sync the store holds {data['resources']} resources and "
+                f"{data['events']} events; the server holds {self.server_resources} resources "
+                f"with {self.server_vevents} VEVENTs (dropped outside the window: "
+                f"{data['dropped']}, skipped: {data['skipped'][:5]})"
+            )
+
+    def _drop_store(self, store: Path) -> None:
+        for path in (store, Path(f"{store}-wal"), Path(f"{store}-shm")):
+            path.unlink(missing_ok=True)
+
+    def incremental(self) -> None:
+        from calsync.testing.radicale import put_event
+
+        assert self.vdir is not None
+        names = sorted(self.objects)
+        for round_ in range(ROUNDS):
+            name = names[(len(names) // 3 + 7 * round_) % len(names)]
+            marker = f"Changed by the benchmark ({round_})"
+            put_event(self.url, name, _changed(self.objects[name], round_), (USER, PASSWORD))
+            for tool in rotate(TOOLS, round_):
+                if tool == "ours":
+                    data = self._ours("incremental", round_, self.store).data
+                    if data["upserted"] != 1 or data["full"]:
+                        _fail(f"the incremental sync applied {data} instead of one change")
+                elif tool == "vdirsyncer":
+                    self.cases["incremental"].vdirsyncer.append(self.vdir.sync())
+                    hits = [f for f in self.vdir.files() if marker in f.read_text()]
+                    if len(hits) != 1:
+                        _fail(f"vdirsyncer did not pick up the change ({len(hits)} files)")
+                else:
+                    answer = self._report("incremental", self.token)
+                    self.token = answer.token
+                    if len(answer.contents()) != 1:
+                        _fail(f"the REPORT carried {len(answer.contents())} changes, not 1")
+
+    def no_change(self) -> None:
+        assert self.vdir is not None
+        for round_ in range(ROUNDS):
+            for tool in rotate(TOOLS, round_):
+                if tool == "ours":
+                    data = self._ours("no-change", round_, self.store).data
+                    if data["upserted"] or data["deleted"] or data["full"]:
+                        _fail(f"the no-change sync changed something: {data}")
+                elif tool == "vdirsyncer":
+                    self.cases["no-change"].vdirsyncer.append(self.vdir.sync())
+                else:
+                    answer = self._report("no-change", self.token)
+                    self.token = answer.token
+                    if answer.contents():
+                        _fail("the no-change REPORT carried changes")
+
+    def print_report(self) -> None:
+        print(
+            f"Python {platform.python_version()}, Radicale {metadata.version('radicale')}, "
+            f"vdirsyncer {metadata.version('vdirsyncer')}, httpx {metadata.version('httpx')}, "
+            f"{os.cpu_count()} CPUs"
+        )
+        print(
+            f"calendar: {self.server_resources} resources, {self.server_vevents} VEVENTs "
+            f"(generate_events({COUNT}, seed={SEED}, start=today 00:00 UTC)); "
+            f"Radicale cache warm-up (untimed, first REPORT): {self.warmup:.2f} s; "
+            "Radicale [reporting] max_expand_occurrence = 0 (the 10,000-VEVENT cap per REPORT "
+            "lifted for the bare single-REPORT reference)"
+        )
+        print(
+            f"ours: SyncEngine(batch_size={self.batch_size}), SQLite store; after the initial "
+            f"sync the store holds {self.stored.get('resources')} resources / "
+            f"{self.stored.get('events')} events (server: {self.server_resources} / "
+            f"{self.server_vevents}) in {self.stored.get('pages')} pages"
+        )
+        print(f"median of {ROUNDS} rounds, interleaved (order rotated per round)")
+        print()
+        header = (
+            f"{'case':<12} | {'ours (s)':>9} | {'vdirsyncer (s)':>14} | {'bare REPORT (s)':>15} | "
+            f"{'ours/vdirsyncer':>15} | {'ours/REPORT':>11} | {'peak RSS ours (MiB)':>19}"
+        )
+        print(header)
+        print("-" * len(header))
+        verdicts: list[str] = []
+        for name in CASES:
+            case = self.cases[name]
+            ours, vdir, rep = median(case.ours), median(case.vdirsyncer), median(case.report)
+            rss = max(case.ours_rss) / MiB if case.ours_rss else float("nan")
+            print(
+                f"{name:<12} | {ours:>9.3f} | {vdir:>14.3f} | {rep:>15.3f} | "
+                f"{ours / vdir:>14.3f}x | {ours / rep:>10.2f}x | {rss:>19.1f}"
+            )
+            vs_vdir, vs_report = TARGETS[name]
+            line = f"{name}: ours <= {vs_vdir}x vdirsyncer: {ours / vdir:.3f}x "
+            line += verdict(ours <= vs_vdir * vdir)
+            if vs_report is not None:
+                line += f"; ours <= {vs_report}x bare REPORT: {ours / rep:.2f}x "
+                line += verdict(ours <= vs_report * rep)
+            verdicts.append(line)
+        print()
+        print("targets:")
+        for line in verdicts:
+            print(f"  {line}")
+        print()
+        print("raw rounds (s):")
+        for name in CASES:
+            case = self.cases[name]
+            print(
+                f"  {name:<12} ours {_list(case.ours)}  vdirsyncer {_list(case.vdirsyncer)}  "
+                f"REPORT {_list(case.report)}"
+            )
+        print(
+            "our child process wall time, interpreter start-up and imports included (median): "
+            + ", ".join(f"{name} {median(self.cases[name].ours_wall):.3f} s" for name in CASES)
+        )
+        print(
+            "peak RSS ours: the sync child's own peak (VmHWM, max over rounds); its ru_maxrss "
+            "would show the harness's peak instead, since Linux carries it across exec"
+        )
+        if self.profile is not None:
+            print(f"pyinstrument profiles in {self.profile} (timings inflated by the profiler)")
+
+
+def _list(values: list[float]) -> str:
+    return "[" + ", ".join(f"{v:.3f}" for v in values) + "]"
+
+
+def measure(batch_size: int = BATCH_SIZE, profile: Path | None = None) -> None:
+    from calsync.testing.radicale import RadicaleServer
+
+    find_vdirsyncer()
+    if profile is not None:
+        profile.mkdir(parents=True, exist_ok=True)
+    root = Path(tempfile.mkdtemp(prefix="calsync-bench-caldav-"))
+    server = RadicaleServer(root / "radicale", settings=RADICALE_SETTINGS)
+    try:
+        bench = Bench(root, batch_size, profile)
+        bench.seed_and_start(server)
+        bench.initial()
+        bench.incremental()
+        bench.no_change()
+    except BaseException:
+        tail = server.log_tail()
+        if tail:
+            print(f"Radicale log tail:\n{tail}", file=sys.stderr)
+        raise
+    finally:
+        server.stop()
+        shutil.rmtree(root, ignore_errors=True)
+    bench.print_report()
+
+
+def run() -> None:
+    measure()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.caldav_sync", description=__doc__)
+    parser.add_argument("--batch-size", type=int, default=BATCH_SIZE)
+    parser.add_argument("--profile", help="pyinstrument text profiles of our syncs go here")
+    parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--store", help=argparse.SUPPRESS)
+    parser.add_argument("--url", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.child:
+        return _child_main(args)
+    measure(args.batch_size, Path(args.profile) if args.profile else None)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,142 @@
+"""How a connection's conditions follow from what the controllers observe (pure functions).
+
+Two writers touch a connection's conditions: the connection controller, which judges the spec and
+Secrets, and the worker, which learns from the provider whether the credentials work and whether
+a sync succeeded. Each records what it knows (`Authenticated`, `Synced`, `Throttled`,
+`Degraded`) and `Ready` is always derived from those in one place, `derive_ready`, so the two
+writers can never disagree about the summary.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from calsync.api.conditions import (
+    AUTHENTICATED,
+    DEGRADED,
+    READY,
+    SYNCED,
+    THROTTLED,
+    Condition,
+    ConditionStatus,
+    get_condition,
+    set_condition,
+)
+from calsync.controllers.credentials import Verdict
+
+# Reasons the connection controller gives from the spec and Secrets alone.
+CREDENTIAL_REASONS = frozenset(
+    {"SecretNotFound", "SecretKeyMissing", "ConsentRequired", "Suspended", "InvalidSpec"}
+)
+# Reasons the provider gives when it refuses the credentials.
+PROVIDER_AUTH_REASONS = frozenset({"AuthenticationFailed", "CredentialsRevoked", "InvalidGrant"})
+
+
+@dataclass
+class Conditions:
+    """A condition list being edited, remembering which types changed status or reason."""
+
+    items: list[Condition]
+    generation: int
+    now: dt.datetime
+    transitions: list[Condition] = field(default_factory=list)
+
+    def set(self, ctype: str, status: ConditionStatus, reason: str, message: str) -> None:
+        self.items, changed = set_condition(
+            self.items,
+            type=ctype,
+            status=status,
+            reason=reason,
+            message=message,
+            observed_generation=self.generation,
+            now=self.now,
+        )
+        if changed:
+            self.transitions.append(next(c for c in self.items if c.type == ctype))
+
+    def get(self, ctype: str) -> Condition | None:
+        return get_condition(self.items, ctype)
+
+
+def derive_ready(conds: Conditions) -> None:
+    auth, synced = conds.get(AUTHENTICATED), conds.get(SYNCED)
+    if auth is not None and (auth.status == "False" or auth.reason in CREDENTIAL_REASONS):
+        conds.set(READY, "False", auth.reason, auth.message)
+    elif synced is not None and synced.status == "False":
+        conds.set(READY, "False", synced.reason, synced.message)
+    elif synced is not None and synced.status == "True":
+        conds.set(READY, "True", "Synced", synced.message)
+    else:
+        conds.set(
+            READY,
+            "False",
+            "AwaitingFirstSync",
+            "credentials present; waiting for the first sync to finish",
+        )
+
+
+def apply_credentials(conds: Conditions, verdict: Verdict, *, credentials_changed: bool) -> None:
+    """Record the connection controller's judgement of the spec and Secrets."""
+    status, reason, message = verdict.authenticated
+    current = conds.get(AUTHENTICATED)
+    # The spec and Secrets speak when they are broken, or when no provider verdict exists yet.
+    judged_by_provider = current is not None and current.reason not in CREDENTIAL_REASONS
+    if status == "False" or reason in CREDENTIAL_REASONS or not judged_by_provider:
+        conds.set(AUTHENTICATED, status, reason, message)
+    elif current is not None and current.reason in PROVIDER_AUTH_REASONS and credentials_changed:
+        conds.set(
+            AUTHENTICATED,
+            "Unknown",
+            "CredentialsUpdated",
+            "the Secret changed since the provider refused it; the next sync checks it again",
+        )
+    derive_ready(conds)
+
+
+def apply_invalid_spec(conds: Conditions, message: str) -> None:
+    conds.set(AUTHENTICATED, "Unknown", "InvalidSpec", message)
+    derive_ready(conds)
+
+
+def apply_sync_success(
+    conds: Conditions,
+    *,
+    events: int,
+    calendars: int,
+    duplicates: Sequence[tuple[str, str, list[str]]],
+    skipped: Sequence[tuple[str, str]],
+) -> None:
+    conds.set(AUTHENTICATED, "True", "Authenticated", "the provider accepted the credentials")
+    conds.set(SYNCED, "True", "Synced", f"{events} events in {calendars} calendars")
+    if conds.get(THROTTLED) is not None:
+        conds.set(THROTTLED, "False", "WithinBudget", "requests are within the budget")
+    problems = []
+    if duplicates:
+        uids = ", ".join(sorted({uid for _, uid, _ in duplicates})[:5])
+        problems.append(f"{len(duplicates)} UIDs appear in more than one resource ({uids})")
+    if skipped:
+        ids = ", ".join(pid for pid, _ in skipped[:5])
+        problems.append(f"{len(skipped)} resources could not be read and were skipped ({ids})")
+    if problems:
+        reason = "DuplicateUID" if duplicates else "MalformedEvents"
+        conds.set(DEGRADED, "True", reason, "; ".join(problems))
+    elif conds.get(DEGRADED) is not None:
+        conds.set(DEGRADED, "False", "AsExpected", "no problems in the last sync")
+    derive_ready(conds)
+
+
+def apply_sync_failure(
+    conds: Conditions, *, reason: str, message: str, auth: bool, final: bool
+) -> None:
+    """A failed attempt: auth failures show at once, other errors once retries are spent."""
+    if auth:
+        conds.set(AUTHENTICATED, "False", reason, message)
+    elif final:
+        conds.set(SYNCED, "False", "SyncFailed", message)
+    derive_ready(conds)
+
+
+def apply_throttled(conds: Conditions, message: str) -> None:
+    conds.set(THROTTLED, "True", "RateLimited", message)

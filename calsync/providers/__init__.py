@@ -1,0 +1,1 @@
+"""Calendar providers: all provider I/O, behind one small Protocol (`base.CalendarProvider`)."""

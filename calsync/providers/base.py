@@ -1,0 +1,93 @@
+"""The one small interface every calendar provider implements, and the errors it may raise.
+
+The sync engine knows nothing else about a provider: it lists calendars, then pages through one
+calendar's changes from a cursor it stored, and reacts to the typed errors below. Providers do
+all their own I/O, parsing and rate limiting; they never import kopf or a Kubernetes client.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from typing import Protocol
+
+from calsync.model import Calendar, ChangePage, Window
+
+# Returns what the store holds for one calendar: provider id -> etag. The CalDAV fallback ladder
+# (no sync-collection) compares it with the server's etag listing to fetch only what changed.
+KnownEtags = Callable[[], Awaitable[Mapping[str, str | None]]]
+
+
+class ProviderError(Exception):
+    """A provider call failed; `retryable` says whether the same call may succeed later."""
+
+    retryable: bool = True
+    reason: str = "ProviderError"  # CamelCase, used as condition reason and Event reason
+
+
+class AuthenticationFailed(ProviderError):
+    """The credentials were refused (401/403 that is not a rate limit)."""
+
+    retryable = False
+    reason = "AuthenticationFailed"
+
+
+class CredentialsRevoked(AuthenticationFailed):
+    """Credentials that used to work are refused now (iCloud app password, invalid_grant)."""
+
+    reason = "CredentialsRevoked"
+
+
+class RateLimited(ProviderError):
+    """The provider, or our own budget for it, says wait; `retry_after` in seconds."""
+
+    reason = "RateLimited"
+
+    def __init__(self, message: str, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class CursorInvalid(ProviderError):
+    """The stored cursor (sync token, delta link) is no longer accepted: resync the calendar."""
+
+    reason = "CursorInvalid"
+
+
+class CalendarGone(ProviderError):
+    """The calendar no longer exists (or is no longer shared with the account)."""
+
+    retryable = False
+    reason = "CalendarGone"
+
+
+class InvalidConfiguration(ProviderError):
+    """The connection's settings cannot work (bad URL, blocked address, no calendar home)."""
+
+    retryable = False
+    reason = "InvalidConfiguration"
+
+
+class CalendarProvider(Protocol):
+    """What the engine needs from a provider."""
+
+    async def list_calendars(self) -> list[Calendar]:
+        """Every calendar of the account that holds events."""
+        ...
+
+    def changes(
+        self,
+        calendar: Calendar,
+        cursor: str | None,
+        *,
+        window: Window,
+        known: KnownEtags,
+        batch_size: int,
+    ) -> AsyncIterator[ChangePage]:
+        """Pages of changes since `cursor` (None: a full listing, pages marked `full`).
+
+        Raises CursorInvalid when the provider rejects `cursor`. Pages hold at most about
+        `batch_size` resources. The last page has `complete=True` and the new cursor.
+        """
+        ...
+
+    async def aclose(self) -> None: ...

@@ -1,0 +1,261 @@
+"""The CalDAV provider's HTTP layer: one keep-alive client, guarded, budgeted, authenticated.
+
+Every request passes the same gate: the URL guard (scheme, SSRF) before it and at connect
+time, the connection's request budget, credentials only for the configured host and the hosts
+its redirects led to, Basic auth switched to Digest when the server asks for Digest, redirects
+followed by hand (at most five, each re-checked), and a cap on the response size. Statuses are
+mapped to the typed errors of `calsync.providers.base` by `raise_for`.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import email.utils
+import logging
+from dataclasses import dataclass
+from typing import Final, NoReturn
+from urllib.parse import urljoin, urlsplit
+
+import httpx
+
+from calsync.providers.base import (
+    AuthenticationFailed,
+    CalendarGone,
+    CredentialsRevoked,
+    InvalidConfiguration,
+    ProviderError,
+    RateLimited,
+)
+from calsync.providers.budget import RequestBudget
+from calsync.security.urlguard import GuardedNetworkBackend, check_url_async
+
+log = logging.getLogger(__name__)
+
+REDIRECTS: Final = frozenset({301, 302, 303, 307, 308})
+MAX_REDIRECTS: Final = 5
+MAX_RESPONSE_BYTES: Final = 256 << 20
+USER_AGENT: Final = "calsync (+https://calsync.io)"
+
+
+@dataclass(slots=True)
+class Reply:
+    method: str
+    url: str  # the final URL, after redirects
+    status: int
+    headers: httpx.Headers
+    body: bytes
+
+
+def origin(url: str) -> tuple[str, str, int]:
+    parts = urlsplit(url)
+    scheme = parts.scheme.lower()
+    return scheme, (parts.hostname or "").lower(), parts.port or (443 if scheme == "https" else 80)
+
+
+def _guarded_transport() -> httpx.AsyncHTTPTransport:
+    transport = httpx.AsyncHTTPTransport(http1=True, http2=False, retries=0)
+    pool = getattr(transport, "_pool", None)
+    backend = getattr(pool, "_network_backend", None)
+    if backend is None:  # httpx/httpcore internals moved: refuse rather than run unguarded
+        raise RuntimeError("cannot install the connect-time address guard in this httpx version")
+    # httpx offers no public hook for httpcore's network backend; the pool reads this attribute
+    # for every new connection.
+    pool._network_backend = GuardedNetworkBackend(backend)  # type: ignore[union-attr]
+    return transport
+
+
+def _retry_after(value: str | None) -> float | None:
+    if not value:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return float(value)
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=dt.UTC)
+    return max(0.0, (when - dt.datetime.now(dt.UTC)).total_seconds())
+
+
+def _blocked_cause(exc: BaseException) -> InvalidConfiguration | None:
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        if isinstance(current, InvalidConfiguration):
+            return current
+        seen.add(id(current))
+        current = current.__cause__ or current.__context__
+    return None
+
+
+class DavSession:
+    def __init__(
+        self,
+        username: str,
+        password: str,
+        *,
+        icloud: bool,
+        allow_private_addresses: bool,
+        allow_insecure_http: bool,
+        timeout: float,
+        transport: httpx.AsyncBaseTransport | None,
+        rate_limiter: RequestBudget | None,
+    ) -> None:
+        self.icloud = icloud
+        self.allow_private = allow_private_addresses
+        self.allow_insecure_http = allow_insecure_http
+        self._username = username
+        self._password = password
+        self._auth: httpx.Auth = httpx.BasicAuth(username, password)
+        self._digest = False
+        self._budget = rate_limiter
+        self._trusted: set[tuple[str, str, int]] = set()
+        if transport is None and not allow_private_addresses:
+            transport = _guarded_transport()
+        self._client = httpx.AsyncClient(
+            transport=transport,
+            timeout=httpx.Timeout(timeout),
+            follow_redirects=False,
+            headers={"User-Agent": USER_AGENT},
+            limits=httpx.Limits(max_connections=8, max_keepalive_connections=8),
+        )
+
+    # -- credentials scope ---------------------------------------------------------------------
+
+    def trust(self, url: str) -> None:
+        """Send credentials to this URL's origin (the configured one, or reached by redirect)."""
+        self._trusted.add(origin(url))
+
+    def trusted(self, url: str) -> bool:
+        return origin(url) in self._trusted
+
+    def trust_href(self, base: str, href: str) -> str:
+        """Resolve an href from a trusted response; refuse to carry credentials elsewhere."""
+        url = urljoin(base, href)
+        if self.trusted(url):
+            return url
+        host = origin(url)[1]
+        if self.icloud and (host == "icloud.com" or host.endswith(".icloud.com")):
+            self.trust(url)  # iCloud homes live on partition hosts (pNN-caldav.icloud.com)
+            return url
+        raise InvalidConfiguration(
+            f"{base} points at another host ({host}); calsync sends credentials only to the "
+            "configured host and the hosts it redirects to"
+        )
+
+    # -- requests ------------------------------------------------------------------------------
+
+    async def request(
+        self,
+        method: str,
+        url: str,
+        *,
+        body: bytes | None = None,
+        depth: str | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> Reply:
+        """One DAV request, redirects followed; returns whatever status the server gave."""
+        sent_headers = dict(headers or {})
+        if body is not None:
+            sent_headers.setdefault("Content-Type", "application/xml; charset=utf-8")
+        if depth is not None:
+            sent_headers["Depth"] = depth
+        hops = 0
+        digest_retry = False
+        while True:
+            await check_url_async(
+                url,
+                allow_private=self.allow_private,
+                allow_insecure_http=self.allow_insecure_http,
+            )
+            if self._budget is not None:
+                await self._budget.acquire()
+            credentials = self.trusted(url)
+            reply = await self._send(method, url, body, sent_headers, credentials)
+            if (
+                reply.status == 401
+                and credentials
+                and not self._digest
+                and not digest_retry
+                and "digest" in reply.headers.get("WWW-Authenticate", "").lower()
+            ):
+                log.info("%s asks for Digest authentication; switching from Basic", url)
+                self._auth = httpx.DigestAuth(self._username, self._password)
+                self._digest = True
+                digest_retry = True
+                continue
+            if reply.status in REDIRECTS and "Location" in reply.headers:
+                hops += 1
+                if hops > MAX_REDIRECTS:
+                    raise ProviderError(f"{method} {url}: more than {MAX_REDIRECTS} redirects")
+                target = urljoin(url, reply.headers["Location"])
+                if credentials:
+                    self.trust(target)
+                log.debug("%s %s redirected (%d) to %s", method, url, reply.status, target)
+                url = target
+                continue
+            return reply
+
+    async def _send(
+        self, method: str, url: str, body: bytes | None, headers: dict[str, str], credentials: bool
+    ) -> Reply:
+        try:
+            request = self._client.build_request(method, url, content=body, headers=headers)
+            response = await self._client.send(
+                request, auth=self._auth if credentials else None, stream=True
+            )
+            try:
+                chunks: list[bytes] = []
+                size = 0
+                async for chunk in response.aiter_bytes():
+                    size += len(chunk)
+                    if size > MAX_RESPONSE_BYTES:
+                        error = ProviderError(
+                            f"{method} {url}: response larger than {MAX_RESPONSE_BYTES >> 20} MiB"
+                        )
+                        error.retryable = False
+                        raise error
+                    chunks.append(chunk)
+            finally:
+                await response.aclose()
+        except httpx.TimeoutException as exc:
+            raise ProviderError(f"{method} {url}: timed out ({type(exc).__name__})") from None
+        except httpx.HTTPError as exc:
+            blocked = _blocked_cause(exc)
+            if blocked is not None:
+                raise InvalidConfiguration(str(blocked)) from None
+            raise ProviderError(f"{method} {url}: {type(exc).__name__}: {exc}") from None
+        return Reply(method, url, response.status_code, response.headers, b"".join(chunks))
+
+    def raise_for(self, reply: Reply, *, calendar: bool = False) -> NoReturn:
+        """Turn a failed reply into the matching provider error."""
+        status = reply.status
+        what = f"{reply.method} {reply.url}: {status}"
+        if status == 401:
+            if self.icloud:
+                raise CredentialsRevoked(
+                    f"{what}: iCloud refused the app-specific password. Create a new one at "
+                    "appleid.apple.com (all are revoked when the Apple ID password changes) "
+                    "and update the Secret"
+                )
+            raise AuthenticationFailed(f"{what}: the server refused the credentials")
+        if status in (429, 503):
+            retry_after = _retry_after(reply.headers.get("Retry-After"))
+            if status == 429 or retry_after is not None:
+                raise RateLimited(f"{what}: rate limited", retry_after=retry_after)
+        if status == 403:
+            raise AuthenticationFailed(f"{what}: access denied")
+        if status in (404, 410):
+            if calendar:
+                raise CalendarGone(f"{what}: the calendar no longer exists")
+            raise InvalidConfiguration(f"{what}: not found")
+        if status >= 500:
+            raise ProviderError(f"{what}: server error")
+        error = ProviderError(f"{what}: unexpected answer")
+        error.retryable = False
+        raise error
+
+    async def aclose(self) -> None:
+        await self._client.aclose()

@@ -1,0 +1,717 @@
+"""Fast extraction of the `Event` fields from iCalendar text, for the CalDAV hot path.
+
+A full iCalendar parse builds an object for every property and parameter of every component;
+an initial sync of a large calendar spends most of its time there while the store needs a
+dozen fields per VEVENT (the raw text is kept verbatim anyway). This module unfolds the lines,
+walks BEGIN/END, and reads only the properties `calsync.model.Event` carries.
+
+Time zones: a TZID that `zoneinfo` knows is used as is (the embedded VTIMEZONE is ignored, as
+every mainstream client does). Other TZIDs, such as Outlook's "W. Europe Standard Time" or
+libical's "/freeassociation.sourceforge.net/Europe/Berlin", are mapped to an IANA zone with
+icalendar's Windows table or by their trailing path; failing that the object's own VTIMEZONE
+definition is used (through dateutil, which is also what icalendar uses for custom zones, but
+without icalendar's process-wide cache of custom definitions, which a hostile server could grow
+without bound and which would let one object's definition leak into another's). A TZID that
+resolves to nothing is treated as floating.
+
+Conventions of the extracted values:
+- start/end/last_modified/series_end are aware UTC datetimes; a DATE becomes midnight UTC and
+  sets `all_day`; floating times are read as UTC with `timezone=None`.
+- recurrence_id, rdates, exdates are `datetime.isoformat()` strings of UTC datetimes
+  ("2025-03-01T09:00:00+00:00").
+- `timezone` is the IANA name when one is known, else the TZID as written, "UTC" for UTC times,
+  None for floating times and dates.
+- organizer/attendees are the calendar addresses without a leading "mailto:".
+- A missing DTEND is DTSTART + DURATION, else one day for dates and zero for date-times
+  (RFC 5545 3.6.1); DURATION weeks and days are nominal (wall clock), hours and less exact.
+- `series_end` is the end of the last occurrence: UNTIL plus the event's duration, or for COUNT
+  the last occurrence computed with dateutil when that is cheap and bounded, extended by later
+  RDATEs; None (open-ended, so never excluded from a window) when unbounded or too costly to
+  know.
+
+Hostile input (see PROTOCOLS.md) ends in MalformedCalendarData, never in a hang or an
+unbounded allocation: object size, nesting depth, component count and recurrence expansion are
+capped.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import io
+import re
+from typing import Final
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from calsync.model import Event, EventStatus, Resource
+from calsync.providers.base import ProviderError
+
+__all__ = [
+    "MAX_COMPONENTS",
+    "MAX_DEPTH",
+    "MAX_OBJECT_SIZE",
+    "MalformedCalendarData",
+    "extract_events",
+    "parse_resource",
+]
+
+MAX_OBJECT_SIZE: Final = 1 << 20  # characters of one calendar object resource
+MAX_DEPTH: Final = 8  # VCALENDAR > VTIMEZONE > STANDARD is 3; real data never nears 8
+MAX_COMPONENTS: Final = 10_000  # a master with thousands of overrides is still plausible
+MAX_COUNT_EXPANSION: Final = 5_000  # COUNT above this: series_end stays open (None)
+
+UTC: Final = dt.UTC
+
+
+class MalformedCalendarData(ProviderError):
+    """A calendar object that cannot be read; the engine skips and reports that resource."""
+
+    retryable = False
+    reason = "MalformedCalendarData"
+
+
+def parse_resource(provider_id: str, etag: str | None, raw: str | bytes) -> Resource:
+    """One calendar object resource: its VEVENTs extracted, the text kept verbatim.
+
+    Bytes are decoded as UTF-8 with replacement characters, so a stray Latin-1 byte costs one
+    character rather than the whole resource.
+    """
+    text = raw.decode("utf-8", "replace") if isinstance(raw, bytes) else raw
+    try:
+        events = extract_events(text)
+    except MalformedCalendarData as exc:
+        raise MalformedCalendarData(f"{provider_id}: {exc}") from None
+    return Resource(provider_id, etag, text, "ical", events)
+
+
+# --- line level -------------------------------------------------------------------------------
+
+# Properties read from a VEVENT; everything else is skipped before its parameters are parsed.
+_SINGLE: Final = frozenset(
+    {
+        "UID",
+        "RECURRENCE-ID",
+        "STATUS",
+        "DTSTART",
+        "DTEND",
+        "DURATION",
+        "SUMMARY",
+        "LOCATION",
+        "TRANSP",
+        "ORGANIZER",
+        "RRULE",
+        "LAST-MODIFIED",
+        "SEQUENCE",
+    }
+)
+_MULTI: Final = frozenset({"ATTENDEE", "RDATE", "EXDATE"})
+_WANTED: Final = _SINGLE | _MULTI
+_TEXT_ESCAPE: Final = re.compile(r"\\(.)", re.DOTALL)
+_DURATION: Final = re.compile(
+    r"([+-])?P(?:(\d+)W)?(?:(\d+)D)?(?:T(?:(\d+)H)?(?:(\d+)M)?(?:(\d+)S)?)?", re.ASCII
+)
+_STATUSES: Final[dict[str, EventStatus]] = {
+    "CONFIRMED": "confirmed",
+    "TENTATIVE": "tentative",
+    "CANCELLED": "cancelled",
+}
+
+# (parameters, value) as written; parameters unparsed until a property needs them.
+_Prop = tuple[str, str]
+
+
+def _unfold(raw: str) -> str:
+    """The text with LF line ends and folded lines joined."""
+    text = raw
+    if text.startswith("\ufeff"):
+        text = text[1:]
+    if "\r" in text:
+        text = text.replace("\r\n", "\n").replace("\r", "\n")
+    if "\n " in text or "\n\t" in text:
+        text = text.replace("\n ", "").replace("\n\t", "")
+    return text
+
+
+def _without_vtimezones(text: str) -> tuple[str, int]:
+    """The text minus its VTIMEZONE blocks, and how many were cut.
+
+    The walk reads nothing in them (time zones come from zoneinfo first), and they are a third
+    of a typical object's lines; `_Zones` parses them from the full text when it must.
+    """
+    pieces: list[str] = []
+    cut = 0
+    position = 0
+    while True:
+        begin = text.find("\nBEGIN:VTIMEZONE", position)
+        if begin < 0:
+            break
+        end = text.find("\nEND:VTIMEZONE", begin)
+        if end < 0:
+            break  # unbalanced: let the walk report it
+        after = text.find("\n", end + 1)
+        pieces.append(text[position : begin + 1])
+        cut += 1
+        position = len(text) if after < 0 else after + 1
+    if not cut:
+        return text, 0
+    pieces.append(text[position:])
+    return "".join(pieces), cut
+
+
+def _split_quoted(text: str, sep: str) -> list[str]:
+    parts: list[str] = []
+    quoted = False
+    begin = 0
+    for i, ch in enumerate(text):
+        if ch == '"':
+            quoted = not quoted
+        elif ch == sep and not quoted:
+            parts.append(text[begin:i])
+            begin = i + 1
+    parts.append(text[begin:])
+    return parts
+
+
+def _content_line(line: str) -> tuple[str, str, str]:
+    """NAME;PARAMS:VALUE -> (upper-case name, params, value); a colon may hide in quotes."""
+    colon = line.find(":")
+    if colon < 0:
+        raise MalformedCalendarData(f"not a content line: {line[:60]!r}")
+    semi = line.find(";", 0, colon)
+    if semi < 0:
+        return line[:colon].upper(), "", line[colon + 1 :]
+    if line.find('"', semi, colon) >= 0:
+        quoted = False
+        for i in range(semi, len(line)):
+            ch = line[i]
+            if ch == '"':
+                quoted = not quoted
+            elif ch == ":" and not quoted:
+                colon = i
+                break
+        else:
+            raise MalformedCalendarData(f"unterminated parameter quote: {line[:60]!r}")
+    return line[:semi].upper(), line[semi + 1 : colon], line[colon + 1 :]
+
+
+def _params(text: str) -> dict[str, str]:
+    out: dict[str, str] = {}
+    if not text:
+        return out
+    for part in _split_quoted(text, ";") if '"' in text else text.split(";"):
+        key, _, value = part.partition("=")
+        if len(value) >= 2 and value[0] == '"' and value[-1] == '"':
+            value = value[1:-1]
+        out[key.strip().upper()] = value
+    return out
+
+
+def _unescape_match(match: re.Match[str]) -> str:
+    ch = match.group(1)
+    return "\n" if ch in "nN" else ch
+
+
+def _text(value: str) -> str:
+    return _TEXT_ESCAPE.sub(_unescape_match, value) if "\\" in value else value
+
+
+def _address(value: str) -> str:
+    value = value.strip()
+    return value[7:] if value[:7].lower() == "mailto:" else value
+
+
+# --- time zones -------------------------------------------------------------------------------
+
+_MISSING: Final = object()
+_ZONES: dict[str, ZoneInfo | None] = {}
+_ZONE_CACHE_LIMIT: Final = 2048
+
+
+def _zoneinfo(key: str) -> ZoneInfo | None:
+    """An IANA zone by exact key, or None; cached, including misses (bounded)."""
+    found = _ZONES.get(key, _MISSING)
+    if found is _MISSING:
+        zone: ZoneInfo | None = None
+        if 0 < len(key) <= 64 and key.isprintable() and ".." not in key:
+            try:
+                zone = ZoneInfo(key)
+            except (ZoneInfoNotFoundError, ValueError, OSError):
+                zone = None
+        if len(_ZONES) < _ZONE_CACHE_LIMIT:
+            _ZONES[key] = zone
+        return zone
+    return found  # type: ignore[return-value]  # the sentinel was excluded above
+
+
+def _mapped_zone(tzid: str) -> ZoneInfo | None:
+    """Outlook's Windows names and "/vendor/Olson/Name" TZIDs, as icalendar maps them."""
+    from icalendar.timezone.windows_to_olson import WINDOWS_TO_OLSON
+
+    cleaned = tzid.strip().strip('"').strip()
+    olson = WINDOWS_TO_OLSON.get(cleaned)
+    if olson is not None:
+        return _zoneinfo(olson)
+    if cleaned.startswith("/"):
+        parts = cleaned.strip("/").split("/")
+        for begin in range(1, len(parts)):
+            zone = _zoneinfo("/".join(parts[begin:]))
+            if zone is not None:
+                return zone
+    return None
+
+
+_VTZ_RULE_PARTS: Final = frozenset({"FREQ", "BYMONTH", "BYDAY", "BYMONTHDAY", "UNTIL", "COUNT"})
+
+
+def _vtimezone_blocks(lines: list[str]) -> dict[str, list[str]]:
+    """TZID -> the lines of the object's VTIMEZONE defining it."""
+    blocks: dict[str, list[str]] = {}
+    current: list[str] | None = None
+    tzid: str | None = None
+    for line in lines:
+        upper = line[:16].upper()
+        if upper.startswith("BEGIN:VTIMEZONE"):
+            current, tzid = [line], None
+        elif current is not None:
+            current.append(line)
+            if tzid is None and upper.startswith("TZID"):
+                tzid = _content_line(line)[2]
+            elif upper.startswith("END:VTIMEZONE"):
+                if tzid is not None:
+                    blocks.setdefault(tzid, current)
+                current = None
+    return blocks
+
+
+def _defined_zone(tzid: str, block: list[str]) -> dt.tzinfo | None:
+    """A VTIMEZONE definition as a tzinfo, through dateutil; None when unusable.
+
+    Only yearly transition rules are accepted: an adversarial RRULE in a VTIMEZONE would make
+    every offset lookup walk dateutil's recurrence to the year 9999.
+    """
+    from dateutil.tz import tzical
+
+    for line in block:
+        if line[:5].upper() == "RRULE" and not _safe_vtimezone_rule(_content_line(line)[2]):
+            return None
+    try:
+        zone = tzical(io.StringIO("\n".join(block) + "\n")).get(tzid)
+        if zone is None:
+            return None
+        zone.utcoffset(dt.datetime(2000, 1, 1))  # fail here, not later, on a broken one
+    except Exception:  # dateutil raises assorted types on bad definitions
+        return None
+    return zone
+
+
+def _safe_vtimezone_rule(rule: str) -> bool:
+    parts = _rule_parts(rule.upper())
+    return parts.get("FREQ") == "YEARLY" and set(parts) <= _VTZ_RULE_PARTS
+
+
+class _Zones:
+    """TZID resolution for one object: zoneinfo, then mapped names, then its VTIMEZONEs."""
+
+    __slots__ = ("_blocks", "_resolved", "_text")
+
+    def __init__(self, text: str) -> None:
+        self._text = text
+        self._resolved: dict[str, tuple[dt.tzinfo | None, str | None]] = {}
+        self._blocks: dict[str, list[str]] | None = None
+
+    def get(self, tzid: str) -> tuple[dt.tzinfo | None, str | None]:
+        """(tzinfo, name to report) for a TZID; (None, None) when it names nothing."""
+        hit = self._resolved.get(tzid)
+        if hit is not None:
+            return hit
+        zone = _zoneinfo(tzid) or _mapped_zone(tzid)
+        result: tuple[dt.tzinfo | None, str | None] = (None, None)
+        if zone is not None:
+            result = (zone, zone.key)
+        else:
+            if self._blocks is None:
+                self._blocks = _vtimezone_blocks(self._text.split("\n"))
+            block = self._blocks.get(tzid)
+            defined = _defined_zone(tzid, block) if block is not None else None
+            if defined is not None:
+                result = (defined, tzid)
+        self._resolved[tzid] = result
+        return result
+
+
+# --- values -----------------------------------------------------------------------------------
+
+
+class _When:
+    """A DATE or DATE-TIME value as read: naive wall time, its zone, and how it was written."""
+
+    __slots__ = ("is_date", "local", "name", "zone")
+
+    def __init__(
+        self, local: dt.datetime, zone: dt.tzinfo | None, name: str | None, is_date: bool
+    ) -> None:
+        self.local = local  # naive wall-clock time (midnight for a date)
+        self.zone = zone  # None: UTC or floating
+        self.name = name  # reported timezone name
+        self.is_date = is_date
+
+    @property
+    def utc(self) -> dt.datetime:
+        if self.zone is None:
+            return self.local.replace(tzinfo=UTC)
+        return self.local.replace(tzinfo=self.zone).astimezone(UTC)
+
+
+def _stamp(value: str) -> tuple[dt.datetime, bool, bool]:
+    """'20250301T090000Z' -> (naive datetime, is_utc, is_date)."""
+    v = value.strip()
+    n = len(v)
+    if n == 8:
+        if v.isdigit():
+            try:
+                return dt.datetime.fromisoformat(v), False, True
+            except ValueError:
+                pass
+    elif (
+        (n == 15 or (n == 16 and v[15] in "Zz"))
+        and v[8] in "Tt"
+        and v[:8].isdigit()
+        and v[9:15].isdigit()
+    ):
+        try:
+            return dt.datetime.fromisoformat(v[:15]), n == 16, False
+        except ValueError:
+            pass
+    raise MalformedCalendarData(f"not a DATE or DATE-TIME: {value[:40]!r}")
+
+
+_TZID_OF: dict[str, str | None] = {}  # parameter text -> its TZID; the same few strings repeat
+
+
+def _tzid(params: str) -> str | None:
+    found = _TZID_OF.get(params, _MISSING)
+    if found is _MISSING:
+        found = _params(params).get("TZID") or None if "TZID" in params.upper() else None
+        if len(_TZID_OF) < _ZONE_CACHE_LIMIT:
+            _TZID_OF[params] = found
+    return found  # type: ignore[return-value]  # the sentinel was excluded above
+
+
+def _when(params: str, value: str, zones: _Zones) -> _When:
+    local, is_utc, is_date = _stamp(value)
+    if is_date:
+        return _When(local, None, None, True)
+    if is_utc:
+        return _When(local, None, "UTC", False)
+    if params:
+        tzid = _tzid(params)
+        if tzid:
+            zone, name = zones.get(tzid)
+            return _When(local, zone, name, False)
+    return _When(local, None, None, False)
+
+
+def _iso(moment: dt.datetime) -> str:
+    return moment.isoformat()
+
+
+def _when_list(props: list[_Prop], zones: _Zones) -> list[_When]:
+    out: list[_When] = []
+    for params, value in props:
+        for item in value.split(","):
+            if item:
+                # PERIOD values (start/end or start/duration): the start is the occurrence.
+                out.append(_when(params, item.partition("/")[0], zones))
+    return out
+
+
+def _duration(value: str) -> tuple[int, int]:
+    """DURATION -> (nominal days, exact seconds)."""
+    match = _DURATION.fullmatch(value.strip())
+    if match is None or not any(match.group(i) for i in range(2, 7)):
+        raise MalformedCalendarData(f"not a DURATION: {value[:40]!r}")
+    sign = -1 if match.group(1) == "-" else 1
+    weeks, days, hours, minutes, seconds = (int(g) if g else 0 for g in match.groups()[1:])
+    return sign * (weeks * 7 + days), sign * (hours * 3600 + minutes * 60 + seconds)
+
+
+def add_duration(start: _When, days: int, seconds: int) -> dt.datetime:
+    """start + DURATION in UTC: days on the wall clock of start's zone, seconds exactly."""
+    if start.zone is None or days == 0:
+        base = start.utc + dt.timedelta(days=days)
+    else:
+        base = (start.local + dt.timedelta(days=days)).replace(tzinfo=start.zone).astimezone(UTC)
+    return base + dt.timedelta(seconds=seconds)
+
+
+# --- recurrence -------------------------------------------------------------------------------
+
+_SUBDAILY: Final = frozenset({"SECONDLY", "MINUTELY", "HOURLY"})
+_FREQS: Final = frozenset({"DAILY", "WEEKLY", "MONTHLY", "YEARLY"}) | _SUBDAILY
+# BY-parts that can make a rule match rarely or never (dateutil would then search to the year
+# 9999, which takes seconds); such COUNT rules keep an open series_end.
+_SPARSE: Final = frozenset({"BYYEARDAY", "BYWEEKNO", "BYSETPOS", "BYMONTHDAY"})
+
+
+def _rule_parts(rrule: str) -> dict[str, str]:
+    parts: dict[str, str] = {}
+    for part in rrule.split(";"):
+        key, _, value = part.partition("=")
+        parts[key.strip().upper()] = value.strip()
+    return parts
+
+
+def _last_start(rrule: str, parts: dict[str, str], start: _When) -> dt.datetime | None:
+    """Start (UTC) of a rule's last occurrence, or None when unbounded or not cheaply known."""
+    until = parts.get("UNTIL")
+    if until:
+        moment, is_utc, is_date = _stamp(until)
+        if is_utc or is_date:
+            return moment.replace(tzinfo=UTC)
+        return _When(moment, start.zone, None, False).utc
+    count_text = parts.get("COUNT")
+    if not count_text:
+        return None
+    try:
+        count = int(count_text)
+    except ValueError:
+        return None
+    freq = parts.get("FREQ", "")
+    if count < 1 or count > MAX_COUNT_EXPANSION or freq not in _FREQS:
+        return None
+    by_parts = {k for k in parts if k.startswith("BY")}
+    if freq in _SUBDAILY and by_parts:
+        return None
+    if by_parts & _SPARSE and not _plain_monthday(parts):
+        return None
+    try:
+        interval = int(parts.get("INTERVAL") or 1)
+    except ValueError:
+        return None
+    if interval < 1:
+        return None
+    try:
+        last = _last_by_arithmetic(freq, parts, by_parts, count, interval, start.local)
+    except (ValueError, OverflowError):
+        return None
+    if last is _EXPAND:
+        last = _last_by_dateutil(rrule, start.local)
+    if last is None:
+        return None
+    assert isinstance(last, dt.datetime)
+    return _When(last, start.zone, None, start.is_date).utc
+
+
+_EXPAND: Final = object()
+_WEEKDAYS: Final = {"MO": 0, "TU": 1, "WE": 2, "TH": 3, "FR": 4, "SA": 5, "SU": 6}
+
+
+def _last_by_arithmetic(
+    freq: str, parts: dict[str, str], by_parts: set[str], count: int, interval: int, s: dt.datetime
+) -> dt.datetime | object:
+    """The last occurrence of the common simple rules without expanding them; else _EXPAND.
+
+    Like dateutil (and unlike RFC 5545's "DTSTART is always the first instance"), a DTSTART
+    that does not match its rule is not counted; well-formed data never has one.
+    """
+    if not by_parts or by_parts == {"BYDAY"} or by_parts == {"BYMONTHDAY"}:
+        pass
+    else:
+        return _EXPAND
+    if freq == "DAILY" and not by_parts:
+        return s + dt.timedelta(days=interval * (count - 1))
+    if freq == "WEEKLY" and parts.get("WKST", "MO") == "MO" and "BYMONTHDAY" not in by_parts:
+        tokens = parts["BYDAY"].split(",") if by_parts else []
+        if any(t not in _WEEKDAYS for t in tokens):
+            return _EXPAND  # ordinals are meaningless in WEEKLY; let dateutil judge
+        days = sorted({_WEEKDAYS[t] for t in tokens}) or [s.weekday()]
+        monday = s - dt.timedelta(days=s.weekday())
+        first_week = [d for d in days if d >= s.weekday()]
+        if count <= len(first_week):
+            return monday + dt.timedelta(days=first_week[count - 1])
+        weeks, index = divmod(count - len(first_week) - 1, len(days))
+        return monday + dt.timedelta(weeks=interval * (weeks + 1), days=days[index])
+    if freq == "MONTHLY" and "BYDAY" not in by_parts:
+        days = sorted({int(d) for d in parts["BYMONTHDAY"].split(",")}) if by_parts else [s.day]
+        if not all(1 <= d <= 28 for d in days):
+            return _EXPAND
+        first_month = [d for d in days if d >= s.day]
+        if count <= len(first_month):
+            return s.replace(day=first_month[count - 1])
+        months, index = divmod(count - len(first_month) - 1, len(days))
+        year, month = divmod(s.year * 12 + s.month - 1 + interval * (months + 1), 12)
+        return s.replace(year=year, month=month + 1, day=days[index])
+    if freq == "YEARLY" and not by_parts and (s.month, s.day) != (2, 29):
+        return s.replace(year=s.year + interval * (count - 1))
+    return _EXPAND
+
+
+def _last_by_dateutil(rrule: str, local: dt.datetime) -> dt.datetime | None:
+    from dateutil.rrule import rrulestr
+
+    try:
+        rule = rrulestr(rrule, dtstart=local, ignoretz=True)
+        last = None
+        for last in rule:  # noqa: B007  # only the final value matters
+            pass
+    except (ValueError, TypeError, OverflowError):
+        return None
+    return last if isinstance(last, dt.datetime) else None
+
+
+def _plain_monthday(parts: dict[str, str]) -> bool:
+    """BYMONTHDAY 1..28 (alone among the sparse parts) matches every month: cheap to expand."""
+    if {k for k in parts if k in _SPARSE} != {"BYMONTHDAY"} or "BYMONTH" in parts:
+        return False
+    try:
+        days = [int(d) for d in parts["BYMONTHDAY"].split(",")]
+    except ValueError:
+        return False
+    return all(1 <= d <= 28 for d in days)
+
+
+# --- the walk ---------------------------------------------------------------------------------
+
+
+def extract_events(raw: str) -> list[Event]:
+    """Every VEVENT of one VCALENDAR object as an Event (masters and overrides alike)."""
+    if len(raw) > MAX_OBJECT_SIZE:
+        raise MalformedCalendarData(
+            f"calendar object of {len(raw)} characters exceeds the limit of {MAX_OBJECT_SIZE}"
+        )
+    text = _unfold(raw)
+    body, components = _without_vtimezones(text)
+    stack: list[str] = []
+    found: list[tuple[dict[str, _Prop], dict[str, list[_Prop]]]] = []
+    single: dict[str, _Prop] = {}
+    multi: dict[str, list[_Prop]] = {}
+    in_event = False  # directly inside a VEVENT (not in its VALARMs)
+    wanted = _WANTED
+    closed = False
+    for line in body.split("\n"):
+        if not line:
+            continue
+        first = line[0]
+        if (first == "B" or first == "b") and line[:6].upper() == "BEGIN:":
+            name = line[6:].strip().upper()
+            if closed:
+                raise MalformedCalendarData("content after END:VCALENDAR")
+            if not stack and name != "VCALENDAR":
+                raise MalformedCalendarData(f"expected BEGIN:VCALENDAR, found BEGIN:{name[:40]}")
+            components += 1
+            if len(stack) >= MAX_DEPTH or components > MAX_COMPONENTS:
+                raise MalformedCalendarData(
+                    f"components nested deeper than {MAX_DEPTH} or more than {MAX_COMPONENTS}"
+                )
+            if name == "VEVENT":
+                if len(stack) != 1:
+                    raise MalformedCalendarData(f"VEVENT inside {stack[-1][:40]}")
+                single, multi = {}, {}
+            stack.append(name)
+            in_event = name == "VEVENT"
+        elif (first == "E" or first == "e") and line[:4].upper() == "END:":
+            name = line[4:].strip().upper()
+            if not stack or stack[-1] != name:
+                raise MalformedCalendarData(f"END:{name[:40]} does not close {stack[-1:]}")
+            stack.pop()
+            if in_event:
+                found.append((single, multi))
+                in_event = False
+            elif len(stack) == 2 and stack[1] == "VEVENT":
+                in_event = True
+            elif not stack:
+                closed = True
+        elif in_event:
+            colon = line.find(":")
+            if colon < 0:
+                raise MalformedCalendarData(f"not a content line: {line[:60]!r}")
+            semi = line.find(";", 0, colon)
+            name = (line[:colon] if semi < 0 else line[:semi]).upper()
+            if name in wanted:
+                prop = ("", line[colon + 1 :]) if semi < 0 else _content_line(line)[1:]
+                if name in _MULTI:
+                    multi.setdefault(name, []).append(prop)
+                elif name not in single:
+                    single[name] = prop
+        elif not stack:
+            if line.strip():
+                raise MalformedCalendarData(f"content outside VCALENDAR: {line[:60]!r}")
+        elif ":" not in line:
+            raise MalformedCalendarData(f"not a content line: {line[:60]!r}")
+    if stack or not closed:
+        raise MalformedCalendarData("no complete VCALENDAR (missing END lines)")
+    zones = _Zones(text)
+    return [_event(single, multi, zones) for single, multi in found]
+
+
+def _event(single: dict[str, _Prop], multi: dict[str, list[_Prop]], zones: _Zones) -> Event:
+    uid_prop = single.get("UID")
+    if uid_prop is None or not uid_prop[1].strip():
+        raise MalformedCalendarData("VEVENT without UID")
+    event = Event(uid=_text(uid_prop[1].strip()))
+    uid = event.uid[:80]
+    try:
+        _fill(event, single, multi, zones)
+    except MalformedCalendarData as exc:
+        raise MalformedCalendarData(f"UID {uid!r}: {exc}") from None
+    except (ValueError, OverflowError) as exc:
+        raise MalformedCalendarData(f"UID {uid!r}: {exc}") from None
+    return event
+
+
+def _fill(
+    event: Event, single: dict[str, _Prop], multi: dict[str, list[_Prop]], zones: _Zones
+) -> None:
+    get = single.get
+    if (prop := get("RECURRENCE-ID")) is not None:
+        event.recurrence_id = _iso(_when(*prop, zones).utc)
+    if (prop := get("STATUS")) is not None:
+        event.status = _STATUSES.get(prop[1].strip().upper(), "confirmed")
+    start: _When | None = None
+    if (prop := get("DTSTART")) is not None:
+        start = _when(*prop, zones)
+        event.start = start.utc
+        event.all_day = start.is_date
+        event.timezone = start.name
+        if (prop := get("DTEND")) is not None:
+            event.end = _when(*prop, zones).utc
+        elif (prop := get("DURATION")) is not None:
+            event.end = add_duration(start, *_duration(prop[1]))
+        else:
+            event.end = add_duration(start, 1 if start.is_date else 0, 0)
+    if (prop := get("SUMMARY")) is not None:
+        event.summary = _text(prop[1])
+    if (prop := get("LOCATION")) is not None:
+        event.location = _text(prop[1])
+    if (prop := get("TRANSP")) is not None and prop[1].strip().upper() == "TRANSPARENT":
+        event.transparency = "transparent"
+    if (prop := get("ORGANIZER")) is not None:
+        event.organizer = _address(prop[1])
+    if attendees := multi.get("ATTENDEE"):
+        event.attendees = [_address(value) for _, value in attendees]
+    rdates = _when_list(multi.get("RDATE", []), zones)
+    event.rdates = [_iso(w.utc) for w in rdates]
+    event.exdates = [_iso(w.utc) for w in _when_list(multi.get("EXDATE", []), zones)]
+    if (prop := get("LAST-MODIFIED")) is not None:
+        event.last_modified = _when(*prop, zones).utc
+    if (prop := get("SEQUENCE")) is not None:
+        try:
+            event.sequence = int(prop[1].strip())
+        except ValueError:
+            event.sequence = 0
+    if (prop := get("RRULE")) is not None:
+        event.rrule = prop[1].strip()
+    if start is not None and (event.rrule or rdates):
+        event.series_end = _series_end(event, start, rdates)
+
+
+def _series_end(event: Event, start: _When, rdates: list[_When]) -> dt.datetime | None:
+    assert event.start is not None and event.end is not None
+    last = event.start
+    if event.rrule:
+        rule_last = _last_start(event.rrule, _rule_parts(event.rrule), start)
+        if rule_last is None:
+            return None
+        last = max(rule_last, last)
+    for rdate in rdates:
+        last = max(last, rdate.utc)
+    return last + (event.end - event.start)

@@ -1,0 +1,65 @@
+"""Async engines for the store, with SQLite set up for a long-lived, concurrent process.
+
+SQLite needs four settings on every connection: WAL (readers never block the writer), NORMAL
+synchronous (durable at checkpoints, safe with WAL), foreign keys (off by default in SQLite) and
+a busy timeout (wait for another writer instead of failing at once).
+
+Python's sqlite3 driver opens transactions by itself, late and never for DDL, which breaks
+transactional migrations and lets two writers both read before either writes. The store
+therefore turns the driver's transaction handling off and emits BEGIN itself: plain BEGIN for
+readers, BEGIN IMMEDIATE for writers (taking the write lock up front, so a writer waits on the
+busy timeout rather than failing mid-transaction with "database is locked").
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import event
+from sqlalchemy.engine import URL, Connection, Engine
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+
+from calsync.store.urls import async_url
+
+BUSY_TIMEOUT_MS = 30_000
+WRITE = {"calsync_begin": "IMMEDIATE"}
+_BEGIN = {"IMMEDIATE": "BEGIN IMMEDIATE", "DEFERRED": "BEGIN"}
+_PRAGMAS = (
+    f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}",
+    "PRAGMA journal_mode = WAL",
+    "PRAGMA synchronous = NORMAL",
+    "PRAGMA foreign_keys = ON",
+)
+
+
+def create_store_engine(url: str | URL, **options: Any) -> AsyncEngine:
+    """An async engine for a store URL (plain forms accepted, see `async_url`)."""
+    parsed = async_url(url)
+    if parsed.get_backend_name() == "sqlite":
+        engine = create_async_engine(parsed, **options)
+        _configure_sqlite(engine.sync_engine)
+        return engine
+    options.setdefault("pool_pre_ping", True)
+    return create_async_engine(parsed, **options)
+
+
+def writer(engine: AsyncEngine) -> AsyncEngine:
+    """The same engine (and pool) whose transactions start as writers."""
+    return engine.execution_options(**WRITE)
+
+
+def _configure_sqlite(engine: Engine) -> None:
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_connection: Any, _record: Any) -> None:
+        dbapi_connection.isolation_level = None
+        cursor = dbapi_connection.cursor()
+        try:
+            for pragma in _PRAGMAS:
+                cursor.execute(pragma)
+        finally:
+            cursor.close()
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(conn: Connection) -> None:
+        mode = conn.get_execution_options().get("calsync_begin", "DEFERRED")
+        conn.exec_driver_sql(_BEGIN[mode])

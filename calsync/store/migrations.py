@@ -1,0 +1,194 @@
+"""Schema migrations: an ordered list of functions, applied once each, in one transaction.
+
+`schema_version` records every migration applied (version, description, time). Opening a store
+applies the missing ones in order and records them, all in a single transaction, so a failed
+migration leaves the database as it was. Two processes opening the same database at once are
+serialised: PostgreSQL takes a transaction-scoped advisory lock before looking at the version,
+SQLite starts the transaction with BEGIN IMMEDIATE (the database write lock). Both dialects run
+DDL transactionally, so nothing else is needed.
+
+Adding migration 2: write `_v2(connection)` with the DDL (and any data rewrite) it needs,
+append `Migration(2, "...", _v2)` to `MIGRATIONS`, and change `schema.py` to match. A migration
+never changes once released; each defines the tables it touches itself instead of importing
+`schema.py`, because `schema.py` always describes the latest version. A database whose version
+is newer than this code knows is refused rather than used.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+from sqlalchemy import (
+    Boolean,
+    CheckConstraint,
+    Column,
+    ForeignKeyConstraint,
+    Index,
+    Integer,
+    MetaData,
+    PrimaryKeyConstraint,
+    Table,
+    Text,
+    func,
+    insert,
+    select,
+    true,
+)
+from sqlalchemy.engine import Connection
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from calsync.store.connect import writer
+from calsync.store.schema import UtcDateTime, schema_version
+
+# pg_advisory_xact_lock(bigint) key for migrations: the bytes of "calsync".
+MIGRATION_LOCK_KEY = int.from_bytes(b"calsync", "big")
+
+
+class SchemaTooNew(RuntimeError):
+    """The database was migrated by a newer calsync than this one."""
+
+
+@dataclass(frozen=True, slots=True)
+class Migration:
+    version: int
+    description: str
+    apply: Callable[[Connection], None]
+
+
+def _v1_initial(connection: Connection) -> None:
+    md = MetaData()
+    Table(
+        "calendars",
+        md,
+        Column("connection", Text, nullable=False),
+        Column("calendar_id", Text, nullable=False),
+        Column("name", Text, nullable=False),
+        Column("color", Text),
+        Column("cursor", Text),
+        Column("last_sync_at", UtcDateTime),
+        Column("event_count", Integer, nullable=False),
+        PrimaryKeyConstraint("connection", "calendar_id", name="calendars_pkey"),
+    )
+    resources = Table(
+        "resources",
+        md,
+        Column("connection", Text, nullable=False),
+        Column("calendar_id", Text, nullable=False),
+        Column("provider_id", Text, nullable=False),
+        Column("etag", Text),
+        Column("raw", Text, nullable=False),
+        Column("raw_format", Text, nullable=False),
+        Column("recurring", Boolean, nullable=False),
+        Column("first_start", UtcDateTime),
+        Column("series_end", UtcDateTime),
+        Column("updated_at", UtcDateTime, nullable=False),
+        PrimaryKeyConstraint("connection", "calendar_id", "provider_id", name="resources_pkey"),
+        ForeignKeyConstraint(
+            ["connection", "calendar_id"],
+            ["calendars.connection", "calendars.calendar_id"],
+            ondelete="CASCADE",
+            name="resources_calendar_fkey",
+        ),
+        CheckConstraint("raw_format IN ('ical', 'json')", name="resources_raw_format_check"),
+    )
+    recurring = resources.c.recurring == true()
+    Index(
+        "resources_recurring_idx",
+        resources.c.connection,
+        resources.c.calendar_id,
+        resources.c.first_start,
+        postgresql_where=recurring,
+        sqlite_where=recurring,
+    )
+    Table(
+        "events",
+        md,
+        Column("connection", Text, nullable=False),
+        Column("calendar_id", Text, nullable=False),
+        Column("provider_id", Text, nullable=False),
+        Column("uid", Text, nullable=False),
+        Column("recurrence_id", Text, nullable=False),
+        Column("status", Text, nullable=False),
+        Column("start_utc", UtcDateTime),
+        Column("end_utc", UtcDateTime),
+        Column("timezone", Text),
+        Column("all_day", Boolean, nullable=False),
+        Column("summary", Text, nullable=False),
+        Column("location", Text, nullable=False),
+        Column("transparency", Text, nullable=False),
+        Column("organizer", Text),
+        Column("attendees", Text, nullable=False),
+        Column("rrule", Text),
+        Column("rdates", Text, nullable=False),
+        Column("exdates", Text, nullable=False),
+        Column("series_end", UtcDateTime),
+        Column("last_modified", UtcDateTime),
+        Column("sequence", Integer, nullable=False),
+        PrimaryKeyConstraint(
+            "connection", "calendar_id", "provider_id", "recurrence_id", name="events_pkey"
+        ),
+        ForeignKeyConstraint(
+            ["connection", "calendar_id", "provider_id"],
+            ["resources.connection", "resources.calendar_id", "resources.provider_id"],
+            ondelete="CASCADE",
+            name="events_resource_fkey",
+        ),
+        CheckConstraint(
+            "status IN ('confirmed', 'tentative', 'cancelled')", name="events_status_check"
+        ),
+        CheckConstraint(
+            "transparency IN ('opaque', 'transparent')", name="events_transparency_check"
+        ),
+        Index("events_start_idx", "connection", "calendar_id", "start_utc"),
+        Index("events_uid_idx", "connection", "calendar_id", "uid"),
+    )
+    md.create_all(connection)
+
+
+MIGRATIONS: tuple[Migration, ...] = (Migration(1, "calendars, resources and events", _v1_initial),)
+
+
+def check_order(migrations: Sequence[Migration]) -> None:
+    """Versions must run 1, 2, 3, ... with no gap or repeat."""
+    versions = [m.version for m in migrations]
+    if versions != list(range(1, len(versions) + 1)):
+        raise RuntimeError(f"migration versions must be 1..n in order, got {versions}")
+
+
+async def migrate(engine: AsyncEngine, migrations: Sequence[Migration] = MIGRATIONS) -> list[int]:
+    """Bring the database to the latest version; returns the versions applied now."""
+    check_order(migrations)
+    async with writer(engine).begin() as conn:
+        if conn.dialect.name == "postgresql":
+            await conn.execute(select(func.pg_advisory_xact_lock(MIGRATION_LOCK_KEY)))
+        return await conn.run_sync(_apply_pending, migrations)
+
+
+async def current_version(engine: AsyncEngine) -> int:
+    async with engine.connect() as conn:
+        return int(await conn.scalar(select(func.max(schema_version.c.version))) or 0)
+
+
+def _apply_pending(connection: Connection, migrations: Sequence[Migration]) -> list[int]:
+    schema_version.create(connection, checkfirst=True)
+    current = int(connection.scalar(select(func.max(schema_version.c.version))) or 0)
+    latest = migrations[-1].version if migrations else 0
+    if current > latest:
+        raise SchemaTooNew(
+            f"the store's schema is at version {current}, newer than this calsync knows "
+            f"({latest}); upgrade calsync or point it at another database"
+        )
+    applied: list[int] = []
+    for migration in migrations[current:]:
+        migration.apply(connection)
+        connection.execute(
+            insert(schema_version).values(
+                version=migration.version,
+                description=migration.description,
+                applied_at=dt.datetime.now(dt.UTC),
+            )
+        )
+        applied.append(migration.version)
+    return applied

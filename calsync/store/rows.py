@@ -1,0 +1,141 @@
+"""Translation between the model (`Resource`, `Event`) and the rows of the store's tables.
+
+Kept apart from the SQL so that what is stored for an event, and what a stored row reads back
+as, is written down once. Two normalisations happen here: an event without an end ends at its
+start (one day later when all-day), as RFC 5545 says for a DTSTART alone, so that every range
+comparison has both ends; and a resource carries the envelope of its events (`first_start`,
+`series_end`, open when any series is unbounded) so queries can skip it without parsing.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+from collections.abc import Mapping
+from typing import Any
+
+from calsync.model import Event, Resource
+from calsync.store.results import Occurrence
+
+log = logging.getLogger(__name__)
+
+_DAY = dt.timedelta(days=1)
+
+
+def event_end(event: Event) -> dt.datetime | None:
+    if event.end is not None:
+        return event.end
+    if event.start is None:
+        return None
+    return event.start + _DAY if event.all_day else event.start
+
+
+def resource_envelope(events: list[Event]) -> tuple[dt.datetime | None, dt.datetime | None]:
+    """(first start, end of the last occurrence or None when unbounded) over all components."""
+    starts = [e.start for e in events if e.start is not None]
+    ends: list[dt.datetime] = []
+    for event in events:
+        if event.recurring:
+            if event.series_end is None:
+                return min(starts, default=None), None
+            ends.append(event.series_end)
+        else:
+            end = event_end(event)
+            if end is not None:
+                ends.append(end)
+    return min(starts, default=None), max(ends, default=None)
+
+
+def resource_row(
+    connection: str, calendar_id: str, resource: Resource, now: dt.datetime
+) -> dict[str, Any]:
+    first_start, series_end = resource_envelope(resource.events)
+    return {
+        "connection": connection,
+        "calendar_id": calendar_id,
+        "provider_id": resource.provider_id,
+        "etag": resource.etag,
+        "raw": resource.raw,
+        "raw_format": resource.raw_format,
+        "recurring": any(e.recurring for e in resource.events),
+        "first_start": first_start,
+        "series_end": series_end,
+        "updated_at": now,
+    }
+
+
+def _json(values: list[str]) -> str:
+    return json.dumps(values, separators=(",", ":")) if values else "[]"
+
+
+def event_rows(connection: str, calendar_id: str, resource: Resource) -> list[dict[str, Any]]:
+    """One row per component; of two components with the same RECURRENCE-ID the last wins."""
+    rows: dict[str, dict[str, Any]] = {}
+    for event in resource.events:
+        recurrence_id = event.recurrence_id or ""
+        if recurrence_id in rows:
+            log.warning(
+                "resource %s of calendar %s (%s) repeats the component %r; keeping the last",
+                resource.provider_id,
+                calendar_id,
+                connection,
+                recurrence_id or "master",
+            )
+        rows[recurrence_id] = {
+            "connection": connection,
+            "calendar_id": calendar_id,
+            "provider_id": resource.provider_id,
+            "uid": event.uid,
+            "recurrence_id": recurrence_id,
+            "status": event.status,
+            "start_utc": event.start,
+            "end_utc": event_end(event),
+            "timezone": event.timezone,
+            "all_day": event.all_day,
+            "summary": event.summary,
+            "location": event.location,
+            "transparency": event.transparency,
+            "organizer": event.organizer,
+            "attendees": _json(event.attendees),
+            "rrule": event.rrule,
+            "rdates": _json(event.rdates),
+            "exdates": _json(event.exdates),
+            "series_end": event.series_end,
+            "last_modified": event.last_modified,
+            "sequence": event.sequence,
+        }
+    return list(rows.values())
+
+
+def json_list(text: str | None) -> list[str]:
+    if not text:
+        return []
+    values = json.loads(text)
+    return [str(v) for v in values] if isinstance(values, list) else []
+
+
+def occurrence_from_row(
+    row: Mapping[Any, Any],
+    *,
+    start: dt.datetime | None = None,
+    end: dt.datetime | None = None,
+    recurrence_id: str | None = None,
+) -> Occurrence:
+    """A stored event row as an occurrence; an expanded instance passes its own times and id."""
+    return Occurrence(
+        uid=row["uid"],
+        recurrence_id=recurrence_id if recurrence_id is not None else row["recurrence_id"] or None,
+        calendar_id=row["calendar_id"],
+        provider_id=row["provider_id"],
+        start=start if start is not None else row["start_utc"],
+        end=end if end is not None else row["end_utc"],
+        all_day=bool(row["all_day"]),
+        timezone=row["timezone"],
+        summary=row["summary"],
+        location=row["location"],
+        status=row["status"],
+        transparency=row["transparency"],
+        organizer=row["organizer"],
+        attendees=tuple(json_list(row["attendees"])),
+    )

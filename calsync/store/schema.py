@@ -1,0 +1,183 @@
+"""The store's tables as the latest migration leaves them, and how timestamps are kept.
+
+Queries are written against these `Table` objects. The migrations in `migrations.py` build the
+same tables from their own frozen definitions, so that an old migration never changes meaning
+when this file moves on; a test compares the migrated database with this file.
+
+Timestamps are timezone-aware UTC datetimes in Python. PostgreSQL stores them as `timestamptz`.
+SQLite has no date type, so there they are integer microseconds since the Unix epoch: exact,
+compact, compared and indexed as plain integers, with no text format to get wrong. `UtcDateTime`
+converts both ways and refuses naive datetimes, whose meaning would be a guess.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    CheckConstraint,
+    Column,
+    DateTime,
+    ForeignKeyConstraint,
+    Index,
+    Integer,
+    MetaData,
+    PrimaryKeyConstraint,
+    Table,
+    Text,
+    true,
+)
+from sqlalchemy.engine import Dialect
+from sqlalchemy.types import TypeDecorator, TypeEngine
+
+UTC = dt.UTC
+_EPOCH = dt.datetime(1970, 1, 1, tzinfo=UTC)
+_MICROSECOND = dt.timedelta(microseconds=1)
+
+
+def to_epoch_us(value: dt.datetime) -> int:
+    if value.tzinfo is None:
+        raise ValueError(f"naive datetime {value.isoformat()} cannot be stored: give it a zone")
+    return (value - _EPOCH) // _MICROSECOND
+
+
+def from_epoch_us(value: int) -> dt.datetime:
+    return _EPOCH + dt.timedelta(microseconds=value)
+
+
+class UtcDateTime(TypeDecorator[dt.datetime]):
+    """An aware UTC datetime: `timestamptz` on PostgreSQL, epoch microseconds on SQLite."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def load_dialect_impl(self, dialect: Dialect) -> TypeEngine[Any]:
+        if dialect.name == "sqlite":
+            return dialect.type_descriptor(BigInteger())
+        return dialect.type_descriptor(DateTime(timezone=True))
+
+    def process_bind_param(self, value: dt.datetime | None, dialect: Dialect) -> Any:
+        if value is None:
+            return None
+        if dialect.name == "sqlite":
+            return to_epoch_us(value)
+        if value.tzinfo is None:
+            raise ValueError(f"naive datetime {value.isoformat()} cannot be stored: give it a zone")
+        return value.astimezone(UTC)
+
+    def process_result_value(self, value: Any, dialect: Dialect) -> dt.datetime | None:
+        if value is None:
+            return None
+        if isinstance(value, int):
+            return from_epoch_us(value)
+        assert isinstance(value, dt.datetime)
+        return value.astimezone(UTC)
+
+
+STATUSES = ("confirmed", "tentative", "cancelled")
+TRANSPARENCIES = ("opaque", "transparent")
+RAW_FORMATS = ("ical", "json")
+
+
+def _one_of(column: str, values: tuple[str, ...], name: str) -> CheckConstraint:
+    listed = ", ".join(f"'{v}'" for v in values)
+    return CheckConstraint(f"{column} IN ({listed})", name=name)
+
+
+metadata = MetaData()
+
+schema_version = Table(
+    "schema_version",
+    metadata,
+    Column("version", Integer, primary_key=True, autoincrement=False),
+    Column("description", Text, nullable=False),
+    Column("applied_at", UtcDateTime, nullable=False),
+)
+
+calendars = Table(
+    "calendars",
+    metadata,
+    Column("connection", Text, nullable=False),
+    Column("calendar_id", Text, nullable=False),
+    Column("name", Text, nullable=False),
+    Column("color", Text),
+    Column("cursor", Text),
+    Column("last_sync_at", UtcDateTime),
+    Column("event_count", Integer, nullable=False),
+    PrimaryKeyConstraint("connection", "calendar_id", name="calendars_pkey"),
+)
+
+resources = Table(
+    "resources",
+    metadata,
+    Column("connection", Text, nullable=False),
+    Column("calendar_id", Text, nullable=False),
+    Column("provider_id", Text, nullable=False),
+    Column("etag", Text),
+    Column("raw", Text, nullable=False),
+    Column("raw_format", Text, nullable=False),
+    Column("recurring", Boolean, nullable=False),
+    Column("first_start", UtcDateTime),
+    Column("series_end", UtcDateTime),
+    Column("updated_at", UtcDateTime, nullable=False),
+    PrimaryKeyConstraint("connection", "calendar_id", "provider_id", name="resources_pkey"),
+    ForeignKeyConstraint(
+        ["connection", "calendar_id"],
+        ["calendars.connection", "calendars.calendar_id"],
+        ondelete="CASCADE",
+        name="resources_calendar_fkey",
+    ),
+    _one_of("raw_format", RAW_FORMATS, "resources_raw_format_check"),
+)
+# Queries must repeat this exact term for SQLite to use the partial index.
+RECURRING = resources.c.recurring == true()
+Index(
+    "resources_recurring_idx",
+    resources.c.connection,
+    resources.c.calendar_id,
+    resources.c.first_start,
+    postgresql_where=RECURRING,
+    sqlite_where=RECURRING,
+)
+
+events = Table(
+    "events",
+    metadata,
+    Column("connection", Text, nullable=False),
+    Column("calendar_id", Text, nullable=False),
+    Column("provider_id", Text, nullable=False),
+    Column("uid", Text, nullable=False),
+    Column("recurrence_id", Text, nullable=False),
+    Column("status", Text, nullable=False),
+    Column("start_utc", UtcDateTime),
+    Column("end_utc", UtcDateTime),
+    Column("timezone", Text),
+    Column("all_day", Boolean, nullable=False),
+    Column("summary", Text, nullable=False),
+    Column("location", Text, nullable=False),
+    Column("transparency", Text, nullable=False),
+    Column("organizer", Text),
+    Column("attendees", Text, nullable=False),
+    Column("rrule", Text),
+    Column("rdates", Text, nullable=False),
+    Column("exdates", Text, nullable=False),
+    Column("series_end", UtcDateTime),
+    Column("last_modified", UtcDateTime),
+    Column("sequence", Integer, nullable=False),
+    PrimaryKeyConstraint(
+        "connection", "calendar_id", "provider_id", "recurrence_id", name="events_pkey"
+    ),
+    ForeignKeyConstraint(
+        ["connection", "calendar_id", "provider_id"],
+        ["resources.connection", "resources.calendar_id", "resources.provider_id"],
+        ondelete="CASCADE",
+        name="events_resource_fkey",
+    ),
+    _one_of("status", STATUSES, "events_status_check"),
+    _one_of("transparency", TRANSPARENCIES, "events_transparency_check"),
+    Index("events_start_idx", "connection", "calendar_id", "start_utc"),
+    Index("events_uid_idx", "connection", "calendar_id", "uid"),
+)

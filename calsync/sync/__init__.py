@@ -1,0 +1,1 @@
+"""The provider-agnostic sync engine and its request budgets."""

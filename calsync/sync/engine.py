@@ -1,0 +1,185 @@
+"""The provider-agnostic sync engine: page through changes, apply each page with its cursor.
+
+For each selected calendar the engine asks the provider for changes since the stored cursor and
+hands every page to the store, which applies its upserts, deletes and new cursor in one
+transaction. A crash between pages therefore loses nothing: the next run resumes from the last
+committed cursor and replays at most one page, and replaying is harmless because upserts replace
+whole resources. A cursor the provider rejects (expired sync token, 410) makes the engine drop the
+calendar's cursor and run a full listing, after which whatever the listing did not mention is
+deleted. Resources wholly outside the connection's window are not stored (and are deleted when a
+change moves them out). Malformed resources and duplicate UIDs are reported, never fatal.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Literal
+
+from calsync.model import Calendar, Window
+from calsync.providers.base import CalendarGone, CalendarProvider, CursorInvalid
+from calsync.store import EventStore
+
+log = logging.getLogger(__name__)
+
+Mode = Literal["incremental", "full"]
+
+
+@dataclass
+class CalendarResult:
+    calendar_id: str
+    name: str
+    fetched: int = 0
+    upserted: int = 0
+    deleted: int = 0
+    dropped: int = 0  # outside the window
+    pages: int = 0
+    full: bool = False
+    cursor_reset: bool = False  # the provider rejected the cursor; a full resync ran
+    events: int = 0  # events stored for the calendar after the run
+    duplicates: list[tuple[str, list[str]]] = field(default_factory=list)
+
+
+@dataclass
+class SyncResult:
+    calendars: list[CalendarResult] = field(default_factory=list)
+    removed_calendars: list[str] = field(default_factory=list)
+    skipped: list[tuple[str, str]] = field(default_factory=list)  # (provider id, why)
+
+    @property
+    def fetched(self) -> int:
+        return sum(c.fetched for c in self.calendars)
+
+    @property
+    def upserted(self) -> int:
+        return sum(c.upserted for c in self.calendars)
+
+    @property
+    def deleted(self) -> int:
+        return sum(c.deleted for c in self.calendars)
+
+    @property
+    def duplicates(self) -> list[tuple[str, str, list[str]]]:
+        return [(c.calendar_id, uid, ids) for c in self.calendars for uid, ids in c.duplicates]
+
+
+def select_calendars(
+    calendars: Iterable[Calendar], include: Sequence[str], exclude: Sequence[str]
+) -> list[Calendar]:
+    """Apply the connection's include/exclude lists (matching id or display name)."""
+
+    def named(cal: Calendar, names: Sequence[str]) -> bool:
+        return cal.id in names or cal.name in names
+
+    return [
+        cal for cal in calendars if (not include or named(cal, include)) and not named(cal, exclude)
+    ]
+
+
+class SyncEngine:
+    def __init__(self, store: EventStore, *, batch_size: int = 100) -> None:
+        self.store = store
+        self.batch_size = batch_size
+
+    async def sync_connection(
+        self,
+        connection: str,
+        provider: CalendarProvider,
+        *,
+        window: Window,
+        mode: Mode = "incremental",
+        calendar_id: str = "",
+        include: Sequence[str] = (),
+        exclude: Sequence[str] = (),
+    ) -> SyncResult:
+        """Sync every selected calendar of a connection (or only `calendar_id`)."""
+        listed = await provider.list_calendars()
+        selected = select_calendars(listed, include, exclude)
+        result = SyncResult()
+        if not calendar_id:
+            # A calendar no longer listed (deleted, unshared, excluded) takes its events along.
+            wanted = {cal.id for cal in selected}
+            for stored in await self.store.calendars(connection):
+                if stored.id not in wanted:
+                    await self.store.remove_calendar(connection, stored.id)
+                    result.removed_calendars.append(stored.id)
+        else:
+            selected = [cal for cal in selected if cal.id == calendar_id]
+            if not selected:
+                raise CalendarGone(f"calendar {calendar_id!r} is not listed by the provider")
+        for calendar in selected:
+            await self.store.upsert_calendar(connection, calendar.id, calendar.name, calendar.color)
+            result.calendars.append(
+                await self.sync_calendar(connection, provider, calendar, window=window, mode=mode)
+            )
+        skipped = getattr(provider, "skipped", None)
+        if isinstance(skipped, list):
+            result.skipped.extend(skipped)
+            skipped.clear()
+        return result
+
+    async def sync_calendar(
+        self,
+        connection: str,
+        provider: CalendarProvider,
+        calendar: Calendar,
+        *,
+        window: Window,
+        mode: Mode = "incremental",
+    ) -> CalendarResult:
+        cursor = None if mode == "full" else await self.store.get_cursor(connection, calendar.id)
+        outcome = CalendarResult(calendar.id, calendar.name)
+        try:
+            await self._run(connection, provider, calendar, cursor, window, outcome)
+        except CursorInvalid as exc:
+            if cursor is None:
+                raise
+            log.warning(
+                "cursor rejected for %s calendar %s, running a full resync: %s",
+                connection,
+                calendar.id,
+                exc,
+            )
+            await self.store.reset_calendar(connection, calendar.id)
+            outcome = CalendarResult(calendar.id, calendar.name, cursor_reset=True)
+            await self._run(connection, provider, calendar, None, window, outcome)
+        outcome.events = await self.store.count_events(connection, calendar.id)
+        outcome.duplicates = await self.store.duplicate_uids(connection, calendar.id)
+        return outcome
+
+    async def _run(
+        self,
+        connection: str,
+        provider: CalendarProvider,
+        calendar: Calendar,
+        cursor: str | None,
+        window: Window,
+        outcome: CalendarResult,
+    ) -> None:
+        seen: set[str] = set()
+
+        async def known() -> Mapping[str, str | None]:
+            return await self.store.known_etags(connection, calendar.id)
+
+        pages = provider.changes(
+            calendar, cursor, window=window, known=known, batch_size=self.batch_size
+        )
+        async for page in pages:
+            kept = [r for r in page.upserts if window.admits_resource(r)]
+            outside = [r.provider_id for r in page.upserts if not window.admits_resource(r)]
+            if page.full:
+                seen.update(r.provider_id for r in kept)
+            applied = await self.store.apply_page(
+                connection,
+                calendar.id,
+                dataclasses.replace(page, upserts=kept, deletes=[*page.deletes, *outside]),
+                run_seen=seen if page.full else None,
+            )
+            outcome.pages += 1
+            outcome.full = outcome.full or page.full
+            outcome.fetched += len(page.upserts)
+            outcome.dropped += len(outside)
+            outcome.upserted += applied.upserted
+            outcome.deleted += applied.deleted

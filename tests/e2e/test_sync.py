@@ -1,0 +1,225 @@
+"""Sync through the real API server: a connection to a real Radicale calendar, end to end.
+
+The operator (`calsync run`) runs as a process with a SQLite store; events are read back with
+`calsync events --format json`, the same way a user would.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from calsync.testing.icalgen import generate_events
+from tests.support import BIN, Kubectl, Process, poll
+
+pytestmark = pytest.mark.e2e
+
+NOW = dt.datetime.now(dt.UTC)
+
+
+def connection(name: str, url: str, secret: str) -> dict[str, Any]:
+    return {
+        "apiVersion": "calsync.io/v1alpha1",
+        "kind": "CalendarConnection",
+        "metadata": {"name": name},
+        "spec": {
+            "provider": "caldav",
+            "owner": "alice@example.com",
+            "caldav": {
+                "url": url,
+                "allowInsecureHTTP": True,
+                "credentialsSecretRef": {"name": secret},
+            },
+        },
+    }
+
+
+def secret(name: str, username: str, password: str) -> dict[str, Any]:
+    return {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": {"name": name},
+        "stringData": {"username": username, "password": password},
+    }
+
+
+def stored_events(store: Path, key: str, *extra: str) -> list[dict[str, Any]]:
+    out = subprocess.run(
+        [
+            str(BIN / "calsync"),
+            "events",
+            "--connection",
+            key,
+            "--format",
+            "json",
+            "--store",
+            f"sqlite+aiosqlite:///{store}",
+            "--from",
+            "2000-01-01",
+            "--to",
+            "2100-01-01",
+            "--include-cancelled",
+            *extra,
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return list(json.loads(out.stdout))
+
+
+def condition(kubectl: Kubectl, namespace: str, name: str, ctype: str) -> dict[str, Any] | None:
+    obj = kubectl.json("get", f"calconn/{name}", "-n", namespace)
+    for cond in (obj.get("status") or {}).get("conditions", []):
+        if cond["type"] == ctype:
+            return dict(cond)
+    return None
+
+
+def job_phase(kubectl: Kubectl, namespace: str, name: str) -> str:
+    obj = kubectl.json("get", f"sj/{name}", "-n", namespace)
+    return str((obj.get("status") or {}).get("phase", ""))
+
+
+def test_connection_syncs_changes_and_purges(
+    kubectl: Kubectl, namespace: str, operator: Process, store_path: Path, caldav_calendar: Any
+) -> None:
+    objects = generate_events(40, seed=7, start=NOW)
+    for filename, text in objects.items():
+        caldav_calendar.put(filename, text)
+    kubectl.apply(secret("dav", caldav_calendar.user, caldav_calendar.password), namespace)
+    kubectl.apply(connection("alice", caldav_calendar.url, "dav"), namespace)
+    kubectl("wait", "--for=condition=Ready", "calconn/alice", "-n", namespace, "--timeout=120s")
+
+    key = f"{namespace}/alice"
+    events = stored_events(store_path, key)
+    uids = {e["uid"] for e in events}
+    assert len(uids) == len(objects)
+    for event in events:
+        assert {"uid", "recurrence_id", "start", "end", "summary", "status"} <= set(event)
+    obj = kubectl.json("get", "calconn/alice", "-n", namespace)
+    assert obj["status"]["eventCount"] >= len(objects)
+    assert obj["status"]["lastSyncTime"]
+    assert len(obj["status"]["calendars"]) == 1
+    first = kubectl.json("get", "sj", "-n", namespace)["items"]
+    assert [j["spec"]["mode"] for j in first] == ["full"]
+    assert first[0]["status"]["phase"] == "Succeeded"
+    assert first[0]["status"]["counts"]["upserted"] >= len(objects)
+
+    # Change the server: one new, one modified, one deleted; then "sync now".
+    names = sorted(objects)
+    caldav_calendar.delete(names[0])
+    modified = objects[names[1]].replace("SUMMARY:", "SUMMARY:Moved - ", 1)
+    caldav_calendar.put(names[1], modified)
+    extra = generate_events(1, seed=99, start=NOW)
+    ((new_name, new_text),) = extra.items()
+    caldav_calendar.put("new-" + new_name, new_text)
+    kubectl.apply(
+        {
+            "apiVersion": "calsync.io/v1alpha1",
+            "kind": "SyncJob",
+            "metadata": {"name": "now"},
+            "spec": {"connection": "alice"},
+        },
+        namespace,
+    )
+    poll(lambda: job_phase(kubectl, namespace, "now") == "Succeeded", what="SyncJob now Succeeded")
+    job = kubectl.json("get", "sj/now", "-n", namespace)
+    assert job["status"]["counts"]["deleted"] >= 1
+    assert job["status"]["attempts"] == 1
+
+    events = stored_events(store_path, key)
+    summaries = {e["summary"] for e in events}
+    assert any(s.startswith("Moved - ") for s in summaries)
+    assert len({e["uid"] for e in events}) == len(objects)  # -1 deleted, +1 new
+
+    kubectl("delete", "calconn/alice", "-n", namespace, "--timeout=60s")
+    assert stored_events(store_path, key) == []
+
+
+def test_wrong_password_is_visible(
+    kubectl: Kubectl, namespace: str, operator: Process, caldav_calendar: Any
+) -> None:
+    kubectl.apply(secret("dav", caldav_calendar.user, "not-the-password"), namespace)
+    kubectl.apply(connection("mallory", caldav_calendar.url, "dav"), namespace)
+    auth = poll(
+        lambda: (
+            (c := condition(kubectl, namespace, "mallory", "Authenticated"))
+            and c["status"] == "False"
+            and c
+        ),
+        timeout=90,
+        what="Authenticated=False",
+    )
+    assert auth["reason"] == "AuthenticationFailed"
+    ready = condition(kubectl, namespace, "mallory", "Ready")
+    assert ready is not None and (ready["status"], ready["reason"]) == (
+        "False",
+        "AuthenticationFailed",
+    )
+    jobs = kubectl.json("get", "sj", "-n", namespace)["items"]
+    assert jobs and jobs[0]["status"]["phase"] == "Failed"
+    assert jobs[0]["status"]["attempts"] == 1  # not worth retrying
+    assert "not-the-password" not in json.dumps(
+        kubectl.json("get", "calconn/mallory", "-n", namespace)
+    )
+
+    # Fixing the Secret makes it Ready without touching the connection.
+    kubectl.apply(secret("dav", caldav_calendar.user, caldav_calendar.password), namespace)
+    kubectl("wait", "--for=condition=Ready", "calconn/mallory", "-n", namespace, "--timeout=120s")
+
+
+def test_unreachable_server_retries_then_fails(
+    kubectl: Kubectl, namespace: str, operator: Process
+) -> None:
+    from tests.support import free_port
+
+    url = f"http://127.0.0.1:{free_port()}/dav/"
+    kubectl.apply(secret("dav", "u", "p"), namespace)
+    kubectl.apply(connection("nowhere", url, "dav"), namespace)
+    ready = poll(
+        lambda: (
+            (c := condition(kubectl, namespace, "nowhere", "Ready"))
+            and c["reason"] == "SyncFailed"
+            and c
+        ),
+        timeout=120,
+        what="Ready=False reason SyncFailed",
+    )
+    assert ready["status"] == "False"
+    jobs = kubectl.json("get", "sj", "-n", namespace)["items"]
+    assert jobs[0]["status"]["phase"] == "Failed"
+    assert jobs[0]["status"]["attempts"] == 3  # CALSYNC_SYNC_MAX_RETRIES in the fixture
+    assert jobs[0]["status"]["error"]
+    reasons = {
+        e["reason"]
+        for e in kubectl.json("get", "events", "-n", namespace)["items"]
+        if e["involvedObject"]["name"] in ("nowhere", jobs[0]["metadata"]["name"])
+    }
+    assert {"SyncRetrying", "SyncFailed"} <= reasons
+
+
+def test_finished_jobs_expire_after_their_ttl(
+    kubectl: Kubectl, namespace: str, operator: Process, caldav_calendar: Any
+) -> None:
+    kubectl.apply(secret("dav", caldav_calendar.user, caldav_calendar.password), namespace)
+    kubectl.apply(connection("ttl", caldav_calendar.url, "dav"), namespace)
+    kubectl("wait", "--for=condition=Ready", "calconn/ttl", "-n", namespace, "--timeout=120s")
+    kubectl.apply(
+        {
+            "apiVersion": "calsync.io/v1alpha1",
+            "kind": "SyncJob",
+            "metadata": {"name": "short-lived"},
+            "spec": {"connection": "ttl", "ttlSecondsAfterFinished": 0},
+        },
+        namespace,
+    )
+    poll(
+        lambda: kubectl("get", "sj/short-lived", "-n", namespace, check=False).returncode != 0,
+        what="the finished SyncJob to be deleted",
+    )

@@ -1,0 +1,112 @@
+"""How conditions follow from the credentials verdict and from sync outcomes."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import pytest
+
+from calsync.controllers import readiness
+from calsync.controllers.credentials import Verdict
+
+pytestmark = pytest.mark.unit
+
+NOW = dt.datetime(2026, 11, 26, 12, 0, tzinfo=dt.UTC)
+OK = Verdict(("Unknown", "CredentialsFound", "present"), ("True", "CredentialsFound", "ok"))
+MISSING = Verdict(("False", "SecretNotFound", "no s"), ("False", "SecretNotFound", "no s"))
+SUSPENDED = Verdict(("Unknown", "Suspended", "paused"), ("False", "Suspended", "paused"))
+
+
+def fresh() -> readiness.Conditions:
+    return readiness.Conditions([], 1, NOW)
+
+
+def state(conds: readiness.Conditions) -> dict[str, tuple[str, str]]:
+    return {c.type: (c.status, c.reason) for c in conds.items}
+
+
+def test_credentials_present_but_never_synced_is_not_ready() -> None:
+    conds = fresh()
+    readiness.apply_credentials(conds, OK, credentials_changed=False)
+    assert state(conds)["Ready"] == ("False", "AwaitingFirstSync")
+    assert state(conds)["Authenticated"] == ("Unknown", "CredentialsFound")
+
+
+def test_sync_success_makes_ready_and_survives_a_later_credentials_check() -> None:
+    conds = fresh()
+    readiness.apply_credentials(conds, OK, credentials_changed=False)
+    readiness.apply_sync_success(conds, events=5, calendars=1, duplicates=[], skipped=[])
+    assert state(conds)["Ready"] == ("True", "Synced")
+    assert state(conds)["Authenticated"] == ("True", "Authenticated")
+    readiness.apply_credentials(conds, OK, credentials_changed=True)
+    assert state(conds)["Ready"] == ("True", "Synced")
+    assert state(conds)["Authenticated"] == ("True", "Authenticated")
+
+
+def test_missing_secret_wins_over_an_old_success() -> None:
+    conds = fresh()
+    readiness.apply_sync_success(conds, events=5, calendars=1, duplicates=[], skipped=[])
+    readiness.apply_credentials(conds, MISSING, credentials_changed=True)
+    assert state(conds)["Ready"] == ("False", "SecretNotFound")
+
+
+def test_provider_refusal_is_kept_until_the_secret_changes() -> None:
+    conds = fresh()
+    readiness.apply_sync_failure(
+        conds, reason="AuthenticationFailed", message="401", auth=True, final=True
+    )
+    assert state(conds)["Ready"] == ("False", "AuthenticationFailed")
+    readiness.apply_credentials(conds, OK, credentials_changed=False)
+    assert state(conds)["Authenticated"] == ("False", "AuthenticationFailed")
+    readiness.apply_credentials(conds, OK, credentials_changed=True)
+    assert state(conds)["Authenticated"] == ("Unknown", "CredentialsUpdated")
+    assert state(conds)["Ready"][0] == "False"
+
+
+def test_retryable_failures_show_only_when_final() -> None:
+    conds = fresh()
+    readiness.apply_sync_success(conds, events=1, calendars=1, duplicates=[], skipped=[])
+    readiness.apply_sync_failure(
+        conds, reason="ProviderError", message="boom", auth=False, final=False
+    )
+    assert state(conds)["Ready"] == ("True", "Synced")
+    readiness.apply_sync_failure(
+        conds, reason="ProviderError", message="boom", auth=False, final=True
+    )
+    assert state(conds)["Ready"] == ("False", "SyncFailed")
+    assert state(conds)["Synced"] == ("False", "SyncFailed")
+
+
+def test_suspension_and_resume() -> None:
+    conds = fresh()
+    readiness.apply_sync_success(conds, events=1, calendars=1, duplicates=[], skipped=[])
+    readiness.apply_credentials(conds, SUSPENDED, credentials_changed=False)
+    assert state(conds)["Ready"] == ("False", "Suspended")
+    readiness.apply_credentials(conds, OK, credentials_changed=False)
+    assert state(conds)["Ready"] == ("True", "Synced")
+
+
+def test_duplicates_degrade_but_stay_ready() -> None:
+    conds = fresh()
+    readiness.apply_sync_success(
+        conds,
+        events=3,
+        calendars=1,
+        duplicates=[("/cal/", "uid-1", ["/cal/a.ics", "/cal/b.ics"])],
+        skipped=[],
+    )
+    assert state(conds)["Ready"] == ("True", "Synced")
+    assert state(conds)["Degraded"] == ("True", "DuplicateUID")
+    degraded = conds.get("Degraded")
+    assert degraded is not None and "uid-1" in degraded.message
+    readiness.apply_sync_success(conds, events=3, calendars=1, duplicates=[], skipped=[])
+    assert state(conds)["Degraded"] == ("False", "AsExpected")
+
+
+def test_transitions_are_recorded_once() -> None:
+    conds = fresh()
+    readiness.apply_credentials(conds, OK, credentials_changed=False)
+    assert {c.type for c in conds.transitions} == {"Authenticated", "Ready"}
+    again = readiness.Conditions(conds.items, 1, NOW)
+    readiness.apply_credentials(again, OK, credentials_changed=False)
+    assert again.transitions == []
