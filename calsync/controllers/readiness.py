@@ -105,13 +105,18 @@ def apply_sync_success(
     *,
     events: int,
     calendars: int,
-    duplicates: Sequence[tuple[str, str, list[str]]],
+    duplicates: Sequence[tuple[str, str, list[str]]] | None,
     skipped: Sequence[tuple[str, str]],
 ) -> None:
+    """A successful sync; `duplicates` None means not re-checked (nothing changed)."""
     conds.set(AUTHENTICATED, "True", "Authenticated", "the provider accepted the credentials")
     conds.set(SYNCED, "True", "Synced", f"{events} events in {calendars} calendars")
     if conds.get(THROTTLED) is not None:
         conds.set(THROTTLED, "False", "WithinBudget", "requests are within the budget")
+    if duplicates is None and not skipped:
+        derive_ready(conds)  # Degraded stays as the last sync that looked left it
+        return
+    duplicates = duplicates or []
     problems = []
     if duplicates:
         uids = ", ".join(sorted({uid for _, uid, _ in duplicates})[:5])

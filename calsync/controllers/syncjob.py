@@ -461,7 +461,7 @@ class Worker:
                 conds,
                 events=total,
                 calendars=len(calendars),
-                duplicates=result.duplicates,
+                duplicates=result.duplicates if result.duplicates_checked else None,
                 skipped=result.skipped,
             )
             holder["conds"] = conds

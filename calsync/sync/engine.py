@@ -38,8 +38,11 @@ class CalendarResult:
     pages: int = 0
     full: bool = False
     cursor_reset: bool = False  # the provider rejected the cursor; a full resync ran
-    events: int = 0  # events stored for the calendar after the run
     duplicates: list[tuple[str, list[str]]] = field(default_factory=list)
+
+    @property
+    def changed(self) -> bool:
+        return self.full or self.cursor_reset or bool(self.upserted or self.deleted)
 
 
 @dataclass
@@ -47,6 +50,9 @@ class SyncResult:
     calendars: list[CalendarResult] = field(default_factory=list)
     removed_calendars: list[str] = field(default_factory=list)
     skipped: list[tuple[str, str]] = field(default_factory=list)  # (provider id, why)
+    # Whether duplicate UIDs were looked for: only when something changed, since the check
+    # scans every event of the connection and an unchanged store cannot have new ones.
+    duplicates_checked: bool = False
 
     @property
     def fetched(self) -> int:
@@ -114,6 +120,12 @@ class SyncEngine:
             result.calendars.append(
                 await self.sync_calendar(connection, provider, calendar, window=window, mode=mode)
             )
+        if result.removed_calendars or any(c.changed for c in result.calendars):
+            for outcome in result.calendars:
+                outcome.duplicates = await self.store.duplicate_uids(
+                    connection, outcome.calendar_id
+                )
+            result.duplicates_checked = True
         skipped = getattr(provider, "skipped", None)
         if isinstance(skipped, list):
             result.skipped.extend(skipped)
@@ -145,8 +157,6 @@ class SyncEngine:
             await self.store.reset_calendar(connection, calendar.id)
             outcome = CalendarResult(calendar.id, calendar.name, cursor_reset=True)
             await self._run(connection, provider, calendar, None, window, outcome)
-        outcome.events = await self.store.count_events(connection, calendar.id)
-        outcome.duplicates = await self.store.duplicate_uids(connection, calendar.id)
         return outcome
 
     async def _run(

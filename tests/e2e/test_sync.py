@@ -102,6 +102,23 @@ def test_connection_syncs_changes_and_purges(
     assert len(uids) == len(objects)
     for event in events:
         assert {"uid", "recurrence_id", "start", "end", "summary", "status"} <= set(event)
+    ics = subprocess.run(
+        [
+            str(BIN / "calsync"),
+            "events",
+            "--connection",
+            key,
+            "--format",
+            "ics",
+            "--store",
+            f"sqlite+aiosqlite:///{store_path}",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    assert ics.startswith("BEGIN:VCALENDAR")
+    assert all(uid in ics for uid in uids)
     obj = kubectl.json("get", "calconn/alice", "-n", namespace)
     assert obj["status"]["eventCount"] >= len(objects)
     assert obj["status"]["lastSyncTime"]
@@ -223,3 +240,27 @@ def test_finished_jobs_expire_after_their_ttl(
         lambda: kubectl("get", "sj/short-lived", "-n", namespace, check=False).returncode != 0,
         what="the finished SyncJob to be deleted",
     )
+
+
+def test_poll_timer_creates_incremental_jobs(
+    kubectl: Kubectl, namespace: str, operator: Process, caldav_calendar: Any
+) -> None:
+    conn = connection("poller", caldav_calendar.url, "dav")
+    conn["spec"]["sync"] = {"pollInterval": "1m"}
+    kubectl.apply(secret("dav", caldav_calendar.user, caldav_calendar.password), namespace)
+    kubectl.apply(conn, namespace)
+    kubectl("wait", "--for=condition=Ready", "calconn/poller", "-n", namespace, "--timeout=120s")
+    ((name, text),) = generate_events(1, seed=21, start=NOW).items()
+    caldav_calendar.put(name, text)
+
+    def polled() -> list[dict[str, Any]]:
+        jobs = kubectl.json("get", "sj", "-n", namespace)["items"]
+        return [
+            j
+            for j in jobs
+            if j["spec"]["reason"] == "poll" and (j.get("status") or {}).get("phase") == "Succeeded"
+        ]
+
+    jobs = poll(polled, timeout=180, interval=2, what="a Succeeded poll SyncJob")
+    assert jobs[0]["spec"]["mode"] == "incremental"
+    assert jobs[0]["status"]["counts"]["fetched"] >= 1

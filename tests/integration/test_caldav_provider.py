@@ -405,6 +405,35 @@ async def test_malformed_calendar_data_is_skipped_and_reported(
         assert "content line" in provider.skipped[0][1] or "VCALENDAR" in provider.skipped[0][1]
 
 
+async def test_one_unreadable_object_is_isolated_from_its_multiget_batch(
+    caldav_calendar: CalDAVCalendar,
+) -> None:
+    generated = generate_events(9, seed=21)
+    caldav_calendar.seed(generated)
+    victim = sorted(generated)[4]
+    multigets: list[int] = []
+
+    async def rewrite(request: httpx.Request, body: bytes) -> tuple[bytes, Answer | None]:
+        if b"sync-collection" in body and b"calendar-data" in body:
+            # The data-carrying answer is spoilt too: the etag-only retry must follow.
+            return body, lambda status, content: (207, b"<multistatus xmlns='DAV:'><oops")
+        if b"calendar-multiget" not in body:
+            return body, None
+        multigets.append(body.count(b"<D:href>"))
+        if victim.encode() in body:
+            return body, lambda status, content: (207, b"<multistatus xmlns='DAV:'><oops")
+        return body, None
+
+    async with make_provider(caldav_calendar.url, transport=Rewriting(rewrite)) as provider:
+        calendar = await the_calendar(provider, caldav_calendar)
+        pages = await collect(provider, calendar, None)
+    ids = {r.provider_id for page in pages for r in page.upserts}
+    assert ids == {caldav_calendar.provider_id(n) for n in generated if n != victim}
+    assert [pid for pid, _ in provider.skipped] == [caldav_calendar.provider_id(victim)]
+    assert "cannot be read" in provider.skipped[0][1]
+    assert multigets[0] == 9 and 1 in multigets  # halved down to the one object
+
+
 async def test_servers_refusing_sync_collection_get_the_ladder(
     caldav_calendar: CalDAVCalendar,
 ) -> None:
@@ -431,19 +460,35 @@ async def test_radicale_occurrence_cap_falls_back_to_multiget(tmp_path: Any) -> 
     """Radicale answers 400 when a REPORT would hold more VEVENTs than its cap."""
     server = RadicaleServer(tmp_path, settings={"reporting": {"max_expand_occurrence": "25"}})
     server.add_user("alice", USERS["alice"])
+    sent: list[bytes] = []
+
+    async def record(request: httpx.Request, body: bytes) -> tuple[bytes, Answer | None]:
+        sent.append(body)
+        return body, None
+
+    def with_data_reports() -> int:
+        return sum(b"sync-collection" in b and b"calendar-data" in b for b in sent)
+
     with server:
         url = server.create_calendar("alice", USERS["alice"], "capped", "Capped")
-        async with make_provider(url) as provider:
+        async with make_provider(url, transport=Rewriting(record)) as provider:
             (calendar,) = await provider.list_calendars()
             store = Store()
             await store.sync(provider, calendar)
             generated = generate_events(40, seed=17)
-            for name, text in generated.items():
-                server.seed_collection_files("alice", "capped", {name: text})
+            expected = {f"/alice/capped/{name}" for name in generated}
+            server.seed_collection_files("alice", "capped", generated)
+            # Incremental: the REPORT with data is refused, etags + multigets (also halved).
             pages = await store.sync(provider, calendar, batch_size=7)
-            assert {r.provider_id for p in pages for r in p.upserts} == {
-                f"/alice/capped/{name}" for name in generated
-            }
+            assert {r.provider_id for p in pages for r in p.upserts} == expected
+            # A full listing: refused with data once, then remembered for this collection.
+            for _ in range(2):
+                before = with_data_reports()
+                pages = await collect(provider, calendar, None, batch_size=7)
+                assert {r.provider_id for p in pages for r in p.upserts} == expected
+                assert all(p.full for p in pages)
+                refused_now = with_data_reports() - before
+            assert refused_now == 0
             assert not provider.skipped
 
 

@@ -216,3 +216,12 @@ def test_select_calendars_by_id_or_name() -> None:
     assert [c.id for c in select_calendars(cals, ["Work"], [])] == ["/a/"]
     assert [c.id for c in select_calendars(cals, [], ["/a/"])] == ["/b/"]
     assert [c.id for c in select_calendars(cals, [], [])] == ["/a/", "/b/"]
+
+
+async def test_duplicates_are_not_rechecked_when_nothing_changed(store: EventStore) -> None:
+    provider = ScriptedProvider(resources(3))
+    engine = SyncEngine(store)
+    first = await engine.sync_connection(CONN, provider, window=WINDOW)
+    assert first.duplicates_checked
+    again = await engine.sync_connection(CONN, provider, window=WINDOW)
+    assert not again.duplicates_checked and again.upserted == again.deleted == 0

@@ -110,3 +110,12 @@ def test_transitions_are_recorded_once() -> None:
     again = readiness.Conditions(conds.items, 1, NOW)
     readiness.apply_credentials(again, OK, credentials_changed=False)
     assert again.transitions == []
+
+
+def test_unchecked_duplicates_leave_degraded_alone() -> None:
+    conds = fresh()
+    dup = [("/cal/", "uid-1", ["/cal/a.ics", "/cal/b.ics"])]
+    readiness.apply_sync_success(conds, events=3, calendars=1, duplicates=dup, skipped=[])
+    readiness.apply_sync_success(conds, events=3, calendars=1, duplicates=None, skipped=[])
+    assert state(conds)["Degraded"] == ("True", "DuplicateUID")
+    assert state(conds)["Ready"] == ("True", "Synced")

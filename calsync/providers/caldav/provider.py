@@ -6,15 +6,15 @@ one calendar), a calendar home, a principal or a server root; failing those, RFC
 calendar list itself is read fresh on every `list_calendars` (one Depth 1 PROPFIND).
 
 Changes, with sync-collection (RFC 6578):
-- incremental (cursor "sync:<token>"): one REPORT asking for getetag and calendar-data; members
-  answered 404 are deletes. If the server refuses that REPORT with 400 (Radicale does when the
-  answer would hold more than its cap of 10,000 VEVENTs), it is repeated with getetag only and
-  the data fetched by calendar-multiget. A 403/409/400 for the token is CursorInvalid.
-- initial (no cursor, pages `full=True`): a getetag-only REPORT from the empty token, then the
-  data by calendar-multiget in batches of up to 500, the next batch already in flight while the
-  engine stores the current one. Asking for the data in the REPORT itself is faster on small
-  calendars but fails outright on Radicale past 10,000 VEVENTs and puts a whole calendar in one
-  response body (measurements in docs/decisions/0005-caldav-provider-requests.md).
+- one REPORT asking for getetag and calendar-data, from the cursor's token (cursor
+  "sync:<token>") or from the empty token (no cursor: a full listing, pages `full=True`).
+  Members answered 404 are deletes; members that come without data are fetched by
+  calendar-multiget in batches of up to 500, the next batch in flight while the engine stores
+  the current one. A 403/409/400 for a token is CursorInvalid.
+- if the server refuses the REPORT with data (400: Radicale past its cap of 10,000 VEVENTs per
+  answer), it is repeated with getetag only and the data multigot; the collection is remembered
+  for the process so that its next full listing starts that way (measurements in
+  docs/decisions/0005-caldav-provider-requests.md).
 - truncation (a 507 for the collection itself): the pages of that answer end with the returned
   token as a resumable cursor (not complete) and another REPORT continues from it.
 
@@ -74,6 +74,18 @@ THREAD_PARSE_BYTES: Final = 512 << 10  # parse bigger XML bodies off the event l
 
 SYNC_PREFIX: Final = "sync:"
 CTAG_PREFIX: Final = "ctag:"
+
+
+# Collections whose server refused a full sync-collection with calendar-data (Radicale past its
+# VEVENT cap), remembered for the process so the next full listing skips the doomed attempt.
+_REFUSED_WITH_DATA: dict[str, None] = {}
+_REFUSED_LIMIT: Final = 4096
+
+
+def _remember_refusal(url: str) -> None:
+    if len(_REFUSED_WITH_DATA) >= _REFUSED_LIMIT:
+        _REFUSED_WITH_DATA.pop(next(iter(_REFUSED_WITH_DATA)))
+    _REFUSED_WITH_DATA[url] = None
 
 
 class _SyncUnsupported(Exception):
@@ -389,14 +401,17 @@ class CalDAVProvider:
             self._http.raise_for(reply, calendar=True)
         if status in (401, 429) or (status >= 500 and status != 501):
             self._http.raise_for(reply)
-        if token:
-            if status == 400 and with_data:
-                log.info("%s: sync-collection with data refused (400); fetching etags first", url)
-                return await self._sync_report(url, token, with_data=False, first=first)
-            if status in (400, 403, 409, 412) or (
-                xml.VALID_SYNC_TOKEN in xml.error_preconditions(reply.body)
-            ):
-                raise CursorInvalid(f"REPORT {url}: {status}: the sync token is not accepted")
+        if status == 400 and with_data:
+            # Radicale's answer to more than 10,000 VEVENTs in one REPORT; a token problem
+            # shows again on the etag-only request.
+            log.info("%s: sync-collection with data refused (400); fetching etags first", url)
+            _remember_refusal(url)
+            return await self._sync_report(url, token, with_data=False, first=first)
+        if token and (
+            status in (400, 403, 409, 412)
+            or xml.VALID_SYNC_TOKEN in xml.error_preconditions(reply.body)
+        ):
+            raise CursorInvalid(f"REPORT {url}: {status}: the sync token is not accepted")
         if first and status in (400, 403, 405, 415, 501):
             raise _SyncUnsupported
         self._http.raise_for(reply, calendar=True)
@@ -406,7 +421,7 @@ class CalDAVProvider:
         first = True
         collection_path = _path_of(urlsplit(url).path)
         while True:
-            with_data = not full
+            with_data = bool(token) or url not in _REFUSED_WITH_DATA
             reply = await self._sync_report(url, token, with_data=with_data, first=first)
             first = False
             try:
