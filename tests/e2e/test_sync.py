@@ -264,3 +264,27 @@ def test_poll_timer_creates_incremental_jobs(
     jobs = poll(polled, timeout=180, interval=2, what="a Succeeded poll SyncJob")
     assert jobs[0]["spec"]["mode"] == "incremental"
     assert jobs[0]["status"]["counts"]["fetched"] >= 1
+
+
+def test_duplicate_uids_degrade_but_sync(
+    kubectl: Kubectl, namespace: str, operator: Process, caldav_calendar: Any
+) -> None:
+    ((name, text),) = generate_events(1, seed=31, start=NOW).items()
+    caldav_calendar.seed({name: text, "copy-" + name: text})
+    kubectl.apply(secret("dav", caldav_calendar.user, caldav_calendar.password), namespace)
+    kubectl.apply(connection("twins", caldav_calendar.url, "dav"), namespace)
+    kubectl("wait", "--for=condition=Ready", "calconn/twins", "-n", namespace, "--timeout=120s")
+    degraded = condition(kubectl, namespace, "twins", "Degraded")
+    assert degraded is not None
+    assert (degraded["status"], degraded["reason"]) == ("True", "DuplicateUID")
+    uid = next(line for line in text.splitlines() if line.startswith("UID:"))[4:]
+    assert uid in degraded["message"]
+    warnings = poll(
+        lambda: [
+            e
+            for e in kubectl.json("get", "events", "-n", namespace)["items"]
+            if e["reason"] == "DuplicateUID" and e["involvedObject"]["name"] == "twins"
+        ],
+        what="a DuplicateUID Event",
+    )
+    assert warnings[0]["type"] == "Warning"
