@@ -93,3 +93,12 @@ class Process:
                 self.proc.wait()
         self._fh.close()
         return self.proc.returncode
+
+
+def condition(kubectl: Kubectl, namespace: str, name: str, ctype: str) -> dict[str, Any] | None:
+    """One condition of a CalendarConnection, or None while it has none of that type."""
+    obj = kubectl.json("get", f"calconn/{name}", "-n", namespace)
+    for cond in (obj.get("status") or {}).get("conditions", []):
+        if cond["type"] == ctype:
+            return dict(cond)
+    return None

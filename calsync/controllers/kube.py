@@ -97,26 +97,21 @@ async def read_secret(client: AsyncClient, namespace: str, name: str) -> Mapping
     return data
 
 
-async def get_connection(client: AsyncClient, namespace: str, name: str) -> dict[str, Any] | None:
+async def _get(
+    client: AsyncClient, resource: Any, namespace: str, name: str
+) -> dict[str, Any] | None:
+    """One of our objects as a plain dict, or None when it does not exist."""
     try:
-        obj = await client.get(CalendarConnectionResource, name=name, namespace=namespace)
+        obj = await client.get(resource, name=name, namespace=namespace)
     except ApiError as exc:
         if exc.status.code == 404:
             return None
         raise
-    return cast(dict[str, Any], obj.to_dict())  # type: ignore[no-untyped-call]
+    return cast(dict[str, Any], obj.to_dict())
 
 
-async def patch_connection_status(
-    client: AsyncClient, namespace: str, name: str, status: Mapping[str, Any]
-) -> None:
-    await client.patch(
-        CalendarConnectionResource.Status,
-        name,
-        {"status": dict(status)},
-        namespace=namespace,
-        patch_type=PatchType.MERGE,
-    )
+async def get_connection(client: AsyncClient, namespace: str, name: str) -> dict[str, Any] | None:
+    return await _get(client, CalendarConnectionResource, namespace, name)
 
 
 class Conflict(RuntimeError):
@@ -273,13 +268,7 @@ async def create_syncjob(
 
 
 async def get_syncjob(client: AsyncClient, namespace: str, name: str) -> dict[str, Any] | None:
-    try:
-        obj = await client.get(SyncJobResource, name=name, namespace=namespace)
-    except ApiError as exc:
-        if exc.status.code == 404:
-            return None
-        raise
-    return cast(dict[str, Any], obj.to_dict())  # type: ignore[no-untyped-call]
+    return await _get(client, SyncJobResource, namespace, name)
 
 
 async def delete_syncjob(client: AsyncClient, namespace: str, name: str) -> None:

@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from tests.support import Kubectl, Process, poll
+from tests.support import Kubectl, Process, condition, poll
 
 pytestmark = pytest.mark.e2e
 
@@ -32,14 +32,6 @@ def caldav_connection(
 
 def secret(name: str, **data: str) -> dict[str, Any]:
     return {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": name}, "stringData": data}
-
-
-def condition(kubectl: Kubectl, namespace: str, name: str, ctype: str) -> dict[str, Any] | None:
-    obj = kubectl.json("get", f"calconn/{name}", "-n", namespace)
-    for cond in (obj.get("status") or {}).get("conditions", []):
-        if cond["type"] == ctype:
-            return dict(cond)
-    return None
 
 
 def events(kubectl: Kubectl, namespace: str, name: str) -> list[dict[str, Any]]:

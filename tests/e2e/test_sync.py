@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from calsync.testing.icalgen import generate_events
-from tests.support import BIN, Kubectl, Process, poll
+from tests.support import BIN, Kubectl, Process, condition, poll
 
 pytestmark = pytest.mark.e2e
 
@@ -71,14 +71,6 @@ def stored_events(store: Path, key: str, *extra: str) -> list[dict[str, Any]]:
         check=True,
     )
     return list(json.loads(out.stdout))
-
-
-def condition(kubectl: Kubectl, namespace: str, name: str, ctype: str) -> dict[str, Any] | None:
-    obj = kubectl.json("get", f"calconn/{name}", "-n", namespace)
-    for cond in (obj.get("status") or {}).get("conditions", []):
-        if cond["type"] == ctype:
-            return dict(cond)
-    return None
 
 
 def job_phase(kubectl: Kubectl, namespace: str, name: str) -> str:
