@@ -25,9 +25,10 @@ Conventions of the extracted values:
 - A missing DTEND is DTSTART + DURATION, else one day for dates and zero for date-times
   (RFC 5545 3.6.1); DURATION weeks and days are nominal (wall clock), hours and less exact.
 - `series_end` is the end of the last occurrence: UNTIL plus the event's duration, or for COUNT
-  the last occurrence computed with dateutil when that is cheap and bounded, extended by later
-  RDATEs; None (open-ended, so never excluded from a window) when unbounded or too costly to
-  know.
+  the last occurrence (by arithmetic for the plain rules, else with dateutil when that is
+  bounded), extended by later RDATEs; None (open-ended, so never excluded from a window) when
+  unbounded or too costly to know (COUNT above 5,000, sparse BY-rules that could make dateutil
+  search to the year 9999).
 
 Hostile input (see PROTOCOLS.md) ends in MalformedCalendarData, never in a hang or an
 unbounded allocation: object size, nesting depth, component count and recurrence expansion are
@@ -105,6 +106,9 @@ _SINGLE: Final = frozenset(
 )
 _MULTI: Final = frozenset({"ATTENDEE", "RDATE", "EXDATE"})
 _WANTED: Final = _SINGLE | _MULTI
+_WANTED_INITIALS: Final = frozenset(name[0] for name in _WANTED) | frozenset(
+    name[0].lower() for name in _WANTED
+)
 _TEXT_ESCAPE: Final = re.compile(r"\\(.)", re.DOTALL)
 _DURATION: Final = re.compile(
     r"([+-])?P(?:(\d+)W)?(?:(\d+)D)?(?:T(?:(\d+)H)?(?:(\d+)M)?(?:(\d+)S)?)?", re.ASCII
@@ -342,9 +346,9 @@ class _Zones:
 
 
 class _When:
-    """A DATE or DATE-TIME value as read: naive wall time, its zone, and how it was written."""
+    """A DATE or DATE-TIME value as read: naive wall time, its zone, how it was written, UTC."""
 
-    __slots__ = ("is_date", "local", "name", "zone")
+    __slots__ = ("is_date", "local", "name", "utc", "zone")
 
     def __init__(
         self, local: dt.datetime, zone: dt.tzinfo | None, name: str | None, is_date: bool
@@ -353,22 +357,35 @@ class _When:
         self.zone = zone  # None: UTC or floating
         self.name = name  # reported timezone name
         self.is_date = is_date
+        self.utc = (
+            local.replace(tzinfo=UTC)
+            if zone is None
+            else local.replace(tzinfo=zone).astimezone(UTC)
+        )
 
-    @property
-    def utc(self) -> dt.datetime:
-        if self.zone is None:
-            return self.local.replace(tzinfo=UTC)
-        return self.local.replace(tzinfo=self.zone).astimezone(UTC)
+
+_fromisoformat = dt.datetime.fromisoformat
 
 
 def _stamp(value: str) -> tuple[dt.datetime, bool, bool]:
     """'20250301T090000Z' -> (naive datetime, is_utc, is_date)."""
+    n = len(value)
+    try:
+        # The shapes real data has, straight to the C parser; anything else is checked below.
+        if n == 16 and value[15] == "Z" and value[8] == "T" and value[:8].isdigit():
+            return _fromisoformat(value[:15]), True, False
+        if n == 15 and value[8] == "T" and value[:8].isdigit():
+            return _fromisoformat(value), False, False
+        if n == 8 and value.isdigit():
+            return _fromisoformat(value), False, True
+    except ValueError:
+        pass
     v = value.strip()
     n = len(v)
     if n == 8:
         if v.isdigit():
             try:
-                return dt.datetime.fromisoformat(v), False, True
+                return _fromisoformat(v), False, True
             except ValueError:
                 pass
     elif (
@@ -378,7 +395,7 @@ def _stamp(value: str) -> tuple[dt.datetime, bool, bool]:
         and v[9:15].isdigit()
     ):
         try:
-            return dt.datetime.fromisoformat(v[:15]), n == 16, False
+            return _fromisoformat(f"{v[:8]}T{v[9:15]}"), n == 16, False
         except ValueError:
             pass
     raise MalformedCalendarData(f"not a DATE or DATE-TIME: {value[:40]!r}")
@@ -408,6 +425,18 @@ def _when(params: str, value: str, zones: _Zones) -> _When:
             zone, name = zones.get(tzid)
             return _When(local, zone, name, False)
     return _When(local, None, None, False)
+
+
+def _utc_of(params: str, value: str, zones: _Zones) -> dt.datetime:
+    """`_when(...).utc` without the intermediate object (most values need nothing else)."""
+    local, is_utc, is_date = _stamp(value)
+    if params and not is_utc and not is_date:
+        tzid = _tzid(params)
+        if tzid:
+            zone = zones.get(tzid)[0]
+            if zone is not None:
+                return local.replace(tzinfo=zone).astimezone(UTC)
+    return local.replace(tzinfo=UTC)
 
 
 def _iso(moment: dt.datetime) -> str:
@@ -621,13 +650,22 @@ def extract_events(raw: str) -> list[Event]:
             elif not stack:
                 closed = True
         elif in_event:
+            if first not in _WANTED_INITIALS:
+                if ":" not in line:
+                    raise MalformedCalendarData(f"not a content line: {line[:60]!r}")
+                continue
             colon = line.find(":")
             if colon < 0:
                 raise MalformedCalendarData(f"not a content line: {line[:60]!r}")
             semi = line.find(";", 0, colon)
             name = (line[:colon] if semi < 0 else line[:semi]).upper()
             if name in wanted:
-                prop = ("", line[colon + 1 :]) if semi < 0 else _content_line(line)[1:]
+                if semi < 0:
+                    prop = ("", line[colon + 1 :])
+                elif line.find('"', semi, colon) < 0:
+                    prop = (line[semi + 1 : colon], line[colon + 1 :])
+                else:  # a quoted parameter may hide the real colon
+                    prop = _content_line(line)[1:]
                 if name in _MULTI:
                     multi.setdefault(name, []).append(prop)
                 elif name not in single:
@@ -663,7 +701,7 @@ def _fill(
 ) -> None:
     get = single.get
     if (prop := get("RECURRENCE-ID")) is not None:
-        event.recurrence_id = _iso(_when(*prop, zones).utc)
+        event.recurrence_id = _iso(_utc_of(*prop, zones))
     if (prop := get("STATUS")) is not None:
         event.status = _STATUSES.get(prop[1].strip().upper(), "confirmed")
     start: _When | None = None
@@ -673,7 +711,7 @@ def _fill(
         event.all_day = start.is_date
         event.timezone = start.name
         if (prop := get("DTEND")) is not None:
-            event.end = _when(*prop, zones).utc
+            event.end = _utc_of(*prop, zones)
         elif (prop := get("DURATION")) is not None:
             event.end = add_duration(start, *_duration(prop[1]))
         else:
@@ -688,11 +726,14 @@ def _fill(
         event.organizer = _address(prop[1])
     if attendees := multi.get("ATTENDEE"):
         event.attendees = [_address(value) for _, value in attendees]
-    rdates = _when_list(multi.get("RDATE", []), zones)
-    event.rdates = [_iso(w.utc) for w in rdates]
-    event.exdates = [_iso(w.utc) for w in _when_list(multi.get("EXDATE", []), zones)]
+    rdates: list[_When] = []
+    if props := multi.get("RDATE"):
+        rdates = _when_list(props, zones)
+        event.rdates = [_iso(w.utc) for w in rdates]
+    if props := multi.get("EXDATE"):
+        event.exdates = [_iso(w.utc) for w in _when_list(props, zones)]
     if (prop := get("LAST-MODIFIED")) is not None:
-        event.last_modified = _when(*prop, zones).utc
+        event.last_modified = _utc_of(*prop, zones)
     if (prop := get("SEQUENCE")) is not None:
         try:
             event.sequence = int(prop[1].strip())

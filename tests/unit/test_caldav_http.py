@@ -288,8 +288,9 @@ def test_xml_reader_refuses_doctypes_and_garbage() -> None:
 async def test_default_transport_checks_addresses_at_connect_time() -> None:
     from calsync.security.urlguard import GuardedNetworkBackend
 
-    transport = http._guarded_transport()
-    assert isinstance(transport._pool._network_backend, GuardedNetworkBackend)
+    for tls in (False, True):
+        transport = http._transport(tls=tls, guarded=True)
+        assert isinstance(transport._pool._network_backend, GuardedNetworkBackend)
     # End to end through the real transport: a loopback target never gets a connection.
     async with CalDAVProvider("https://127.0.0.1:1/", "alice", "pw") as dav:
         with pytest.raises(InvalidConfiguration, match="loopback"):

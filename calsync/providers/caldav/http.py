@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import datetime as dt
 import email.utils
+import functools
 import ipaddress
 import logging
+import ssl
 from dataclasses import dataclass
 from typing import Final, NoReturn
 from urllib.parse import urljoin, urlsplit
@@ -53,16 +55,51 @@ def origin(url: str) -> tuple[str, str, int]:
     return scheme, (parts.hostname or "").lower(), parts.port or (443 if scheme == "https" else 80)
 
 
-def _guarded_transport() -> httpx.AsyncHTTPTransport:
-    transport = httpx.AsyncHTTPTransport(http1=True, http2=False, retries=0)
-    pool = getattr(transport, "_pool", None)
-    backend = getattr(pool, "_network_backend", None)
-    if backend is None:  # httpx/httpcore internals moved: refuse rather than run unguarded
-        raise RuntimeError("cannot install the connect-time address guard in this httpx version")
-    # httpx offers no public hook for httpcore's network backend; the pool reads this attribute
-    # for every new connection.
-    pool._network_backend = GuardedNetworkBackend(backend)  # type: ignore[union-attr]
+@functools.cache
+def _ssl_context() -> ssl.SSLContext:
+    """One verifying TLS context for the process: building one reads the CA bundle (~20 ms)."""
+    return httpx.create_ssl_context()
+
+
+_LIMITS: Final = httpx.Limits(max_connections=8, max_keepalive_connections=8)
+
+
+def _transport(*, tls: bool, guarded: bool) -> httpx.AsyncHTTPTransport:
+    transport = httpx.AsyncHTTPTransport(
+        # The plain transport only ever carries http:// URLs (https has its own mount).
+        verify=_ssl_context() if tls else False,
+        http1=True,
+        http2=False,
+        retries=0,
+        limits=_LIMITS,
+    )
+    if guarded:
+        pool = getattr(transport, "_pool", None)
+        backend = getattr(pool, "_network_backend", None)
+        if backend is None:  # httpx/httpcore internals moved: refuse rather than run unguarded
+            raise RuntimeError("cannot install the connect-time address guard in this httpx")
+        # httpx offers no public hook for httpcore's network backend; the pool reads this
+        # attribute for every new connection.
+        pool._network_backend = GuardedNetworkBackend(backend)  # type: ignore[union-attr]
     return transport
+
+
+class _LazyTLSTransport(httpx.AsyncBaseTransport):
+    """The https transport, built on the first https request: its CA bundle costs ~20 ms,
+    which a plain-http (local) server never needs."""
+
+    def __init__(self, *, guarded: bool) -> None:
+        self._guarded = guarded
+        self._inner: httpx.AsyncHTTPTransport | None = None
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        if self._inner is None:
+            self._inner = _transport(tls=True, guarded=self._guarded)
+        return await self._inner.handle_async_request(request)
+
+    async def aclose(self) -> None:
+        if self._inner is not None:
+            await self._inner.aclose()
 
 
 def _loopback(url: str) -> bool:
@@ -123,14 +160,19 @@ class DavSession:
         self._digest = False
         self._budget = rate_limiter
         self._trusted: set[tuple[str, str, int]] = set()
-        if transport is None and not allow_private_addresses:
-            transport = _guarded_transport()
+        mounts: dict[str, httpx.AsyncBaseTransport] = {}
+        if transport is None:
+            # Explicit transports also mean no proxy from the environment: every connection
+            # must go through the address guard.
+            guarded = not allow_private_addresses
+            transport = _transport(tls=False, guarded=guarded)
+            mounts["https://"] = _LazyTLSTransport(guarded=guarded)
         self._client = httpx.AsyncClient(
             transport=transport,
+            mounts=mounts,
             timeout=httpx.Timeout(timeout),
             follow_redirects=False,
             headers={"User-Agent": USER_AGENT},
-            limits=httpx.Limits(max_connections=8, max_keepalive_connections=8),
         )
 
     # -- credentials scope ---------------------------------------------------------------------

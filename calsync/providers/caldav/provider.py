@@ -185,6 +185,7 @@ class CalDAVProvider:
         self._http.trust(url)
         self._single: str | None = None  # the configured URL is itself a calendar
         self._homes: list[str] | None = None
+        self._fresh: xml.DavResponse | None = None  # discovery's answer, for one listing
         self._collections: dict[str, _Collection] = {}
         self._no_sync: set[str] = set()
 
@@ -234,6 +235,7 @@ class CalDAVProvider:
             if here is not None:
                 if xml.CALENDAR in here.child_tags(xml.RESOURCETYPE):
                     self._single = reply.url
+                    self._fresh = here  # it holds the calendar's properties already
                     return
                 homes = here.hrefs_in(xml.CALENDAR_HOME_SET)
                 if homes:
@@ -278,7 +280,10 @@ class CalDAVProvider:
         await self._discover()
         body = xml.CALENDARS_WITH_STATE if with_state else xml.CALENDARS
         found: list[tuple[str, xml.DavResponse]] = []
-        if self._single is not None:
+        fresh, self._fresh = self._fresh, None
+        if self._single is not None and fresh is not None and not with_state:
+            found.append((self._single, fresh))
+        elif self._single is not None:
             reply, status = await self._propfind(self._single, body, "0", calendar=True)
             found += [(reply.url, r) for r in status.responses[:1]]
         else:
