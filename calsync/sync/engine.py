@@ -12,13 +12,15 @@ change moves them out). Malformed resources and duplicate UIDs are reported, nev
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import dataclasses
 import logging
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
-from calsync.model import Calendar, Window
+from calsync.model import Calendar, ChangePage, Window
 from calsync.providers.base import CalendarGone, CalendarProvider, CursorInvalid
 from calsync.store import EventStore
 
@@ -175,21 +177,49 @@ class SyncEngine:
 
         pages = provider.changes(
             calendar, cursor, window=window, known=known, batch_size=self.batch_size
+        ).__aiter__()
+        # The next page is read and parsed while the store commits this one: the store's
+        # database work runs outside the event loop, so both proceed at once.
+        ahead: asyncio.Task[ChangePage] | None = asyncio.ensure_future(anext(pages))
+        try:
+            while ahead is not None:
+                try:
+                    page = await ahead
+                except StopAsyncIteration:
+                    break
+                ahead = None if page.complete else asyncio.ensure_future(anext(pages))
+                await self._apply(connection, calendar, page, window, seen, outcome)
+        finally:
+            if ahead is not None:
+                ahead.cancel()
+                with contextlib.suppress(BaseException):
+                    await ahead
+            aclose = getattr(pages, "aclose", None)
+            if aclose is not None:
+                await aclose()
+
+    async def _apply(
+        self,
+        connection: str,
+        calendar: Calendar,
+        page: ChangePage,
+        window: Window,
+        seen: set[str],
+        outcome: CalendarResult,
+    ) -> None:
+        kept = [r for r in page.upserts if window.admits_resource(r)]
+        outside = [r.provider_id for r in page.upserts if not window.admits_resource(r)]
+        if page.full:
+            seen.update(r.provider_id for r in kept)
+        applied = await self.store.apply_page(
+            connection,
+            calendar.id,
+            dataclasses.replace(page, upserts=kept, deletes=[*page.deletes, *outside]),
+            run_seen=seen if page.full else None,
         )
-        async for page in pages:
-            kept = [r for r in page.upserts if window.admits_resource(r)]
-            outside = [r.provider_id for r in page.upserts if not window.admits_resource(r)]
-            if page.full:
-                seen.update(r.provider_id for r in kept)
-            applied = await self.store.apply_page(
-                connection,
-                calendar.id,
-                dataclasses.replace(page, upserts=kept, deletes=[*page.deletes, *outside]),
-                run_seen=seen if page.full else None,
-            )
-            outcome.pages += 1
-            outcome.full = outcome.full or page.full
-            outcome.fetched += len(page.upserts)
-            outcome.dropped += len(outside)
-            outcome.upserted += applied.upserted
-            outcome.deleted += applied.deleted
+        outcome.pages += 1
+        outcome.full = outcome.full or page.full
+        outcome.fetched += len(page.upserts)
+        outcome.dropped += len(outside)
+        outcome.upserted += applied.upserted
+        outcome.deleted += applied.deleted
