@@ -6,7 +6,7 @@ import argparse
 import importlib
 import sys
 
-BENCHMARKS = ("devcluster_up", "store_apply", "caldav_sync")
+BENCHMARKS = ("devcluster_up", "store_apply", "ical_extract", "caldav_sync")
 
 
 def main(argv: list[str] | None = None) -> int:
