@@ -123,30 +123,35 @@ def build_parser() -> argparse.ArgumentParser:
     dev.add_argument("--name", default="calsync", help="cluster name (default: calsync)")
     dev.set_defaults(func=_devcluster)
 
-    run = sub.add_parser(
-        "run",
-        help="operator and worker in one process (the embedded default)",
-        description="Run the controllers and the SyncJob worker in one process. Every flag also "
-        "reads CALSYNC_<NAME> from the environment; see the README's settings table.",
-    )
-    _add_component_flags(run)
-    run.set_defaults(func=lambda a: _component(a, operator=True, worker=True))
-
-    op = sub.add_parser(
-        "operator",
-        help="run the controllers only (Kopf)",
-        description="Run the calsync controllers; SyncJobs are run by `calsync worker`.",
-    )
-    _add_component_flags(op)
-    op.set_defaults(func=lambda a: _component(a, operator=True, worker=False))
-
-    wk = sub.add_parser(
-        "worker",
-        help="run the SyncJob worker only",
-        description="Claim and run SyncJobs. More than one worker needs a PostgreSQL store.",
-    )
-    _add_component_flags(wk)
-    wk.set_defaults(func=lambda a: _component(a, operator=False, worker=True))
+    env_note = " Every flag also reads CALSYNC_<NAME>; see the README's settings table."
+    for name, helptext, description, operator, worker in (
+        (
+            "run",
+            "operator and worker in one process (the embedded default)",
+            "Run the controllers and the SyncJob worker in one process.",
+            True,
+            True,
+        ),
+        (
+            "operator",
+            "run the controllers only (Kopf)",
+            "Run the calsync controllers; SyncJobs are run by `calsync worker`.",
+            True,
+            False,
+        ),
+        (
+            "worker",
+            "run the SyncJob worker only",
+            "Claim and run SyncJobs. More than one worker needs a PostgreSQL store.",
+            False,
+            True,
+        ),
+    ):
+        cmd = sub.add_parser(name, help=helptext, description=description + env_note)
+        _add_component_flags(cmd)
+        cmd.set_defaults(
+            func=lambda a, op=operator, wk=worker: _component(a, operator=op, worker=wk)
+        )
 
     ev = sub.add_parser(
         "events",
