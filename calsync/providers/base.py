@@ -37,6 +37,12 @@ class CredentialsRevoked(AuthenticationFailed):
     reason = "CredentialsRevoked"
 
 
+class InvalidGrant(CredentialsRevoked):
+    """The OAuth refresh token was refused (`invalid_grant`): the user must consent again."""
+
+    reason = "InvalidGrant"
+
+
 class RateLimited(ProviderError):
     """The provider, or our own budget for it, says wait; `retry_after` in seconds."""
 

@@ -377,12 +377,17 @@ class EventStore:
     async def duplicate_uids(
         self, connection: str, calendar_id: str
     ) -> list[tuple[str, list[str]]]:
-        """UIDs that more than one resource of the calendar carries, with those resources."""
+        """UIDs whose same component (master, or one recurrence id) several resources carry.
+
+        A series kept as a master plus exceptions in separate resources (Google, Graph) shares
+        one UID across resources legitimately; only the same (uid, recurrence id) twice is a
+        duplicate.
+        """
         where = self._calendar_filter(events, connection, calendar_id)
         shared = (
             select(events.c.uid)
             .where(*where)
-            .group_by(events.c.uid)
+            .group_by(events.c.uid, events.c.recurrence_id)
             .having(func.count(distinct(events.c.provider_id)) > 1)
         )
         async with self._engine.connect() as conn:
