@@ -11,6 +11,7 @@ import sys
 from collections.abc import Sequence
 
 from calsync import __version__
+from calsync.cli_keys import add_keys_parser
 
 
 def _devcluster(args: argparse.Namespace) -> int:
@@ -50,7 +51,7 @@ def _devcluster(args: argparse.Namespace) -> int:
     return 0
 
 
-def _component(args: argparse.Namespace, *, operator: bool, worker: bool) -> int:
+def _component(args: argparse.Namespace, *, operator: bool, worker: bool, gateway: bool) -> int:
     from calsync.observability.logging import configure_logging
     from calsync.settings import SettingsError, load_settings
 
@@ -63,6 +64,8 @@ def _component(args: argparse.Namespace, *, operator: bool, worker: bool) -> int
         "bind_address": args.bind_address,
         "store_url": args.store,
         "allow_private_addresses": True if args.allow_private_addresses else None,
+        "gateway_port": args.gateway_port,
+        "gateway_url": args.gateway_url,
     }
     try:
         settings = load_settings(overrides)
@@ -73,7 +76,13 @@ def _component(args: argparse.Namespace, *, operator: bool, worker: bool) -> int
 
     from calsync.operator.main import main as operator_main
 
-    return operator_main(settings, operator=operator, worker=worker)
+    return operator_main(settings, operator=operator, worker=worker, gateway=gateway)
+
+
+def _simulate(args: argparse.Namespace) -> int:
+    from calsync.cli_simulate import simulate
+
+    return simulate(args)
 
 
 def _events(args: argparse.Namespace) -> int:
@@ -101,6 +110,10 @@ def _add_component_flags(cmd: argparse.ArgumentParser) -> None:
         action="store_true",
         help="let CalDAV URLs reach loopback and private networks (local servers, tests)",
     )
+    cmd.add_argument("--gateway-port", type=int, help="gateway (OAuth consent) port (0: off)")
+    cmd.add_argument(
+        "--gateway-url", help="the gateway's public base URL (consent links, OAuth redirects)"
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -124,11 +137,12 @@ def build_parser() -> argparse.ArgumentParser:
     dev.set_defaults(func=_devcluster)
 
     env_note = " Every flag also reads CALSYNC_<NAME>; see the README's settings table."
-    for name, helptext, description, operator, worker in (
+    for name, helptext, description, operator, worker, gateway in (
         (
             "run",
-            "operator and worker in one process (the embedded default)",
-            "Run the controllers and the SyncJob worker in one process.",
+            "operator, worker and gateway in one process (the embedded default)",
+            "Run the controllers, the SyncJob worker and the gateway in one process.",
+            True,
             True,
             True,
         ),
@@ -138,6 +152,7 @@ def build_parser() -> argparse.ArgumentParser:
             "Run the calsync controllers; SyncJobs are run by `calsync worker`.",
             True,
             False,
+            False,
         ),
         (
             "worker",
@@ -145,13 +160,37 @@ def build_parser() -> argparse.ArgumentParser:
             "Claim and run SyncJobs. More than one worker needs a PostgreSQL store.",
             False,
             True,
+            False,
+        ),
+        (
+            "gateway",
+            "run the gateway only (OAuth consent, /healthz, /readyz, /metrics)",
+            "Serve OAuth consent for CalendarConnections, health endpoints and metrics.",
+            False,
+            False,
+            True,
         ),
     ):
         cmd = sub.add_parser(name, help=helptext, description=description + env_note)
         _add_component_flags(cmd)
         cmd.set_defaults(
-            func=lambda a, op=operator, wk=worker: _component(a, operator=op, worker=wk)
+            func=lambda a, op=operator, wk=worker, gw=gateway: _component(
+                a, operator=op, worker=wk, gateway=gw
+            )
         )
+
+    add_keys_parser(sub)
+
+    sim = sub.add_parser(
+        "simulate",
+        help="run a provider simulator (Google Calendar API, Microsoft Graph) for tests",
+        description="Serve a faithful in-memory simulator of a provider's API and OAuth "
+        "endpoints on 127.0.0.1, with an admin API under /_admin/ (see docs/simulators/).",
+    )
+    sim.add_argument("provider", choices=["google", "microsoft"])
+    sim.add_argument("--port", type=int, default=0, help="port (default: a free one, printed)")
+    sim.add_argument("--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1)")
+    sim.set_defaults(func=_simulate)
 
     ev = sub.add_parser(
         "events",

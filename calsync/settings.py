@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 import os
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -66,6 +67,40 @@ class Settings(BaseModel):
     )
     provider_timeout: float = Field(default=30.0, gt=0, description="one provider request")
 
+    # OAuth providers' endpoints: the public services by default; point them at the simulators
+    # (`calsync simulate google|microsoft`) for tests and demos.
+    google_api_url: str = Field(default="https://www.googleapis.com")
+    google_authorize_url: str = Field(default="https://accounts.google.com/o/oauth2/v2/auth")
+    google_token_url: str = Field(default="https://oauth2.googleapis.com/token")
+    microsoft_graph_url: str = Field(default="https://graph.microsoft.com")
+    microsoft_login_url: str = Field(
+        default="https://login.microsoftonline.com",
+        description="identity platform base; the tenant and /oauth2/v2.0/... are appended",
+    )
+    microsoft_tenant: str = Field(default="common", description="seed: MICROSOFT_TENANT_ID")
+
+    # Gateway (OAuth consent, health, /metrics; provider webhooks come with push support)
+    gateway_port: int = Field(
+        default=8080, ge=0, le=65535, description="gateway listener; 0 disables it in `run`"
+    )
+    gateway_url: str | None = Field(
+        default=None,
+        description="the gateway's public base URL, used in consent links and OAuth redirect "
+        "URIs; default http://127.0.0.1:<gateway_port>",
+    )
+    consent_link_ttl: float = Field(
+        default=7 * 86400.0, ge=60.0, description="how long a published consent link is valid"
+    )
+    consent_flow_ttl: float = Field(
+        default=600.0, ge=30.0, description="time allowed between starting consent and callback"
+    )
+    keyring_namespace: str | None = Field(
+        default=None,
+        description="namespace of the calsync-keyring Secret; default: the pod's namespace, "
+        "else default",
+    )
+    keyring_name: str = Field(default="calsync-keyring", description="the keyring Secret")
+
     # Sync queue (seed: SYNC_CONCURRENT_JOBS, SYNC_MAX_RETRIES, SYNC_TIMEOUT_MS, SYNC_BATCH_SIZE)
     sync_concurrency: int = Field(default=10, ge=1, le=1000)
     sync_max_retries: int = Field(default=5, ge=0, le=100)
@@ -105,11 +140,26 @@ class Settings(BaseModel):
         "webhook_log_retention",
         "key_rotation_interval",
         "audit_retention",
+        "consent_link_ttl",
+        "consent_flow_ttl",
         mode="before",
     )
     @classmethod
     def _durations(cls, value: object) -> object:
         return _seconds(value)
+
+    @property
+    def public_gateway_url(self) -> str:
+        return (self.gateway_url or f"http://127.0.0.1:{self.gateway_port}").rstrip("/")
+
+    @property
+    def microsoft_authorize_url(self) -> str:
+        base = self.microsoft_login_url.rstrip("/")
+        return f"{base}/{self.microsoft_tenant}/oauth2/v2.0/authorize"
+
+    @property
+    def microsoft_token_url(self) -> str:
+        return f"{self.microsoft_login_url.rstrip('/')}/{self.microsoft_tenant}/oauth2/v2.0/token"
 
     @field_validator("namespaces", mode="before")
     @classmethod
@@ -122,6 +172,18 @@ class Settings(BaseModel):
     @classmethod
     def _upper(cls, value: object) -> object:
         return value.upper() if isinstance(value, str) else value
+
+
+SERVICE_ACCOUNT_NAMESPACE = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
+
+
+def default_keyring_namespace() -> str:
+    """The pod's own namespace in a cluster; `default` elsewhere (a laptop, CI)."""
+    try:
+        namespace = SERVICE_ACCOUNT_NAMESPACE.read_text().strip()
+    except OSError:
+        namespace = ""
+    return namespace or "default"
 
 
 class SettingsError(ValueError):

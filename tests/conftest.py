@@ -12,14 +12,18 @@ import os
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 import yaml
 
 from tests.support import ROOT, Kubectl, Process, free_port, poll
 
+if TYPE_CHECKING:
+    from tests.fixtures.simulators import Simulator
+
 # Fixtures for real servers live in their own modules (one owner each).
-pytest_plugins = ["tests.fixtures.radicale", "tests.fixtures.postgres"]
+pytest_plugins = ["tests.fixtures.radicale", "tests.fixtures.postgres", "tests.fixtures.simulators"]
 
 
 @pytest.fixture(scope="session")
@@ -69,10 +73,24 @@ def store_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def gateway_url() -> str:
+    return f"http://127.0.0.1:{free_port()}"
+
+
+@pytest.fixture(scope="session")
 def operator(
-    kubectl: Kubectl, crds: list[str], store_path: Path, tmp_path_factory: pytest.TempPathFactory
+    kubectl: Kubectl,
+    crds: list[str],
+    store_path: Path,
+    tmp_path_factory: pytest.TempPathFactory,
+    google_sim: Simulator,
+    microsoft_sim: Simulator,
+    gateway_url: str,
 ) -> Iterator[Process]:
-    """`calsync run` (controllers and worker) as a real process against the test cluster."""
+    """`calsync run` (controllers, worker, gateway) as a real process against the test cluster.
+
+    Google and Microsoft point at the session's simulators.
+    """
     import httpx
 
     health = free_port()
@@ -87,6 +105,14 @@ def operator(
         "CALSYNC_ALLOW_PRIVATE_ADDRESSES": "true",
         "CALSYNC_SYNC_RETRY_BACKOFF": "0.2",
         "CALSYNC_SYNC_MAX_RETRIES": "3",
+        "CALSYNC_GATEWAY_PORT": gateway_url.rsplit(":", 1)[1],
+        "CALSYNC_GATEWAY_URL": gateway_url,
+        "CALSYNC_KEYRING_NAMESPACE": "default",
+        "CALSYNC_GOOGLE_API_URL": google_sim.url,
+        "CALSYNC_GOOGLE_AUTHORIZE_URL": f"{google_sim.url}/o/oauth2/v2/auth",
+        "CALSYNC_GOOGLE_TOKEN_URL": f"{google_sim.url}/token",
+        "CALSYNC_MICROSOFT_GRAPH_URL": microsoft_sim.url,
+        "CALSYNC_MICROSOFT_LOGIN_URL": microsoft_sim.url,
     }
     proc = Process(["run"], env, tmp_path_factory.mktemp("operator") / "operator.log")
 

@@ -21,9 +21,11 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import logging
+import time
 from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import parse_qs, urlsplit
 
 import kopf
 from lightkube import AsyncClient
@@ -34,7 +36,11 @@ from calsync.api.conditions import READY, SYNCED, conditions_from_status
 from calsync.api.meta import CALENDAR_CONNECTION, GROUP
 from calsync.controllers import kube, readiness
 from calsync.controllers.credentials import evaluate, referenced_secrets
+from calsync.controllers.oauth_setup import OAUTH_PROVIDERS
+from calsync.controllers.tokens import TokenStoreError, TokenVault, token_secret_name
 from calsync.observability import metrics
+from calsync.security.consent import ConnectionRef, consent_link
+from calsync.settings import Settings
 from calsync.store import EventStore
 
 log = logging.getLogger(__name__)
@@ -44,6 +50,11 @@ POLL_CHECK_SECONDS = 30.0
 ACTIVE_PHASES = ("", "Pending", "Running")
 
 
+# Authenticated reasons after which the owner has to (re)grant access: the status then carries
+# a consent link.
+CONSENT_REASONS = frozenset({"ConsentRequired", "InvalidGrant", "TokenUnreadable"})
+
+
 @dataclass
 class ConnectionContext:
     """What the connection handlers share, carried in Kopf's memo."""
@@ -51,6 +62,8 @@ class ConnectionContext:
     client: AsyncClient
     store: EventStore | None = None
     default_poll_interval: float = 900.0
+    settings: Settings | None = None
+    vault: TokenVault | None = None
     locks: defaultdict[tuple[str, str], asyncio.Lock] = field(
         default_factory=lambda: defaultdict(asyncio.Lock)
     )
@@ -110,6 +123,7 @@ async def reconcile(
         async def mutate(body: dict[str, Any]) -> dict[str, Any] | None:
             if body["metadata"].get("deletionTimestamp"):
                 return None
+            extra: dict[str, Any] = {}
             conds = readiness.Conditions(
                 conditions_from_status(body.get("status")),
                 int(body["metadata"].get("generation", 0)),
@@ -126,11 +140,13 @@ async def reconcile(
                     secret: await kube.read_secret(ctx.client, namespace, secret)
                     for secret in sorted(referenced_secrets(spec))
                 }
-                readiness.apply_credentials(
-                    conds, evaluate(spec, secrets), credentials_changed=credentials_changed
-                )
+                stored, problem = await _token_state(ctx, body, spec)
+                verdict = evaluate(spec, secrets, tokens_stored=stored, token_problem=problem)
+                readiness.apply_credentials(conds, verdict, credentials_changed=credentials_changed)
+                if spec.provider in OAUTH_PROVIDERS:
+                    extra["authorizationURL"] = _consent_link(ctx, body, spec.provider, conds)
             outcome["conds"] = conds
-            return status_patch(conds)
+            return status_patch(conds, **extra)
 
         body = await kube.update_connection_status(ctx.client, namespace, name, mutate)
         if body is not None and "conds" in outcome:
@@ -138,10 +154,60 @@ async def reconcile(
         return body
 
 
+async def _token_state(
+    ctx: ConnectionContext, body: dict[str, Any], spec: CalendarConnectionSpec
+) -> tuple[bool, tuple[str, str] | None]:
+    """Whether calsync holds tokens for an OAuth connection, else (reason, why) they fail."""
+    if spec.provider not in OAUTH_PROVIDERS or ctx.vault is None:
+        return False, None
+    try:
+        return await ctx.vault.load(body) is not None, None
+    except TokenStoreError as exc:
+        return False, (exc.reason, str(exc))
+
+
+def _consent_link(
+    ctx: ConnectionContext, body: dict[str, Any], provider: str, conds: readiness.Conditions
+) -> str | None:
+    """The consent link while the owner has to grant access; None (removed) otherwise."""
+    auth = conds.get("Authenticated")
+    if auth is None or auth.reason not in CONSENT_REASONS:
+        return None
+    if ctx.settings is None or ctx.vault is None:
+        return None
+    now = time.time()
+    current = (body.get("status") or {}).get("authorizationURL")
+    if isinstance(current, str):
+        expires = parse_qs(urlsplit(current).query).get("exp", ["0"])[0]
+        if (
+            current.startswith(ctx.settings.public_gateway_url + "/")
+            and expires.isdigit()
+            and int(expires) > now + ctx.settings.consent_link_ttl / 2
+        ):
+            return current  # still fresh: do not rewrite the status on every reconcile
+    meta = body["metadata"]
+    return consent_link(
+        ctx.settings.public_gateway_url,
+        ctx.vault.keyring,
+        ConnectionRef(meta["namespace"], meta["name"], meta["uid"]),
+        provider,
+        now + ctx.settings.consent_link_ttl,
+    )
+
+
+# Provider verdicts after which no sync is attempted until the credentials change: another
+# attempt would only repeat the refused refresh.
+STICKY_AUTH_REASONS = frozenset({"InvalidGrant"})
+
+
 def _credentials_ok(body: dict[str, Any]) -> bool:
     conds = conditions_from_status(body.get("status"))
     auth = next((c for c in conds if c.type == "Authenticated"), None)
-    return auth is not None and auth.reason not in readiness.CREDENTIAL_REASONS
+    return (
+        auth is not None
+        and auth.reason not in readiness.CREDENTIAL_REASONS
+        and auth.reason not in STICKY_AUTH_REASONS
+    )
 
 
 async def _active_jobs(ctx: ConnectionContext, namespace: str, name: str) -> list[dict[str, Any]]:
@@ -221,7 +287,13 @@ async def poll_timer(
 
 @kopf.on.delete(GROUP, PLURAL)
 async def connection_deleted(
-    namespace: str | None, name: str, status: Any, memo: Any, logger: Any, **_: Any
+    namespace: str | None,
+    name: str,
+    status: Any,
+    body: Any,
+    memo: Any,
+    logger: Any,
+    **_: Any,
 ) -> None:
     """Purge the connection's events from the store, then forget its metric series."""
     assert namespace is not None
@@ -229,6 +301,9 @@ async def connection_deleted(
     if ctx.store is not None:
         purged = await ctx.store.purge_connection(connection_key(namespace, name))
         logger.info("purged %d events of %s/%s from the store", purged, namespace, name)
+    if ctx.vault is not None:
+        # Garbage collection would remove the owned token Secret too; do not wait for it.
+        await ctx.vault.delete({"metadata": dict(body["metadata"])})
     types = [c.type for c in conditions_from_status(status)]
     metrics.forget_connection(namespace, name, types)
     ctx.locks.pop((namespace, name), None)
@@ -243,7 +318,10 @@ def connections_by_secret(
         parsed = CalendarConnectionSpec.model_validate(dict(spec))
     except ValidationError:
         return {}
-    return {(namespace, secret): name for secret in referenced_secrets(parsed)}
+    secrets = set(referenced_secrets(parsed))
+    if parsed.provider in OAUTH_PROVIDERS:
+        secrets.add(token_secret_name(name))  # consent and refreshes write it
+    return {(namespace, secret): name for secret in secrets}
 
 
 @kopf.on.event("", "v1", "secrets")
@@ -255,6 +333,8 @@ async def secret_changed(
         return
     ctx = _context(memo)
     for connection in sorted(set(index.get((namespace, name), []))):
+        if type is not None:
+            await _user_token_replaced(ctx, namespace, connection, name)
         # The initial listing (type None) is not a change of the Secret.
         body = await reconcile(ctx, namespace, connection, credentials_changed=type is not None)
         if body is None:
@@ -262,6 +342,25 @@ async def secret_changed(
         await ensure_first_sync(ctx, body)
         if type is not None and _last_sync_failed(body) and _credentials_ok(body):
             await request_sync(ctx, body, mode="incremental", reason="lifecycle", only_if_idle=True)
+
+
+async def _user_token_replaced(
+    ctx: ConnectionContext, namespace: str, connection: str, secret: str
+) -> None:
+    """A changed spec.oauth.tokenSecretRef Secret replaces the tokens calsync stored."""
+    if ctx.vault is None:
+        return
+    body = await kube.get_connection(ctx.client, namespace, connection)
+    if body is None:
+        return
+    try:
+        spec = CalendarConnectionSpec.model_validate(body.get("spec") or {})
+    except ValidationError:
+        return
+    ref = spec.oauth.token_secret_ref if spec.oauth is not None else None
+    if ref is not None and ref.name == secret:
+        log.info("token Secret %s/%s changed; dropping the stored tokens", namespace, secret)
+        await ctx.vault.delete(body)
 
 
 def _last_sync_failed(body: dict[str, Any]) -> bool:

@@ -66,9 +66,18 @@ def referenced_secrets(spec: CalendarConnectionSpec) -> set[str]:
 
 
 def evaluate(
-    spec: CalendarConnectionSpec, secrets: Mapping[str, Mapping[str, bytes] | None]
+    spec: CalendarConnectionSpec,
+    secrets: Mapping[str, Mapping[str, bytes] | None],
+    *,
+    tokens_stored: bool = False,
+    token_problem: tuple[str, str] | None = None,
 ) -> Verdict:
-    """Judge the credentials from the Secrets' data (None = the Secret does not exist)."""
+    """Judge the credentials from the Secrets' data (None = the Secret does not exist).
+
+    For OAuth providers, `tokens_stored` says whether calsync holds encrypted tokens for the
+    connection (from consent or an earlier refresh), and `token_problem` (reason, message) why
+    they cannot be read (a key retired too early, a Secret copied from another connection).
+    """
     if spec.suspend:
         message = "spec.suspend is true: no sync runs until it is cleared"
         return Verdict(("Unknown", "Suspended", message), ("False", "Suspended", message))
@@ -90,8 +99,16 @@ def evaluate(
                 ("False", "SecretKeyMissing", message), ("False", "SecretKeyMissing", message)
             )
 
-    if spec.provider in ("google", "microsoft") and (
-        spec.oauth is None or spec.oauth.token_secret_ref is None
+    if token_problem is not None:
+        reason, problem = token_problem
+        message = f"the stored tokens cannot be used ({problem})"
+        if reason == "TokenUnreadable":
+            message += "; grant access again through status.authorizationURL"
+        return Verdict(("False", reason, message), ("False", reason, message))
+    if (
+        spec.provider in ("google", "microsoft")
+        and not tokens_stored
+        and (spec.oauth is None or spec.oauth.token_secret_ref is None)
     ):
         message = (
             "no refresh token yet: the account owner must grant access through the consent URL "

@@ -1,23 +1,86 @@
-"""Build the provider object for a connection from its spec and the contents of its Secrets."""
+"""Build the provider object for a connection from its spec, its Secrets and its stored tokens.
+
+CalDAV and iCloud take a username and password from the credentials Secret. Google and Microsoft
+take OAuth tokens: the ones calsync stored encrypted (after consent, or after a refresh rotated
+them) come first, else the refresh token of a pre-provisioned `spec.oauth.tokenSecretRef`. Every
+refresh is written back encrypted before the new token is used, so a rotated refresh token
+(Microsoft issues one on every refresh) survives a crash.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
 
 from calsync.api import CalendarConnectionSpec
-from calsync.providers.base import CalendarProvider, InvalidConfiguration
+from calsync.controllers.oauth_setup import OAUTH_PROVIDERS, OAuthSetupError, connection_client
+from calsync.controllers.tokens import StoredTokens, TokenStoreError, TokenVault
+from calsync.observability import metrics
+from calsync.providers.base import CalendarProvider, InvalidConfiguration, InvalidGrant
 from calsync.providers.caldav import CalDAVProvider
+from calsync.providers.google import GoogleProvider
+from calsync.providers.microsoft import MicrosoftProvider
+from calsync.providers.oauth import RefreshingTokens, TokenSet
+from calsync.settings import Settings
 from calsync.sync.budget import TokenBucket
 
 
-def build_provider(
+class ConsentMissing(InvalidConfiguration):
+    """An OAuth connection has no tokens yet: its owner has to grant access first."""
+
+    reason = "ConsentRequired"
+
+
+class TokensUnreadable(InvalidConfiguration):
+    reason = "TokenUnreadable"
+
+
+@dataclass
+class ProviderDeps:
+    """What building providers needs beyond one connection's spec and Secrets."""
+
+    settings: Settings
+    vault: TokenVault | None = None
+    http: httpx.AsyncClient | None = None  # for token refreshes; shared by all connections
+
+
+async def stored_tokens(
+    vault: TokenVault | None,
+    body: Mapping[str, Any],
+    spec: CalendarConnectionSpec,
+    secrets: Mapping[str, Mapping[str, bytes] | None],
+) -> StoredTokens | None:
+    """The connection's tokens: calsync's encrypted copy, else the user's token Secret."""
+    if vault is not None:
+        try:
+            stored = await vault.load(body)
+        except TokenStoreError as exc:
+            error = TokensUnreadable(str(exc))
+            error.reason = exc.reason
+            raise error from None
+        if stored is not None:
+            return stored
+    ref = spec.oauth.token_secret_ref if spec.oauth is not None else None
+    if ref is not None:
+        data = secrets.get(ref.name) or {}
+        refresh = data.get("refresh_token", b"").decode(errors="replace").strip()
+        if refresh:
+            return StoredTokens(refresh_token=refresh)
+    return None
+
+
+async def build_provider(
     spec: CalendarConnectionSpec,
     secrets: Mapping[str, Mapping[str, bytes] | None],
     *,
     budget: TokenBucket | None,
-    allow_private_addresses: bool,
-    timeout: float,
+    deps: ProviderDeps,
+    body: Mapping[str, Any] | None = None,
 ) -> CalendarProvider:
+    settings = deps.settings
     if spec.provider in ("caldav", "icloud"):
         assert spec.caldav is not None  # the CRD's rules guarantee it
         ref = spec.caldav.credentials_secret_ref
@@ -30,10 +93,69 @@ def build_provider(
             data["password"].decode(),
             icloud=spec.provider == "icloud",
             allow_insecure_http=spec.caldav.allow_insecure_http,
-            allow_private_addresses=allow_private_addresses,
+            allow_private_addresses=settings.allow_private_addresses,
             rate_limiter=budget,
-            timeout=timeout,
+            timeout=settings.provider_timeout,
         )
-    raise InvalidConfiguration(
-        f"provider {spec.provider!r} is not available in this calsync version yet"
-    )
+    if spec.provider in OAUTH_PROVIDERS:
+        if body is None or deps.http is None:
+            raise InvalidConfiguration("OAuth providers need the connection and an HTTP client")
+        try:
+            client = connection_client(spec, secrets, settings)
+        except OAuthSetupError as exc:
+            raise InvalidConfiguration(str(exc)) from None
+        stored = await stored_tokens(deps.vault, body, spec, secrets)
+        if stored is None:
+            raise ConsentMissing(
+                "no refresh token yet: the account owner must grant access through "
+                "status.authorizationURL, or set spec.oauth.tokenSecretRef"
+            )
+        tokens = RefreshingTokens(
+            deps.http,
+            client,
+            TokenSet(
+                access_token=stored.access_token or "",
+                refresh_token=stored.refresh_token,
+                expires_at=stored.expires_at if stored.access_token else 0.0,
+                scope=stored.scope,
+            ),
+            on_refresh=_saver(deps.vault, body, spec.provider),
+        )
+        if spec.provider == "google":
+            return GoogleProvider(
+                settings.google_api_url,
+                tokens,
+                budget=budget,
+                timeout=settings.provider_timeout,
+            )
+        return MicrosoftProvider(
+            settings.microsoft_graph_url,
+            tokens,
+            budget=budget,
+            timeout=settings.provider_timeout,
+        )
+    raise InvalidConfiguration(f"provider {spec.provider!r} is not supported")
+
+
+def _saver(vault: TokenVault | None, body: Mapping[str, Any], provider: str) -> Any:
+    async def save(tokens: TokenSet) -> None:
+        metrics.TOKEN_REFRESHES.labels(provider, "ok").inc()
+        if vault is None or tokens.refresh_token is None:
+            return
+        await vault.save(
+            body,
+            StoredTokens(
+                refresh_token=tokens.refresh_token,
+                access_token=tokens.access_token,
+                expires_at=tokens.expires_at,
+                scope=tokens.scope,
+            ),
+        )
+
+    return save
+
+
+def record_refresh_failure(provider: str, exc: BaseException) -> None:
+    """Count a failed refresh in calsync_token_refreshes_total."""
+    result = "invalid_grant" if isinstance(exc, InvalidGrant) else "error"
+    metrics.TOKEN_REFRESHES.labels(provider, result).inc()

@@ -28,7 +28,18 @@ from calsync.controllers.credentials import Verdict
 
 # Reasons the connection controller gives from the spec and Secrets alone.
 CREDENTIAL_REASONS = frozenset(
-    {"SecretNotFound", "SecretKeyMissing", "ConsentRequired", "Suspended", "InvalidSpec"}
+    {
+        "SecretNotFound",
+        "SecretKeyMissing",
+        "ConsentRequired",
+        "TokenUnreadable",
+        "TokenSecretConflict",
+        "TokenStoreConflict",
+        "KeyringMissing",
+        "KeyringInvalid",
+        "Suspended",
+        "InvalidSpec",
+    }
 )
 # Reasons the provider gives when it refuses the credentials.
 PROVIDER_AUTH_REASONS = frozenset({"AuthenticationFailed", "CredentialsRevoked", "InvalidGrant"})

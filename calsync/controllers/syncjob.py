@@ -23,9 +23,10 @@ import contextlib
 import datetime as dt
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
+import httpx
 from lightkube import ApiError, AsyncClient
 from pydantic import ValidationError
 
@@ -35,12 +36,20 @@ from calsync.api.meta import format_timestamp
 from calsync.controllers import kube, readiness
 from calsync.controllers.connection import connection_key, publish, status_patch
 from calsync.controllers.credentials import evaluate, referenced_secrets
-from calsync.controllers.provider_factory import build_provider
+from calsync.controllers.oauth_setup import OAUTH_PROVIDERS
+from calsync.controllers.provider_factory import (
+    ProviderDeps,
+    TokensUnreadable,
+    build_provider,
+    stored_tokens,
+)
+from calsync.controllers.tokens import TokenVault
 from calsync.model import Window
 from calsync.observability import metrics
 from calsync.providers.base import (
     AuthenticationFailed,
     InvalidConfiguration,
+    InvalidGrant,
     ProviderError,
     RateLimited,
 )
@@ -99,8 +108,12 @@ class Worker:
         *,
         identity: str,
         namespaces: Sequence[str] = (),
+        vault: TokenVault | None = None,
     ) -> None:
         self.client = client
+        self.vault = vault
+        # Token refreshes of every OAuth connection share one keep-alive client.
+        self.http = httpx.AsyncClient(timeout=settings.provider_timeout, follow_redirects=False)
         self.store = store
         self.settings = settings
         self.identity = identity
@@ -140,6 +153,7 @@ class Worker:
             for task in tasks:
                 task.cancel()
             await asyncio.gather(watcher, *tasks, return_exceptions=True)
+            await self.http.aclose()
 
     async def _watch(self) -> None:
         while True:
@@ -387,16 +401,17 @@ class Worker:
             name: await kube.read_secret(self.client, namespace, name)
             for name in sorted(referenced_secrets(conn))
         }
-        verdict = evaluate(conn, secrets)
+        stored = conn.provider in OAUTH_PROVIDERS and await self._has_tokens(body, conn, secrets)
+        verdict = evaluate(conn, secrets, tokens_stored=stored)
         if verdict.ready[0] != "True":
             raise JobFailed(verdict.ready[1], verdict.ready[2])
         key = connection_key(namespace, spec.connection)
-        provider = build_provider(
+        provider = await build_provider(
             conn,
             secrets,
             budget=self.budgets.for_connection(key, conn.provider),
-            allow_private_addresses=self.settings.allow_private_addresses,
-            timeout=self.settings.provider_timeout,
+            deps=ProviderDeps(self.settings, self.vault, self.http),
+            body=body,
         )
         window = Window.around(_now(), conn.sync.window.past_days, conn.sync.window.future_days)
         try:
@@ -409,8 +424,22 @@ class Worker:
                 include=conn.calendars.include,
                 exclude=conn.calendars.exclude,
             )
+        except InvalidGrant:
+            metrics.TOKEN_REFRESHES.labels(conn.provider, "invalid_grant").inc()
+            raise
         finally:
             await provider.aclose()
+
+    async def _has_tokens(
+        self,
+        body: dict[str, Any],
+        conn: CalendarConnectionSpec,
+        secrets: dict[str, Mapping[str, bytes] | None],
+    ) -> bool:
+        try:
+            return await stored_tokens(self.vault, body, conn, secrets) is not None
+        except TokensUnreadable as exc:
+            raise JobFailed(exc.reason, str(exc)) from None
 
     async def _succeeded(
         self, state: dict[str, Any], result: SyncResult | None, seconds: float

@@ -52,6 +52,31 @@ EVENTS_SYNCED = Counter(
     registry=REGISTRY,
 )
 
+TOKEN_REFRESHES = Counter(
+    "calsync_token_refreshes_total",
+    "OAuth access-token refreshes, by provider and result (ok, invalid_grant, error).",
+    ["provider", "result"],
+    registry=REGISTRY,
+)
+CONSENTS = Counter(
+    "calsync_oauth_consents_total",
+    "OAuth consent flows finished at the gateway, by provider and result.",
+    ["provider", "result"],
+    registry=REGISTRY,
+)
+GATEWAY_REQUESTS = Counter(
+    "calsync_gateway_requests_total",
+    "Requests answered by the gateway, by route and status code.",
+    ["route", "code"],
+    registry=REGISTRY,
+)
+KEY_ROTATIONS = Counter(
+    "calsync_key_rotations_total",
+    "Token keyring rotations performed by this process, by result.",
+    ["result"],
+    registry=REGISTRY,
+)
+
 _STATUSES = ("True", "False", "Unknown")
 
 

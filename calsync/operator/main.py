@@ -25,9 +25,13 @@ from prometheus_client import start_http_server
 from calsync.controllers import connection as connection_controller
 from calsync.controllers import kube
 from calsync.controllers.syncjob import Worker
+from calsync.controllers.tokens import TokenVault, rotate_if_due
+from calsync.observability import metrics
 from calsync.observability.metrics import REGISTRY
-from calsync.settings import Settings
+from calsync.settings import Settings, default_keyring_namespace
 from calsync.store import EventStore, default_store_url
+from calsync.webhook_gateway.app import GatewayContext
+from calsync.webhook_gateway.app import serve as serve_gateway
 
 log = logging.getLogger(__name__)
 
@@ -70,14 +74,58 @@ def _client() -> AsyncClient:
     return AsyncClient(config=config, field_manager="calsync-operator")
 
 
+KEY_ROTATION_CHECK = 3600.0
+
+
+def keyring_namespace(settings: Settings) -> str:
+    """Where the keyring Secret lives: the setting, else the pod's namespace, else default."""
+    return settings.keyring_namespace or default_keyring_namespace()
+
+
+async def _open_vault(client: AsyncClient, settings: Settings) -> TokenVault:
+    namespace = keyring_namespace(settings)
+    vault = TokenVault(client, keyring_namespace=namespace, keyring_name=settings.keyring_name)
+    try:
+        await vault.start()
+    except Exception as exc:
+        raise StartupError(
+            f"cannot load or create the token keyring Secret {namespace}/"
+            f"{settings.keyring_name}: {exc} (set CALSYNC_KEYRING_NAMESPACE to an existing "
+            "namespace the operator may write Secrets in)"
+        ) from exc
+    return vault
+
+
+async def _rotate_keys_when_due(client: AsyncClient, settings: Settings) -> None:
+    """The optional rotation timer (seed: every 90 days); 0 disables it."""
+    while True:
+        await asyncio.sleep(KEY_ROTATION_CHECK)
+        try:
+            report = await rotate_if_due(
+                client,
+                keyring_namespace=keyring_namespace(settings),
+                keyring_name=settings.keyring_name,
+                interval=settings.key_rotation_interval,
+                namespaces=settings.namespaces,
+            )
+        except Exception:
+            metrics.KEY_ROTATIONS.labels("failed").inc()
+            log.exception("scheduled key rotation failed; trying again in an hour")
+            continue
+        if report is not None:
+            metrics.KEY_ROTATIONS.labels("ok").inc()
+            log.info("rotated the token keyring", extra={"key": report.new_key_id})
+
+
 async def run(
     settings: Settings,
     *,
     operator: bool = True,
     worker: bool = False,
+    gateway: bool = False,
     stop_flag: threading.Event | None = None,
 ) -> None:
-    """Run the Kopf controllers, the SyncJob worker, or both in one process."""
+    """Run the Kopf controllers, the SyncJob worker, the gateway, or any of them together."""
     client = _client()
     try:
         await kube.check_crds(client)
@@ -89,49 +137,92 @@ async def run(
         raise StartupError(f"cannot reach the Kubernetes API server: {exc}") from exc
 
     try:
-        store = await EventStore.open(settings.store_url or default_store_url())
-    except Exception as exc:
+        vault = await _open_vault(client, settings)
+    except StartupError:
         await client.close()
-        raise StartupError(f"cannot open the event store: {exc}") from exc
-    if settings.metrics_port:
+        raise
+    store: EventStore | None = None
+    if operator or worker:  # the gateway alone does not read the store (yet)
+        try:
+            store = await EventStore.open(settings.store_url or default_store_url())
+        except Exception as exc:
+            await client.close()
+            raise StartupError(f"cannot open the event store: {exc}") from exc
+    if settings.metrics_port and (operator or worker):
         start_http_server(settings.metrics_port, addr=settings.bind_address, registry=REGISTRY)
     log.info(
         "calsync starting",
         extra={
             "components": ",".join(
-                c for c, on in (("operator", operator), ("worker", worker)) if on
+                c
+                for c, on in (("operator", operator), ("worker", worker), ("gateway", gateway))
+                if on
             ),
             "namespaces": ",".join(settings.namespaces) or "*",
         },
     )
     tasks: list[asyncio.Task[None]] = []
+    gateway_runner = None
     try:
+        if gateway and settings.gateway_port:
+            ctx = GatewayContext(settings=settings, client=client, vault=vault, ready=True)
+            try:
+                gateway_runner = await serve_gateway(
+                    ctx, settings.bind_address, settings.gateway_port
+                )
+            except OSError as exc:
+                raise StartupError(
+                    f"cannot listen on {settings.bind_address}:{settings.gateway_port} for the "
+                    f"gateway: {exc}"
+                ) from exc
         if worker:
+            assert store is not None
             identity = settings.worker_identity or f"{socket.gethostname()}-{os.getpid()}"
             runner = Worker(
-                client, store, settings, identity=identity, namespaces=settings.namespaces
+                client,
+                store,
+                settings,
+                identity=identity,
+                namespaces=settings.namespaces,
+                vault=vault,
             )
             tasks.append(asyncio.create_task(runner.run(), name="worker"))
         if operator:
-            await _run_kopf(settings, client, store, stop_flag)
+            assert store is not None
+            if settings.key_rotation_interval:
+                tasks.append(
+                    asyncio.create_task(_rotate_keys_when_due(client, settings), name="keys")
+                )
+            await _run_kopf(settings, client, store, vault, stop_flag)
         else:
             await _wait_for_signal()
     finally:
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
-        await store.close()
+        if gateway_runner is not None:
+            await gateway_runner.cleanup()
+        if store is not None:
+            await store.close()
         await client.close()
 
 
 async def _run_kopf(
-    settings: Settings, client: AsyncClient, store: EventStore, stop_flag: threading.Event | None
+    settings: Settings,
+    client: AsyncClient,
+    store: EventStore,
+    vault: TokenVault,
+    stop_flag: threading.Event | None,
 ) -> None:
     kopf_settings = kopf.OperatorSettings()
     configure_kopf(kopf_settings)
     memo = kopf.Memo(
         connections=connection_controller.ConnectionContext(
-            client=client, store=store, default_poll_interval=settings.caldav_poll_interval
+            client=client,
+            store=store,
+            default_poll_interval=settings.caldav_poll_interval,
+            settings=settings,
+            vault=vault,
         )
     )
     liveness = (
@@ -158,9 +249,11 @@ async def _wait_for_signal() -> None:
     await stop.wait()
 
 
-def main(settings: Settings, *, operator: bool = True, worker: bool = False) -> int:
+def main(
+    settings: Settings, *, operator: bool = True, worker: bool = False, gateway: bool = False
+) -> int:
     try:
-        asyncio.run(run(settings, operator=operator, worker=worker))
+        asyncio.run(run(settings, operator=operator, worker=worker, gateway=gateway))
     except StartupError as exc:
         log.error("cannot start: %s", exc)
         return 2

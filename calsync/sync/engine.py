@@ -20,7 +20,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
-from calsync.model import Calendar, ChangePage, Window
+from calsync.model import Calendar, ChangePage, Resource, Window
 from calsync.providers.base import CalendarGone, CalendarProvider, CursorInvalid
 from calsync.store import EventStore
 
@@ -207,8 +207,13 @@ class SyncEngine:
         seen: set[str],
         outcome: CalendarResult,
     ) -> None:
-        kept = [r for r in page.upserts if window.admits_resource(r)]
-        outside = [r.provider_id for r in page.upserts if not window.admits_resource(r)]
+        kept: list[Resource] = []
+        outside: list[str] = []
+        for resource in page.upserts:
+            if window.admits_resource(resource):
+                kept.append(resource)
+            else:
+                outside.append(resource.provider_id)
         if page.full:
             seen.update(r.provider_id for r in kept)
         applied = await self.store.apply_page(

@@ -1,4 +1,4 @@
-"""CalDAVProvider against a real Radicale: discovery, sync-collection, the fallback ladder.
+"""CalDAVProvider against a real Radicale: discovery, the listings and sync-collection, the ladder.
 
 Where Radicale cannot show a behaviour (it never truncates, never asks for Digest, never sends
 hostile XML or broken calendar data), a thin transport wrapper or a small aiohttp server in
@@ -325,6 +325,9 @@ async def test_truncated_answers_resume_from_the_returned_token(
     fake = "http://radicale.org/ns/sync/truncated-1"
 
     async def rewrite(request: httpx.Request, body: bytes) -> tuple[bytes, Answer | None]:
+        if request.method == "REPORT" and b"calendar-query" in body:
+            # Refuse the query listing: only sync-collection can be truncated and resumed.
+            return body, lambda status, content: (501, b"")
         if request.method != "REPORT" or b"sync-collection" not in body:
             return body, None
         if b"<D:sync-token></D:sync-token>" in body:
@@ -367,6 +370,123 @@ async def test_truncated_answers_resume_from_the_returned_token(
         # The final token is real: an incremental sync from it sees nothing new.
         quiet = await collect(provider, calendar, pages[-1].cursor)
         assert not quiet[0].upserts and quiet[0].complete
+
+
+def _report_kinds(transport: Rewriting, bodies: list[bytes]) -> list[str]:
+    """What each recorded request was: 'token' (PROPFIND of the sync-token), 'query',
+    'sync-collection', or the method."""
+    kinds = []
+    for (method, _), body in zip(transport.requests, bodies, strict=True):
+        if method == "PROPFIND" and b"<D:sync-token/></D:prop>" in body:
+            kinds.append("token")
+        elif b"calendar-query" in body:
+            kinds.append("query")
+        elif b"sync-collection" in body:
+            kinds.append("sync-collection")
+        else:
+            kinds.append(method)
+    return kinds
+
+
+async def test_the_initial_listing_is_a_token_then_one_calendar_query(
+    caldav_calendar: CalDAVCalendar,
+) -> None:
+    generated = generate_events(30, seed=24)
+    caldav_calendar.seed(generated)
+    names = sorted(generated)
+    bodies: list[bytes] = []
+
+    async def record(request: httpx.Request, body: bytes) -> tuple[bytes, Answer | None]:
+        bodies.append(body)
+        return body, None
+
+    transport = Rewriting(record)
+    async with make_provider(caldav_calendar.url, transport=transport) as provider:
+        calendar = await the_calendar(provider, caldav_calendar)
+        before = len(bodies)
+        store = Store()
+        pages = await store.sync(provider, calendar, batch_size=8)
+        assert _report_kinds(transport, bodies)[before:] == ["token", "query"]
+        assert_page_shape(pages, full=True)
+        assert set(store.resources) == {caldav_calendar.provider_id(n) for n in generated}
+        assert store.cursor is not None and store.cursor.startswith("sync:http://radicale")
+        # The token read before the query is a real one: the next run sees just the change.
+        caldav_calendar.put(names[3], generated[names[3]].replace("SUMMARY:", "SUMMARY:New ", 1))
+        before = len(bodies)
+        changed = await store.sync(provider, calendar)
+        assert _report_kinds(transport, bodies)[before:] == ["sync-collection"]
+        assert [r.provider_id for p in changed for r in p.upserts] == [
+            caldav_calendar.provider_id(names[3])
+        ]
+
+
+async def test_a_change_while_the_query_runs_is_listed_and_reported_again(
+    caldav_calendar: CalDAVCalendar,
+) -> None:
+    """The token comes first: a change racing the listing shows up twice, never not at all."""
+    generated = generate_events(10, seed=25)
+    caldav_calendar.seed(generated)
+    victim = sorted(generated)[5]
+    changed = generated[victim].replace("SUMMARY:", "SUMMARY:Raced ", 1)
+
+    async def change_first(request: httpx.Request, body: bytes) -> tuple[bytes, Answer | None]:
+        if b"calendar-query" in body:
+            async with httpx.AsyncClient(auth=caldav_calendar.auth) as client:
+                answer = await client.put(caldav_calendar.url + victim, content=changed.encode())
+                assert answer.status_code in (200, 201, 204)
+        return body, None
+
+    async with make_provider(caldav_calendar.url, transport=Rewriting(change_first)) as provider:
+        calendar = await the_calendar(provider, caldav_calendar)
+        store = Store()
+        await store.sync(provider, calendar)
+        listed = store.resources[caldav_calendar.provider_id(victim)]
+        assert listed.events[0].summary.startswith("Raced ")
+        again = await store.sync(provider, calendar)
+    assert [r.provider_id for p in again for r in p.upserts] == [
+        caldav_calendar.provider_id(victim)
+    ]
+
+
+@pytest.mark.parametrize("spoil", ["truncated", "refused"])
+async def test_a_truncated_or_refused_query_listing_falls_back_to_sync_collection(
+    caldav_calendar: CalDAVCalendar, spoil: str
+) -> None:
+    generated = generate_events(12, seed=26)
+    caldav_calendar.seed(generated)
+    bodies: list[bytes] = []
+    truncation = (
+        f"<response><href>{caldav_calendar.path}</href>"
+        "<status>HTTP/1.1 507 Insufficient Storage</status></response></multistatus>"
+    ).encode()
+
+    async def rewrite(request: httpx.Request, body: bytes) -> tuple[bytes, Answer | None]:
+        bodies.append(body)
+        if b"calendar-query" not in body:
+            return body, None
+        if spoil == "refused":
+            return body, lambda status, content: (403, b"")
+
+        def truncated(status: int, content: bytes) -> tuple[int, bytes]:
+            members = _RESPONSE.findall(content)[:4]
+            head = content[: content.index(b"<response>")]
+            return status, head + b"".join(members) + truncation
+
+        return body, truncated
+
+    transport = Rewriting(rewrite)
+    async with make_provider(caldav_calendar.url, transport=transport) as provider:
+        calendar = await the_calendar(provider, caldav_calendar)
+        for attempt in range(2):
+            before = len(bodies)
+            pages = await collect(provider, calendar, None, batch_size=5)
+            assert_page_shape(pages, full=True)
+            ids = {r.provider_id for page in pages for r in page.upserts}
+            assert ids == {caldav_calendar.provider_id(n) for n in generated}
+            kinds = _report_kinds(transport, bodies)[before:]
+            # Remembered: the second full listing goes to sync-collection straight away.
+            first = ["token", "query"] if attempt == 0 else []
+            assert kinds == [*first, "sync-collection"]
 
 
 async def test_malformed_calendar_data_is_skipped_and_reported(
@@ -414,8 +534,8 @@ async def test_one_unreadable_object_is_isolated_from_its_multiget_batch(
     multigets: list[int] = []
 
     async def rewrite(request: httpx.Request, body: bytes) -> tuple[bytes, Answer | None]:
-        if b"sync-collection" in body and b"calendar-data" in body:
-            # The data-carrying answer is spoilt too: the etag-only retry must follow.
+        if b"calendar-query" in body or (b"sync-collection" in body and b"calendar-data" in body):
+            # The data-carrying answers are spoilt too: the etag-only retry must follow.
             return body, lambda status, content: (207, b"<multistatus xmlns='DAV:'><oops")
         if b"calendar-multiget" not in body:
             return body, None
@@ -442,6 +562,9 @@ async def test_servers_refusing_sync_collection_get_the_ladder(
     async def rewrite(request: httpx.Request, body: bytes) -> tuple[bytes, Answer | None]:
         if request.method == "REPORT" and b"sync-collection" in body:
             return body, lambda status, content: (501, b"")
+        if request.method == "PROPFIND" and b"sync-token" in body:
+            # Nor does such a server have a DAV:sync-token property.
+            return body, lambda status, content: (status, _TOKEN.sub(b"<sync-token/>", content))
         return body, None
 
     transport = Rewriting(rewrite)

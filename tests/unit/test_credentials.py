@@ -304,3 +304,24 @@ def test_no_message_ever_contains_a_secret_value() -> None:
         "ConsentRequired",
         "CredentialsFound",
     }
+
+
+@pytest.mark.parametrize("provider", ["google", "microsoft"])
+def test_oauth_with_stored_tokens_needs_no_consent(provider: str) -> None:
+    verdict = evaluate(
+        oauth(provider, token=False), {f"{provider}-client": CLIENT_DATA}, tokens_stored=True
+    )
+    assert verdict.authenticated[:2] == ("Unknown", "CredentialsFound")
+    assert verdict.ready[0] == "True"
+
+
+def test_unreadable_tokens_ask_for_consent_again() -> None:
+    verdict = evaluate(
+        oauth("google", token=False),
+        {"google-client": CLIENT_DATA},
+        token_problem=("TokenUnreadable", "encrypted for another connection"),
+    )
+    assert verdict.authenticated[:2] == ("False", "TokenUnreadable")
+    assert "another connection" in verdict.ready[2]
+    assert "authorizationURL" in verdict.ready[2]
+    assert_no_secret_values(verdict)

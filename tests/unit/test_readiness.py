@@ -119,3 +119,16 @@ def test_unchecked_duplicates_leave_degraded_alone() -> None:
     readiness.apply_sync_success(conds, events=3, calendars=1, duplicates=None, skipped=[])
     assert state(conds)["Degraded"] == ("True", "DuplicateUID")
     assert state(conds)["Ready"] == ("True", "Synced")
+
+
+def test_invalid_grant_is_kept_until_the_credentials_change() -> None:
+    conds = fresh()
+    readiness.apply_credentials(conds, OK, credentials_changed=False)
+    readiness.apply_sync_failure(
+        conds, reason="InvalidGrant", message="refused", auth=True, final=True
+    )
+    assert state(conds)["Ready"] == ("False", "InvalidGrant")
+    readiness.apply_credentials(conds, OK, credentials_changed=False)
+    assert state(conds)["Authenticated"] == ("False", "InvalidGrant")
+    readiness.apply_credentials(conds, OK, credentials_changed=True)
+    assert state(conds)["Authenticated"] == ("Unknown", "CredentialsUpdated")

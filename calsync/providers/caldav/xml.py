@@ -10,7 +10,7 @@ status and the properties found with a 2xx propstat.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Final
+from typing import Final, NamedTuple
 from xml.sax.saxutils import escape
 
 from lxml import etree  # type: ignore[import-untyped]  # no lxml-stubs in the dev set
@@ -79,6 +79,7 @@ PRINCIPAL: Final = propfind("<C:calendar-home-set/><D:current-user-principal/>")
 CALENDARS: Final = propfind(_CALENDAR_PROPS)
 CALENDARS_WITH_STATE: Final = propfind(_CALENDAR_PROPS + _STATE_PROPS)
 CTAG: Final = propfind("<CS:getctag/><D:sync-token/>")
+SYNC_TOKEN_ONLY: Final = propfind("<D:sync-token/>")
 ETAGS: Final = propfind("<D:resourcetype/><D:getetag/><D:getcontenttype/>")
 
 
@@ -97,6 +98,15 @@ def multiget(hrefs: list[str]) -> bytes:
         f"{_HEADER}<C:calendar-multiget {_NAMESPACES}>"
         f"<D:prop><D:getetag/><C:calendar-data/></D:prop>{body}</C:calendar-multiget>"
     ).encode()
+
+
+# Every calendar object of a collection with its data: a calendar-query whose only filter is
+# the VCALENDAR component, which every object matches (RFC 4791, 9.7.1).
+EVERY_OBJECT: Final = (
+    f"{_HEADER}<C:calendar-query {_NAMESPACES}>"
+    "<D:prop><D:getetag/><C:calendar-data/></D:prop>"
+    '<C:filter><C:comp-filter name="VCALENDAR"/></C:filter></C:calendar-query>'
+).encode()
 
 
 def calendar_query(start: str, end: str) -> bytes:
@@ -251,6 +261,74 @@ def parse_multistatus(body: bytes) -> Multistatus:
         elif tag == SYNC_TOKEN:
             token = (node.text or "").strip() or None
     return Multistatus(responses, token)
+
+
+class Listed(NamedTuple):
+    """One member of a listing answer (sync-collection, calendar-query), reduced to its texts.
+
+    A tuple of strings rather than a `DavResponse`: a large listing holds tens of thousands
+    of them, and plain tuples neither keep lxml elements alive nor weigh on the garbage
+    collector while the pages are parsed and stored.
+    """
+
+    href: str
+    status: int | None
+    etag: str | None  # None: not among the 2xx properties; "" when present but empty
+    data: str | None  # calendar-data, same convention
+    collection: bool  # its resourcetype names a collection
+
+
+@dataclass(slots=True)
+class Listing:
+    members: list[Listed]
+    sync_token: str | None = None
+
+
+def parse_listing(body: bytes) -> Listing:
+    """A multistatus read for getetag, calendar-data and resourcetype only (same rules as
+    `parse_multistatus`: response-level status, properties of 2xx propstats)."""
+    root = parse_xml(body)
+    if root.tag != MULTISTATUS:
+        raise HostileXML(f"expected a DAV:multistatus, got {str(root.tag)[:80]}")
+    members: list[Listed] = []
+    token: str | None = None
+    for node in root:
+        tag = node.tag
+        if tag == RESPONSE:
+            hrefs: list[str] = []
+            status: int | None = None
+            etag: str | None = None
+            data: str | None = None
+            collection = False
+            for part in node:
+                kind = part.tag
+                if kind == HREF:
+                    if part.text:
+                        hrefs.append(part.text.strip())
+                elif kind == PROPSTAT:
+                    found = None
+                    code = None
+                    for piece in part:
+                        if piece.tag == PROP:
+                            found = piece
+                        elif piece.tag == STATUS:
+                            code = status_code(piece.text)
+                    if found is None or code is None or not 200 <= code < 300:
+                        continue
+                    for prop in found:
+                        name = prop.tag
+                        if name == CALENDAR_DATA:
+                            data = prop.text or ""
+                        elif name == GETETAG:
+                            etag = prop.text or ""
+                        elif name == RESOURCETYPE:
+                            collection = any(child.tag == COLLECTION for child in prop.iter())
+                elif kind == STATUS:
+                    status = status_code(part.text)
+            members.extend(Listed(href, status, etag, data, collection) for href in hrefs)
+        elif tag == SYNC_TOKEN:
+            token = (node.text or "").strip() or None
+    return Listing(members, token)
 
 
 def error_preconditions(body: bytes) -> set[str]:

@@ -1,0 +1,391 @@
+"""Initial Google sync of 10,000 events from the simulator, beside bare paging of the same API.
+
+The simulator runs in a process of its own (`python -m calsync simulate google`), loaded through
+its admin API with `generate` (10,000 events, about 15 % of them recurring series, some with a
+moved and a cancelled instance, which are extra resources), so its CPU is not ours. Two ways of
+reading the calendar are measured, interleaved round by round (the order alternates), three
+rounds each, medians reported:
+
+- ours: `SyncEngine.sync_connection` with a `GoogleProvider` (maxResults 2,500) into a fresh
+  SQLite store, in a child process of its own, timed inside the child around the sync call
+  only; its peak RSS is the child's own (VmHWM, see `bench._util.peak_rss_bytes`).
+- ours, provider only: the same `GoogleProvider` paging through the same listing and turning
+  every item into a `Resource`, with nothing stored (also in a child process): what our sync
+  costs besides the store.
+- bare paging: a plain httpx client fetching the same listing (`singleEvents=false`,
+  `showDeleted=false`, `maxResults=2500`, following `nextPageToken` to the `nextSyncToken`) and
+  decoding each page's JSON; nothing stored. The floor for any client of this API.
+
+Events/s is resources listed per second. Target: ours >= 0.5x the bare paging rate.
+
+`python -m bench google_sync` runs it (once registered in bench/__main__.py);
+`python -m bench.google_sync --profile FILE` also runs one more sync of ours, untimed, under
+cProfile and writes its statistics to FILE.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import datetime as dt
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from importlib import metadata
+from pathlib import Path
+from typing import IO, Any
+
+from bench._util import MiB, median, peak_rss_bytes, rotate, verdict
+
+COUNT = 10_000
+SEED = 1
+ROUNDS = 3
+PAGE_SIZE = 2500
+BATCH_SIZE = 500
+USER = "bench@example.com"
+CONNECTION = "bench"
+PAST_DAYS, FUTURE_DAYS = 365, 730
+TARGET = 0.5  # ours / bare paging, in events per second
+TOOLS = ("ours", "provider", "bare")
+TOKEN_VARIABLE = "CALSYNC_BENCH_GOOGLE_TOKEN"  # noqa: S105 - a variable name, not a token
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+# -- our side, in a child process ---------------------------------------------------------------
+
+
+async def _child_provider_only(api_url: str, token: str) -> dict[str, Any]:
+    from calsync.model import Window
+    from calsync.providers.google import GoogleProvider
+    from calsync.providers.oauth import StaticTokens
+
+    provider = GoogleProvider(api_url, StaticTokens(token), max_results=PAGE_SIZE)
+    window = Window.around(dt.datetime.now(dt.UTC), PAST_DAYS, FUTURE_DAYS)
+
+    async def nothing_known() -> dict[str, str | None]:
+        return {}
+
+    try:
+        started = time.perf_counter()
+        resources = pages = 0
+        for calendar in await provider.list_calendars():
+            async for page in provider.changes(
+                calendar, None, window=window, known=nothing_known, batch_size=BATCH_SIZE
+            ):
+                resources += len(page.upserts)
+                pages += 1
+        seconds = time.perf_counter() - started
+    finally:
+        await provider.aclose()
+    return {"seconds": seconds, "resources": resources, "pages": pages}
+
+
+async def _child_sync(
+    store_url: str, api_url: str, token: str, profile: str | None
+) -> dict[str, Any]:
+    from calsync.model import Window
+    from calsync.providers.google import GoogleProvider
+    from calsync.providers.oauth import StaticTokens
+    from calsync.store import EventStore
+    from calsync.sync.engine import SyncEngine
+
+    store = await EventStore.open(store_url)
+    provider = GoogleProvider(api_url, StaticTokens(token), max_results=PAGE_SIZE)
+    try:
+        engine = SyncEngine(store, batch_size=BATCH_SIZE)
+        window = Window.around(dt.datetime.now(dt.UTC), PAST_DAYS, FUTURE_DAYS)
+        profiler: Any = None
+        if profile:
+            import cProfile
+
+            profiler = cProfile.Profile()
+            profiler.enable()
+        started = time.perf_counter()
+        result = await engine.sync_connection(CONNECTION, provider, window=window)
+        seconds = time.perf_counter() - started
+        if profiler is not None:
+            profiler.disable()
+            profiler.dump_stats(profile)
+        peak = peak_rss_bytes()
+        stored = 0
+        for calendar in result.calendars:
+            stored += len(await store.known_etags(CONNECTION, calendar.calendar_id))
+        return {
+            "seconds": seconds,
+            "peak_rss": peak,
+            "fetched": result.fetched,
+            "upserted": result.upserted,
+            "dropped": sum(c.dropped for c in result.calendars),
+            "pages": sum(c.pages for c in result.calendars),
+            "resources": stored,
+            "skipped": [list(s) for s in result.skipped],
+        }
+    finally:
+        await provider.aclose()
+        await store.close()
+
+
+def _child_main(args: argparse.Namespace) -> int:
+    token = os.environ.pop(TOKEN_VARIABLE)
+    if args.provider_only:
+        outcome = asyncio.run(_child_provider_only(args.url, token))
+    else:
+        outcome = asyncio.run(_child_sync(args.store, args.url, token, args.profile))
+    print(json.dumps(outcome), flush=True)
+    return 0
+
+
+def run_ours(
+    store: Path | None, api_url: str, token: str, profile: Path | None = None
+) -> dict[str, Any]:
+    """Our sync in a child process (`store` None: the provider alone, nothing stored)."""
+    command = [sys.executable, "-m", "bench.google_sync", "--child", "--url", api_url]
+    if store is None:
+        command.append("--provider-only")
+    else:
+        command += ["--store", f"sqlite+aiosqlite:///{store}"]
+    if profile is not None:
+        command += ["--profile", str(profile)]
+    path = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH", "")]))
+    env = {**os.environ, "PYTHONPATH": path, TOKEN_VARIABLE: token}
+    done = subprocess.run(
+        command, cwd=ROOT, env=env, capture_output=True, text=True, stdin=subprocess.DEVNULL
+    )
+    if done.returncode != 0:
+        raise RuntimeError(f"our sync failed (exit {done.returncode}):\n{done.stderr[-4000:]}")
+    data: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
+    return data
+
+
+# -- the bare client ----------------------------------------------------------------------------
+
+
+def bare_paging(api_url: str, token: str, calendar_id: str) -> tuple[float, int, int]:
+    """(seconds, items, pages) of one full listing with a plain httpx client."""
+    import httpx
+
+    url = f"{api_url}/calendar/v3/calendars/{calendar_id}/events"
+    base = {"singleEvents": "false", "showDeleted": "false", "maxResults": str(PAGE_SIZE)}
+    items = pages = 0
+    with httpx.Client(headers={"Authorization": f"Bearer {token}"}, timeout=300.0) as client:
+        started = time.perf_counter()
+        params = dict(base)
+        while True:
+            response = client.get(url, params=params)
+            response.raise_for_status()
+            body = response.json()
+            items += len(body["items"])
+            pages += 1
+            if "nextPageToken" not in body:
+                if not body.get("nextSyncToken"):
+                    raise RuntimeError("the last page has no nextSyncToken")
+                break
+            params = {**base, "pageToken": body["nextPageToken"]}
+        seconds = time.perf_counter() - started
+    return seconds, items, pages
+
+
+# -- the simulator process ----------------------------------------------------------------------
+
+
+class Simulator:
+    """`calsync simulate google` as a child process, driven through its admin API."""
+
+    def __init__(self, log: IO[str]) -> None:
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "calsync", "simulate", "google", "--port", "0"],
+            cwd=ROOT,
+            stdout=subprocess.PIPE,
+            stderr=log,
+            stdin=subprocess.DEVNULL,
+            text=True,
+        )
+        assert self.proc.stdout is not None
+        line = self.proc.stdout.readline().strip()
+        if not line.startswith("http"):
+            self.stop()
+            raise RuntimeError(f"the simulator did not start (said {line!r})")
+        self.url = line
+
+    def admin(self, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
+        import httpx
+
+        response = httpx.request(method, f"{self.url}/_admin{path}", json=body, timeout=600)
+        if response.status_code >= 400:
+            raise RuntimeError(
+                f"admin {method} {path}: {response.status_code} {response.text[:500]}"
+            )
+        return response.json() if response.content else None
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+# -- the run --------------------------------------------------------------------------------------
+
+
+@dataclass
+class Results:
+    ours: list[float] = field(default_factory=list)
+    ours_rss: list[int] = field(default_factory=list)
+    provider: list[float] = field(default_factory=list)
+    bare: list[float] = field(default_factory=list)
+    items: int = 0
+    pages: int = 0
+    stored: dict[str, Any] = field(default_factory=dict)
+    made: dict[str, int] = field(default_factory=dict)
+    warmup: float = 0.0
+
+
+def measure(profile: Path | None = None) -> Results:
+    root = Path(tempfile.mkdtemp(prefix="calsync-bench-google-"))
+    results = Results()
+    with (root / "simulator.log").open("w") as log:
+        sim = Simulator(log)
+        try:
+            sim.admin("POST", "/users", {"email": USER, "timeZone": "Europe/Berlin"})
+            today = dt.datetime.now(dt.UTC).replace(hour=0, minute=0, second=0, microsecond=0)
+            results.made = sim.admin(
+                "POST",
+                f"/calendars/{USER}/generate",
+                {"count": COUNT, "seed": SEED, "start": today.isoformat()},
+            )
+            token = sim.admin("POST", "/tokens/access", {"user": USER})["access_token"]
+            started = time.perf_counter()
+            _, results.items, results.pages = bare_paging(sim.url, token, USER)  # warm-up
+            results.warmup = time.perf_counter() - started
+            for round_ in range(ROUNDS):
+                for tool in rotate(TOOLS, round_):
+                    if tool == "ours":
+                        store = root / f"store-{round_}.db"
+                        data = run_ours(store, sim.url, token)
+                        _check(data, results.items)
+                        results.stored = data
+                        results.ours.append(float(data["seconds"]))
+                        results.ours_rss.append(int(data["peak_rss"]))
+                        for path in root.glob(f"store-{round_}.db*"):
+                            path.unlink()
+                    elif tool == "provider":
+                        data = run_ours(None, sim.url, token)
+                        if data["resources"] != results.items:
+                            raise RuntimeError(f"the provider alone saw {data['resources']} items")
+                        results.provider.append(float(data["seconds"]))
+                    else:
+                        seconds, items, _ = bare_paging(sim.url, token, USER)
+                        if items != results.items:
+                            raise RuntimeError(
+                                f"bare paging saw {items} items, then {results.items}"
+                            )
+                        results.bare.append(seconds)
+            if profile is not None:  # one more sync, untimed, under the profiler
+                run_ours(root / "store-profile.db", sim.url, token, profile)
+        except BaseException:
+            log.flush()
+            print((root / "simulator.log").read_text()[-4000:], file=sys.stderr)
+            raise
+        finally:
+            sim.stop()
+            shutil.rmtree(root, ignore_errors=True)
+    return results
+
+
+def _check(data: dict[str, Any], items: int) -> None:
+    if data["fetched"] != items or data["resources"] + data["dropped"] != items or data["skipped"]:
+        raise RuntimeError(
+            f"our sync fetched {data['fetched']} and stored {data['resources']} resources "
+            f"(dropped outside the window: {data['dropped']}, skipped: {data['skipped'][:5]}); "
+            f"the listing holds {items}"
+        )
+
+
+def print_report(results: Results) -> None:
+    ours, provider, bare = median(results.ours), median(results.provider), median(results.bare)
+    bare_rate = results.items / bare
+    print(
+        f"Python {platform.python_version()}, httpx {metadata.version('httpx')}, "
+        f"aiohttp {metadata.version('aiohttp')} (simulator), {os.cpu_count()} CPUs"
+    )
+    made = results.made
+    print(
+        f"calendar: {results.items} resources in {results.pages} pages of up to {PAGE_SIZE} "
+        f"(generate count={COUNT} seed={SEED}: {made.get('recurring')} recurring series, "
+        f"{made.get('exceptions')} moved and {made.get('cancelled_instances')} cancelled "
+        f"instances); warm-up listing (untimed): {results.warmup:.2f} s"
+    )
+    print(
+        f"ours: SyncEngine(batch_size={BATCH_SIZE}) + GoogleProvider(max_results={PAGE_SIZE}), "
+        f"SQLite store; stored {results.stored.get('resources')} resources in "
+        f"{results.stored.get('pages')} pages (dropped outside the window: "
+        f"{results.stored.get('dropped')})"
+    )
+    print(f"median of {ROUNDS} rounds, interleaved (order rotated per round)")
+    print()
+    header = f"{'':<22} | {'seconds':>8} | {'events/s':>9} | {'x bare':>6} | {'peak RSS (MiB)':>14}"
+    print(header)
+    print("-" * len(header))
+    rss = f"{max(results.ours_rss) / MiB:.1f}"
+    for name, seconds, memory in (
+        ("ours (sync + store)", ours, rss),
+        ("ours, provider only", provider, ""),
+        ("bare paging", bare, ""),
+    ):
+        rate = results.items / seconds
+        print(
+            f"{name:<22} | {seconds:>8.3f} | {rate:>9.0f} | {rate / bare_rate:>6.2f} | {memory:>14}"
+        )
+    ratio = bare / ours
+    print()
+    print(
+        f"target: ours >= {TARGET}x the bare paging rate: {ratio:.2f}x {verdict(ratio >= TARGET)}"
+    )
+    print(
+        f"of our sync's {ours:.3f} s, the provider alone (HTTP, JSON, conversion) takes "
+        f"{provider:.3f} s; the rest is the engine and the store"
+    )
+    print(
+        "raw rounds (s): ours "
+        + ", ".join(f"{v:.3f}" for v in results.ours)
+        + "; provider only "
+        + ", ".join(f"{v:.3f}" for v in results.provider)
+        + "; bare "
+        + ", ".join(f"{v:.3f}" for v in results.bare)
+    )
+    print("peak RSS ours: the sync child's own peak (VmHWM, max over rounds)")
+
+
+def run() -> None:
+    print_report(measure())
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.google_sync", description=__doc__)
+    parser.add_argument("--profile", help="also profile one (untimed) sync of ours into FILE")
+    parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--store", help=argparse.SUPPRESS)
+    parser.add_argument("--url", help=argparse.SUPPRESS)
+    parser.add_argument("--provider-only", action="store_true", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.child:
+        return _child_main(args)
+    results = measure(Path(args.profile).resolve() if args.profile else None)
+    print_report(results)
+    if args.profile:
+        print(f"cProfile of one extra sync of ours (not in the timings): {args.profile}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

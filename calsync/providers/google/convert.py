@@ -1,0 +1,395 @@
+"""Google Calendar event resources (JSON) turned into calsync's `Resource` / `Event`.
+
+Pure functions, no I/O. One Google event is one `Resource` holding one `Event`: a single event,
+a recurring master (with `recurrence` lines), or an exception of a series (an instance changed
+or cancelled on its own, carrying `recurringEventId` and `originalStartTime`). An exception is
+an override in the store's terms: the master's UID (`iCalUID`, which Google gives every event of
+a series) and `recurrence_id` = the original start in UTC, so a range query lets it replace
+that instance of the master.
+
+Times:
+- `{"date": "2025-03-01"}` is all-day: midnight UTC of the date, `all_day=True`; Google's end
+  date is exclusive, which is the store's convention too.
+- `{"dateTime": "2025-03-01T09:00:00+01:00", "timeZone": "Europe/Berlin"}`: the instant from
+  the offset. A `dateTime` without an offset is wall time in `timeZone`. The event's zone is
+  its `timeZone`, else the calendar's (Google reads a missing `timeZone` that way, and a
+  recurring series expands in it); the store expands masters on that zone's wall clock.
+- Recurrence lines are RFC 5545: `RRULE:` (the first one is kept; a second makes the series
+  open-ended, since the model holds one rule), `RDATE` / `EXDATE` with `TZID=`, UTC (`Z`),
+  floating (read in the event's zone) or `VALUE=DATE` values. A date EXDATE on a timed series
+  means the instance on that date. `EXRULE` (deprecated, rare) is ignored.
+- `series_end` is computed by the iCalendar extractor's own routine (UNTIL, or COUNT by
+  arithmetic / bounded dateutil), imported from `calsync.providers.ical` rather than copied.
+
+An item that cannot be read raises `MalformedEvent`; the provider skips and reports it.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from collections.abc import Mapping
+from typing import Any, Final
+
+from calsync.model import Event, EventStatus, Resource
+from calsync.providers.base import ProviderError
+from calsync.providers.ical import (
+    MalformedCalendarData,
+    _content_line,
+    _mapped_zone,
+    _params,
+    _series_end,
+    _stamp,
+    _When,
+    _zoneinfo,
+)
+
+UTC: Final = dt.UTC
+_STATUSES: Final[dict[str, EventStatus]] = {
+    "confirmed": "confirmed",
+    "tentative": "tentative",
+    "cancelled": "cancelled",
+}
+_FREQS: Final = frozenset(
+    {"SECONDLY", "MINUTELY", "HOURLY", "DAILY", "WEEKLY", "MONTHLY", "YEARLY"}
+)
+_DAY: Final = dt.timedelta(days=1)
+_NOTHING: Final = dt.timedelta(0)
+MAX_RECURRENCE_LINES: Final = 1000
+MAX_LINE: Final = 8192
+
+
+class MalformedEvent(ProviderError):
+    """An event resource that cannot be read; the engine skips and reports it."""
+
+    retryable = False
+    reason = "MalformedEvent"
+
+
+def raw_text(item: Mapping[str, Any]) -> str:
+    """JSON text for an item that came without its own (compact, non-ASCII kept as is)."""
+    return json.dumps(item, ensure_ascii=False, separators=(",", ":"))
+
+
+_DECODER: Final = json.JSONDecoder()
+
+
+def _skip_space(text: str, at: int) -> int:
+    end = len(text)
+    while at < end and text[at] in " \t\n\r":
+        at += 1
+    return at
+
+
+def split_listing(text: str) -> tuple[dict[str, Any], list[tuple[Any, str]]]:
+    """A listing's top-level fields, and each of its `items` with its own text as received.
+
+    The page is one JSON document; an item's original text is the exact slice the decoder
+    consumed for it, so nothing is serialised again. Raises ValueError for anything that is not
+    a JSON object.
+    """
+    head: dict[str, Any] = {}
+    items: list[tuple[Any, str]] = []
+    space = _skip_space
+    decode = _DECODER.raw_decode
+    try:
+        at = space(text, 0)
+        if text[at] != "{":
+            raise ValueError("not a JSON object")
+        at = space(text, at + 1)
+        if text[at] == "}":
+            at += 1
+        else:
+            while True:
+                key, at = decode(text, at)
+                if not isinstance(key, str):
+                    raise ValueError("an object key is not a string")
+                at = space(text, at)
+                if text[at] != ":":
+                    raise ValueError("expected ':'")
+                at = space(text, at + 1)
+                if key == "items" and text[at] == "[":
+                    found: list[tuple[Any, str]] = []
+                    at = space(text, at + 1)
+                    if text[at] == "]":
+                        at += 1
+                    else:
+                        while True:
+                            value, end = decode(text, at)
+                            found.append((value, text[at:end]))
+                            at = space(text, end)
+                            if text[at] == "]":
+                                at += 1
+                                break
+                            if text[at] != ",":
+                                raise ValueError("expected ',' or ']'")
+                            at = space(text, at + 1)
+                    items = found
+                    head[key] = None
+                else:
+                    head[key], at = decode(text, at)
+                at = space(text, at)
+                if text[at] == "}":
+                    at += 1
+                    break
+                if text[at] != ",":
+                    raise ValueError("expected ',' or '}'")
+                at = space(text, at + 1)
+    except IndexError:
+        raise ValueError("truncated JSON") from None
+    if space(text, at) != len(text):
+        raise ValueError("text after the JSON object")
+    return head, items
+
+
+_ZONES: dict[str, dt.tzinfo | None] = {}  # name -> zone (None: unknown), bounded
+
+
+def _zone(name: Any) -> dt.tzinfo | None:
+    if type(name) is not str:
+        return None
+    try:
+        return _ZONES[name]
+    except KeyError:
+        pass
+    zone: dt.tzinfo | None = (_zoneinfo(name) or _mapped_zone(name)) if name else None
+    if len(_ZONES) < 4096:
+        _ZONES[name] = zone
+    return zone
+
+
+class _Time:
+    """A start / end / originalStartTime as read: the UTC instant, its zone, its wall time."""
+
+    __slots__ = ("all_day", "utc", "zone", "zone_name")
+
+    def __init__(self, value: Any, zone_name: str | None, field: str) -> None:
+        if not isinstance(value, dict):
+            raise MalformedEvent(f"{field} is not an object")
+        stamp = value.get("dateTime")
+        own = value.get("timeZone")
+        zone = _zone(own) if own is not None else None
+        if zone is not None:
+            zone_name = own
+        else:
+            zone = _zone(zone_name)
+        if stamp is None:
+            date_text = value.get("date")
+            if type(date_text) is not str:
+                raise MalformedEvent(f"{field} has neither date nor dateTime")
+            try:
+                day = dt.date.fromisoformat(date_text)
+            except ValueError:
+                raise MalformedEvent(f"{field}.date is not a date: {date_text[:40]!r}") from None
+            self.all_day = True
+            self.utc = dt.datetime(day.year, day.month, day.day, tzinfo=UTC)
+            self.zone = None
+            self.zone_name = None
+            return
+        if type(stamp) is not str:
+            raise MalformedEvent(f"{field}.dateTime is not a string")
+        try:
+            parsed = dt.datetime.fromisoformat(stamp)
+        except ValueError:
+            raise MalformedEvent(f"{field}.dateTime is not RFC 3339: {stamp[:40]!r}") from None
+        if parsed.tzinfo is None:
+            parsed = parsed.replace(tzinfo=zone or UTC)
+        self.all_day = False
+        self.utc = parsed.astimezone(UTC)
+        self.zone = zone
+        self.zone_name = zone_name if zone is not None else "UTC"
+
+    @property
+    def local(self) -> dt.datetime:
+        """Naive wall-clock time in the value's zone (midnight for a date)."""
+        if self.zone is None:
+            return self.utc.replace(tzinfo=None)
+        return self.utc.astimezone(self.zone).replace(tzinfo=None)
+
+    def when(self) -> _When:
+        return _When(self.local, self.zone, self.zone_name, self.all_day)
+
+
+def _time_list(value: str, params: str, start: _Time) -> list[_When]:
+    """RDATE / EXDATE values as `_When`s on the series' wall clock."""
+    tzid = _params(params).get("TZID") if params else None
+    own = _zone(tzid) if tzid else None
+    if tzid and own is None:
+        raise MalformedEvent(f"unknown TZID {tzid[:40]!r} in a recurrence line")
+    out: list[_When] = []
+    for item in value.split(","):
+        text = item.strip().partition("/")[0]  # a PERIOD's start
+        if not text:
+            continue
+        try:
+            local, is_utc, is_date = _stamp(text)
+        except MalformedCalendarData as exc:
+            raise MalformedEvent(str(exc)) from None
+        if is_date:
+            if start.all_day:
+                out.append(_When(local, None, None, True))
+            else:  # the instance on that date, at the series' time of day
+                wall = dt.datetime.combine(local.date(), start.local.time())
+                out.append(_When(wall, start.zone, start.zone_name, False))
+        elif is_utc:
+            out.append(_When(local, None, "UTC", False))
+        elif own is not None:
+            out.append(_When(local, own, tzid, False))
+        else:
+            out.append(_When(local, start.zone, start.zone_name, False))
+    return out
+
+
+def _recurrence(lines: Any, event: Event, start: _Time) -> None:
+    if not isinstance(lines, list) or len(lines) > MAX_RECURRENCE_LINES:
+        raise MalformedEvent("recurrence is not a list of lines")
+    rdates: list[_When] = []
+    rules = 0
+    for line in lines:
+        if not isinstance(line, str) or len(line) > MAX_LINE:
+            raise MalformedEvent("a recurrence line is not a string of sensible length")
+        try:
+            name, params, value = _content_line(line.strip())
+        except MalformedCalendarData as exc:
+            raise MalformedEvent(str(exc)) from None
+        if name == "RRULE":
+            rules += 1
+            parts = {
+                key.strip().upper(): val
+                for key, _, val in (p.partition("=") for p in value.split(";"))
+            }
+            if parts.get("FREQ", "").strip().upper() not in _FREQS:
+                raise MalformedEvent(f"RRULE without a known FREQ: {value[:60]!r}")
+            if event.rrule is None:
+                event.rrule = value.strip()
+        elif name == "RDATE":
+            found = _time_list(value, params, start)
+            rdates += found
+            event.rdates += [w.utc.isoformat() for w in found]
+        elif name == "EXDATE":
+            event.exdates += [w.utc.isoformat() for w in _time_list(value, params, start)]
+        elif name != "EXRULE":
+            raise MalformedEvent(f"unknown recurrence line {name[:20]!r}")
+    if event.rrule or rdates:
+        try:
+            event.series_end = None if rules > 1 else _series_end(event, start.when(), rdates)
+        except (MalformedCalendarData, ValueError, OverflowError) as exc:
+            raise MalformedEvent(f"unusable recurrence: {exc}") from None
+
+
+def _text(value: Any) -> str:
+    return value if type(value) is str else ""
+
+
+def event_from_json(item: Mapping[str, Any], *, uid: str, default_zone: str | None = None) -> Event:
+    """The Event of one live (not cancelled) event resource."""
+    if not isinstance(item, dict):
+        raise MalformedEvent("an item is not an object")
+    get = item.get
+    start = _Time(get("start"), default_zone, "start")
+    end_value = get("end")
+    if end_value is not None:
+        end = _Time(end_value, default_zone, "end")
+        if end.all_day != start.all_day:
+            raise MalformedEvent("start and end are not both dates or both date-times")
+        if end.utc < start.utc:
+            raise MalformedEvent("the event ends before it starts")
+        finish = end.utc
+    else:  # RFC 5545: a lone start lasts a day (date) or no time (date-time)
+        finish = start.utc + (_DAY if start.all_day else _NOTHING)
+    status = get("status")
+    organizer = get("organizer")
+    attendees = get("attendees")
+    sequence = get("sequence")
+    event = Event(
+        uid=uid,
+        status=_STATUSES.get(status, "confirmed") if type(status) is str else "confirmed",
+        start=start.utc,
+        end=finish,
+        timezone=start.zone_name,
+        all_day=start.all_day,
+        summary=_text(get("summary")),
+        location=_text(get("location")),
+        transparency="transparent" if get("transparency") == "transparent" else "opaque",
+        organizer=(
+            organizer["email"]
+            if type(organizer) is dict and type(organizer.get("email")) is str
+            else None
+        ),
+        attendees=(
+            [a["email"] for a in attendees if type(a) is dict and type(a.get("email")) is str]
+            if type(attendees) is list
+            else []
+        ),
+        sequence=sequence if type(sequence) is int else 0,
+        last_modified=_instant(get("updated")),
+    )
+    if get("recurringEventId") is not None:
+        original = _Time(get("originalStartTime"), default_zone, "originalStartTime")
+        event.recurrence_id = original.utc.isoformat()
+    else:
+        lines = get("recurrence")
+        if lines:
+            _recurrence(lines, event, start)
+    return event
+
+
+def _instant(value: Any) -> dt.datetime | None:
+    if type(value) is not str:
+        return None
+    try:
+        return dt.datetime.fromisoformat(value).astimezone(UTC)
+    except ValueError:
+        return None
+
+
+def cancelled_instance(
+    item: Mapping[str, Any], *, uid: str, default_zone: str | None = None
+) -> Event:
+    """The override of a cancelled instance: the master's UID, its original start."""
+    original = _Time(item.get("originalStartTime"), default_zone, "originalStartTime")
+    return Event(
+        uid=uid,
+        recurrence_id=original.utc.isoformat(),
+        status="cancelled",
+        start=original.utc,
+        end=original.utc,
+        timezone=original.zone_name,
+        all_day=original.all_day,
+    )
+
+
+def resource_from_json(
+    item: Mapping[str, Any],
+    *,
+    uid: str | None = None,
+    default_zone: str | None = None,
+    raw: str | None = None,
+) -> Resource:
+    """One event resource as a Resource; a cancelled instance becomes a cancelled override.
+
+    `uid` stands in when the item has no `iCalUID` (cancelled instances carry only their id,
+    `recurringEventId` and `originalStartTime`; the provider finds the master's). `raw` is the
+    item's text as received (`split_listing`); without it the item is serialised.
+    """
+    if not isinstance(item, Mapping):
+        raise MalformedEvent("an item is not an object")
+    event_id = item.get("id")
+    if not isinstance(event_id, str) or not event_id:
+        raise MalformedEvent("an item has no id")
+    own = item.get("iCalUID")
+    chosen = own if isinstance(own, str) and own else uid
+    if chosen is None:
+        raise MalformedEvent(f"{event_id}: no iCalUID")
+    etag = item.get("etag")
+    try:
+        if item.get("status") == "cancelled":
+            if item.get("recurringEventId") is None:
+                raise MalformedEvent("a cancelled event is a deletion, not a resource")
+            event = cancelled_instance(item, uid=chosen, default_zone=default_zone)
+        else:
+            event = event_from_json(item, uid=chosen, default_zone=default_zone)
+    except MalformedEvent as exc:
+        raise MalformedEvent(f"{event_id}: {exc}") from None
+    text = raw if raw is not None else raw_text(item)
+    return Resource(event_id, etag if isinstance(etag, str) else None, text, "json", [event])

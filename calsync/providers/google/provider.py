@@ -1,0 +1,390 @@
+"""Google Calendar API v3 behind `calsync.providers.base.CalendarProvider`.
+
+Calendars come from the user's calendar list (`users/me/calendarList`, every page, hidden ones
+included so the connection's include/exclude lists decide); a calendar shared with the user
+only becomes visible there. Name is the user's `summaryOverride`, else the calendar's
+`summary`; readers and free/busy readers get `read_only`.
+
+Changes come from `events.list` on one calendar:
+- without a cursor, a full listing: `singleEvents=false`, `showDeleted=false`, the largest page
+  Google allows (`maxResults` up to 2,500; requests, not events, are what the per-user quota
+  counts). Each Google page is one `ChangePage(full=True)`; Google hands out its sync token only
+  with the last page, so only that page carries a cursor (`nextSyncToken`) and `complete`.
+- with a cursor, the same request plus `syncToken`: Google insists that every other parameter
+  match the listing that issued the token. Deleted events arrive as `status: "cancelled"`.
+  410 (`fullSyncRequired`) raises CursorInvalid and the engine lists the calendar afresh.
+
+Why masters and exceptions (`singleEvents=false`) rather than expanded instances: it is compact
+(one resource per series, not one per occurrence, for open-ended series an unbounded number),
+sync tokens cover it the same way, and the store expands series itself in range queries.
+
+Why no `timeMin` / `timeMax`: they are refused together with `syncToken`, and since all other
+parameters must match the initial listing, a window would have to be fixed for the life of the
+token. The engine drops resources that fall wholly outside the connection's window instead;
+`window` is not used here.
+
+Cancelled items:
+- a cancelled single event or master is a delete of its resource; a master's deletion also
+  deletes its exceptions (Google reports them cancelled too; those stored earlier are found
+  among the stored ids by Google's instance id form `<master id>_<original start>`).
+- a cancelled exception of a live series is not a delete: it is an override with status
+  cancelled (the master's UID, recurrence id = its original start), so the store leaves that
+  instance out of the series. Google sends such items with only `id`, `recurringEventId` and
+  `originalStartTime`; the master's UID comes from a master seen in this run (or an earlier
+  one of this provider), else from one `events.get` of the master. They are resolved on the
+  last page of the run, when every master of the run has been seen; a master that is gone or
+  cancelled makes the exception a delete.
+
+Items that cannot be read are left out and recorded in `skipped` (provider id, reason), which
+the engine reports after the run.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Final
+from urllib.parse import quote
+
+import httpx
+
+from calsync.model import Calendar, ChangePage, Resource, Window
+from calsync.providers.base import (
+    AuthenticationFailed,
+    CalendarGone,
+    CursorInvalid,
+    KnownEtags,
+    ProviderError,
+    RateLimited,
+)
+from calsync.providers.budget import RequestBudget
+from calsync.providers.google.convert import MalformedEvent, resource_from_json, split_listing
+from calsync.providers.oauth import AccessTokens
+from calsync.providers.rest import JsonApi, error_message, parse_retry_after
+
+log = logging.getLogger(__name__)
+
+GOOGLE_API_URL: Final = "https://www.googleapis.com"
+API_PATH: Final = "/calendar/v3"
+MAX_PAGE_SIZE: Final = 2500
+CALENDAR_LIST_PAGE_SIZE: Final = 250
+MAX_PAGES: Final = 10_000  # a listing that pages forever is a server bug, not data
+QUOTA_RETRY_AFTER: Final = 900.0  # daily quota exhausted: come back much later
+RATE_REASONS: Final = frozenset({"rateLimitExceeded", "userRateLimitExceeded"})
+QUOTA_REASONS: Final = frozenset({"quotaExceeded", "dailyLimitExceeded"})
+AUTH_REASONS: Final = frozenset(
+    {"insufficientPermissions", "accessNotConfigured", "forbidden", "authError"}
+)
+READ_ONLY_ROLES: Final = frozenset({"reader", "freeBusyReader"})
+
+
+class EventGone(ProviderError):
+    """One event (a master looked up for its UID) is gone: 404 / 410 on events.get."""
+
+    retryable = False
+    reason = "EventGone"
+
+
+def google_reason(response: httpx.Response) -> str | None:
+    """`error.errors[0].reason` of Google's envelope, if there is one."""
+    try:
+        body = response.json()
+    except ValueError:
+        return None
+    error = body.get("error") if isinstance(body, dict) else None
+    errors = error.get("errors") if isinstance(error, dict) else None
+    if isinstance(errors, list) and errors and isinstance(errors[0], dict):
+        reason = errors[0].get("reason")
+        return reason if isinstance(reason, str) else None
+    return None
+
+
+def _is_event_path(path: str) -> bool:
+    _, sep, tail = path.partition("/events/")
+    return bool(sep) and bool(tail) and tail != "watch"
+
+
+def classify(response: httpx.Response) -> ProviderError | None:
+    """Google's failures as the errors the engine acts on (None: JsonApi's defaults)."""
+    status = response.status_code
+    reason = google_reason(response)
+    message = error_message(response)
+    retry_after = parse_retry_after(response.headers.get("Retry-After"))
+    if status == 429 or (status == 403 and reason in RATE_REASONS):
+        return RateLimited(message, retry_after)
+    if status == 403 and reason in QUOTA_REASONS:
+        return RateLimited(message, max(retry_after or 0.0, QUOTA_RETRY_AFTER))
+    if status == 403 and reason in AUTH_REASONS:
+        return AuthenticationFailed(message)
+    path = response.request.url.path
+    if status in (404, 410) and _is_event_path(path):
+        return EventGone(message)
+    if status == 410:
+        return CursorInvalid(message)
+    if status == 404 and "/calendars/" in path:
+        return CalendarGone(message)
+    return None
+
+
+@dataclass
+class _Run:
+    """What one `changes` run has seen, to settle cancelled items on its last page."""
+
+    full: bool
+    cancelled_masters: set[str] = field(default_factory=set)
+    exceptions: dict[str, set[str]] = field(default_factory=dict)  # master -> exception ids
+    deferred: list[tuple[dict[str, Any], str, str | None]] = field(default_factory=list)
+
+
+class GoogleProvider:
+    """One Google account's calendars, through the Calendar API v3."""
+
+    def __init__(
+        self,
+        api_url: str,
+        tokens: AccessTokens,
+        *,
+        budget: RequestBudget | None = None,
+        timeout: float = 30.0,
+        transport: httpx.AsyncBaseTransport | None = None,
+        max_results: int = MAX_PAGE_SIZE,
+    ) -> None:
+        base = (api_url or GOOGLE_API_URL).rstrip("/")
+        if base.endswith(API_PATH):
+            base = base[: -len(API_PATH)]
+        self._api = JsonApi(
+            base, tokens, classify=classify, budget=budget, timeout=timeout, transport=transport
+        )
+        self.max_results = max(1, min(MAX_PAGE_SIZE, max_results))
+        self.skipped: list[tuple[str, str]] = []
+        self._zones: dict[str, str] = {}  # calendar id -> its time zone
+        self._uids: dict[str, str] = {}  # master event id -> its iCalUID
+
+    @property
+    def api(self) -> JsonApi:
+        return self._api
+
+    async def __aenter__(self) -> GoogleProvider:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        await self._api.aclose()
+
+    # -- calendars -----------------------------------------------------------------------------
+
+    async def list_calendars(self) -> list[Calendar]:
+        found: list[Calendar] = []
+        page_token: str | None = None
+        for _ in range(MAX_PAGES):
+            params: dict[str, str | int] = {
+                "maxResults": CALENDAR_LIST_PAGE_SIZE,
+                "showHidden": "true",
+            }
+            if page_token:
+                params["pageToken"] = page_token
+            body = await self._api.get_json(f"{API_PATH}/users/me/calendarList", params=params)
+            for item in _items(body):
+                calendar = self._calendar(item)
+                if calendar is not None:
+                    found.append(calendar)
+            next_token = body.get("nextPageToken")
+            if not isinstance(next_token, str) or not next_token:
+                return found
+            if next_token == page_token:
+                raise ProviderError("the calendar list repeats its page token")
+            page_token = next_token
+        raise ProviderError(f"the calendar list has more than {MAX_PAGES} pages")
+
+    def _calendar(self, item: Mapping[str, Any]) -> Calendar | None:
+        calendar_id = item.get("id")
+        if not isinstance(calendar_id, str) or not calendar_id or item.get("deleted"):
+            return None
+        zone = item.get("timeZone")
+        if isinstance(zone, str) and zone:
+            self._zones[calendar_id] = zone
+        name = item.get("summaryOverride") or item.get("summary") or calendar_id
+        color = item.get("backgroundColor")
+        return Calendar(
+            id=calendar_id,
+            name=str(name),
+            color=color if isinstance(color, str) else None,
+            read_only=item.get("accessRole") in READ_ONLY_ROLES,
+        )
+
+    # -- changes -------------------------------------------------------------------------------
+
+    def _events_path(self, calendar_id: str) -> str:
+        return f"{API_PATH}/calendars/{quote(calendar_id, safe='')}/events"
+
+    async def changes(
+        self,
+        calendar: Calendar,
+        cursor: str | None,
+        *,
+        window: Window,
+        known: KnownEtags,
+        batch_size: int,
+    ) -> AsyncIterator[ChangePage]:
+        """Pages of changes; see the module docstring. `batch_size` does not shrink Google's
+        pages: each is committed as one page, and fewer requests spend less quota."""
+        path = self._events_path(calendar.id)
+        base: dict[str, str | int] = {
+            "singleEvents": "false",
+            "showDeleted": "false",
+            "maxResults": self.max_results,
+        }
+        if cursor:
+            base["syncToken"] = cursor
+        run = _Run(full=cursor is None)
+        page_token: str | None = None
+        for _ in range(MAX_PAGES):
+            params = dict(base)
+            if page_token:
+                params["pageToken"] = page_token
+            body, items = await self._page(path, params)
+            zone = body.get("timeZone")
+            if isinstance(zone, str) and zone:
+                self._zones[calendar.id] = zone
+            upserts, deletes = self._convert(items, self._zones.get(calendar.id), run)
+            next_token = body.get("nextPageToken")
+            if isinstance(next_token, str) and next_token:
+                if next_token == page_token:
+                    raise ProviderError(f"the listing of {calendar.id} repeats its page token")
+                yield ChangePage(upserts=upserts, deletes=deletes, full=run.full)
+                page_token = next_token
+                continue
+            sync_token = body.get("nextSyncToken")
+            if not isinstance(sync_token, str) or not sync_token:
+                raise ProviderError(
+                    f"the last page of the listing of {calendar.id} has no nextSyncToken"
+                )
+            more_upserts, more_deletes = await self._settle(path, run, known)
+            doomed = set(more_deletes)
+            final = [r for r in [*upserts, *more_upserts] if r.provider_id not in doomed]
+            yield ChangePage(
+                upserts=final,
+                deletes=[*deletes, *more_deletes],
+                cursor=sync_token,
+                complete=True,
+                full=run.full,
+            )
+            return
+        raise ProviderError(f"the listing of {calendar.id} has more than {MAX_PAGES} pages")
+
+    async def _page(
+        self, path: str, params: dict[str, str | int]
+    ) -> tuple[dict[str, Any], list[tuple[Any, str]]]:
+        """One page: its fields, and its items each with its own JSON text."""
+        response = await self._api.request("GET", path, params=params)
+        try:
+            body, items = split_listing(response.text)
+        except ValueError as exc:
+            raise ProviderError(f"GET {path}: the answer is not a JSON object ({exc})") from None
+        if body.get("items", []) not in (None, []):
+            raise ProviderError("the answer's items is not a list")
+        return body, items
+
+    def _skip(self, event_id: str, why: str) -> None:
+        log.warning("skipping an unreadable Google event (%s): %s", event_id, why)
+        self.skipped.append((event_id, why))
+
+    def _convert(
+        self, items: list[tuple[Any, str]], zone: str | None, run: _Run
+    ) -> tuple[list[Resource], list[str]]:
+        upserts: list[Resource] = []
+        deletes: list[str] = []
+        for item, raw in items:
+            event_id = item.get("id") if isinstance(item, dict) else None
+            if not isinstance(event_id, str) or not event_id:
+                self._skip("?", "an item without an id")
+                continue
+            parent = item.get("recurringEventId")
+            if parent is not None and not isinstance(parent, str):
+                self._skip(event_id, "recurringEventId is not a string")
+                continue
+            if item.get("status") == "cancelled":
+                if parent:
+                    run.deferred.append((item, raw, zone))
+                else:
+                    deletes.append(event_id)
+                    run.cancelled_masters.add(event_id)
+                continue
+            uid = item.get("iCalUID")
+            if not isinstance(uid, str) or not uid:
+                if parent and parent not in self._uids:
+                    run.deferred.append((item, raw, zone))  # its master's UID is found later
+                    continue
+                uid = self._uids.get(parent, event_id) if parent else event_id
+            try:
+                resource = resource_from_json(item, uid=uid, default_zone=zone, raw=raw)
+            except MalformedEvent as exc:
+                self._skip(event_id, str(exc))
+                continue
+            if parent:
+                self._uids.setdefault(parent, resource.events[0].uid)
+                run.exceptions.setdefault(parent, set()).add(event_id)
+            elif item.get("recurrence"):
+                self._uids[event_id] = resource.events[0].uid
+            upserts.append(resource)
+        return upserts, deletes
+
+    async def _settle(
+        self, path: str, run: _Run, known: KnownEtags
+    ) -> tuple[list[Resource], list[str]]:
+        """The deferred exceptions, and what the run's cancelled masters take along."""
+        upserts: list[Resource] = []
+        deletes: list[str] = []
+        for item, raw, zone in run.deferred:
+            event_id, parent = str(item["id"]), str(item["recurringEventId"])
+            uid: str | None = item.get("iCalUID") if isinstance(item.get("iCalUID"), str) else None
+            if parent in run.cancelled_masters:
+                deletes.append(event_id)
+                continue
+            uid = uid or self._uids.get(parent) or await self._master_uid(path, parent, run)
+            if uid is None:  # the series is gone: nothing to override
+                deletes.append(event_id)
+                continue
+            try:
+                upserts.append(resource_from_json(item, uid=uid, default_zone=zone, raw=raw))
+            except MalformedEvent as exc:
+                self._skip(event_id, str(exc))
+                deletes.append(event_id)
+                continue
+            run.exceptions.setdefault(parent, set()).add(event_id)
+        for master in run.cancelled_masters:
+            deletes += sorted(run.exceptions.get(master, ()))
+        if not run.full and run.cancelled_masters:
+            stored = await known()
+            deletes += [
+                pid
+                for pid in stored
+                if "_" in pid and pid.rpartition("_")[0] in run.cancelled_masters
+            ]
+        return upserts, list(dict.fromkeys(deletes))
+
+    async def _master_uid(self, path: str, master_id: str, run: _Run) -> str | None:
+        """The iCalUID of a live master, by events.get; None when it is gone or cancelled."""
+        try:
+            body = await self._api.get_json(f"{path}/{quote(master_id, safe='')}")
+        except EventGone:
+            run.cancelled_masters.add(master_id)
+            return None
+        uid = body.get("iCalUID")
+        if body.get("status") == "cancelled" or not isinstance(uid, str) or not uid:
+            run.cancelled_masters.add(master_id)
+            return None
+        self._uids[master_id] = uid
+        return uid
+
+
+def _items(body: Mapping[str, Any]) -> list[Any]:
+    items = body.get("items")
+    if items is None:
+        return []
+    if not isinstance(items, list):
+        raise ProviderError("the answer's items is not a list")
+    return items

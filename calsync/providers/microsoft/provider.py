@@ -1,0 +1,394 @@
+"""Microsoft Graph (Outlook calendars) behind `calsync.providers.base.CalendarProvider`.
+
+Calendars: every page of `GET /v1.0/me/calendars` (own calendars and those shared with the
+user); `hexColor` is the color, `canEdit` false makes the calendar read-only.
+
+Changes: a calendar-view delta round per calendar. Without a cursor the round starts at
+`/v1.0/me/calendars/{id}/calendarView/delta?startDateTime&endDateTime` (the connection's
+window) with `Prefer: odata.maxpagesize=<batch_size>, outlook.timezone="UTC"`; its pages are a
+full listing (`full=True`), so whatever the store holds that the round does not mention is
+deleted when the last page is committed. With a cursor, the stored deltaLink is followed and the
+pages carry only changes. Each `@odata.nextLink` page becomes one `ChangePage` without a cursor
+(a crash mid-round replays the round from the previous deltaLink, which is harmless because
+upserts replace whole resources and deletes of unknown ids do nothing); the page with the
+`@odata.deltaLink` is complete and carries the new cursor. An item that is both removed and
+present in one page counts as its last mention.
+
+The window is baked into the delta token by Graph, but a connection's window rolls forward
+every day. The cursor therefore records the window it was made for: it is the deltaLink URL with
+a fragment `#window=<start>/<end>` (ISO 8601, UTC; the fragment is never sent). When the
+connection's window start or end has moved by more than `WINDOW_TOLERANCE` (one day) from the
+recorded one, `changes` raises `CursorInvalid`, and the engine re-baselines with a full listing
+over the new window, which also drops what fell out of it. Within the tolerance the old window
+is kept: at most a day's worth of far-future events (two years out by default) is missing, and
+at most a day's worth of events that slid out of the past end is still stored, until the next
+re-baseline, which so happens about once a day per calendar. A cursor without a recorded window
+is also re-baselined.
+
+Links come from the server, so they are checked before the bearer token goes with them: a
+stored deltaLink that points at another host than `graph_url` (or outside its /v1.0 API) is
+`CursorInvalid` (resync from our own host), and such a nextLink is a non-retryable error.
+
+Errors (`classify`): 410, and any 4xx whose Graph error code is `syncStateNotFound` or
+`resyncRequired` (any capitalisation), are `CursorInvalid`; 404 is `CalendarGone`; 429 and 503
+are `RateLimited` with Retry-After (retried by `JsonApi` when short); 401 is answered by a token
+refresh in `JsonApi`; the rest carry Graph's own message. Concurrency is capped at four requests
+(Outlook's limit per mailbox) by `JsonApi`'s semaphore.
+
+Items that cannot be converted are left out of their page and recorded in `skipped`
+(provider id, reason), which the engine collects after each run.
+
+Throughput (bench/microsoft_sync.py): a page is parsed in one pass that also yields each item's
+JSON text as received (`split_page`), which is stored as the raw payload without serialising it
+again, and the next page is requested as soon as a page's links are known, so the server
+prepares it while this one is converted and committed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+import json
+import logging
+import re
+from collections.abc import AsyncIterator, Callable
+from typing import Any, Final
+from urllib.parse import quote
+
+import httpx
+
+from calsync.model import Calendar, ChangePage, Resource, Window
+from calsync.providers.base import (
+    CalendarGone,
+    CursorInvalid,
+    KnownEtags,
+    ProviderError,
+)
+from calsync.providers.budget import RequestBudget
+from calsync.providers.microsoft.convert import MalformedEvent, to_resource
+from calsync.providers.oauth import AccessTokens
+from calsync.providers.rest import JsonApi
+
+log = logging.getLogger(__name__)
+
+GRAPH_URL: Final = "https://graph.microsoft.com"
+API_PREFIX: Final = "/v1.0/"
+WINDOW_MARK: Final = "#window="
+WINDOW_TOLERANCE: Final = dt.timedelta(days=1)
+MAX_PAGE_SIZE: Final = 1000
+RESET_CODES: Final = frozenset({"syncstatenotfound", "resyncrequired"})
+_SPACE: Final = re.compile(r"[ \t\n\r]*")
+_DECODER: Final = json.JSONDecoder()
+# The standard library's C scanner and string reader; the type stubs do not declare them.
+_SCAN: Final[Callable[[str, int], tuple[Any, int]]] = getattr(_DECODER, "scan_once")  # noqa: B009
+_SCANSTRING: Final[Callable[[str, int], tuple[str, int]]] = getattr(json.decoder, "scanstring")  # noqa: B009
+
+
+class _NotAPage(ValueError):
+    pass
+
+
+def split_page(text: str) -> tuple[dict[str, Any], list[tuple[Any, str]]]:
+    """A delta page's members, and each item of its `value` with its own JSON text.
+
+    One pass of the standard library's scanner parses the page and yields every item's exact
+    text as received (kept as the resource's raw payload), so nothing is serialised again.
+    Anything else than an object is left to `json.loads` (and its ValueError).
+    """
+    try:
+        return _split(text)
+    except (_NotAPage, StopIteration, IndexError):
+        body = json.loads(text)
+        if not isinstance(body, dict):
+            raise ValueError("the answer is not a JSON object") from None
+        value = body.pop("value", None)
+        if not isinstance(value, list):
+            raise ValueError("the answer has no value array") from None
+        items = value
+        dump = json.dumps
+        return body, [
+            (item, dump(item, separators=(",", ":"), ensure_ascii=False)) for item in items
+        ]
+
+
+def _split(text: str) -> tuple[dict[str, Any], list[tuple[Any, str]]]:
+    space, scan, scanstring = _skip, _SCAN, _SCANSTRING
+    at = space(text, 0)
+    if text[at] != "{":
+        raise _NotAPage
+    at = space(text, at + 1)
+    head: dict[str, Any] = {}
+    items: list[tuple[Any, str]] = []
+    seen_value = False
+    if text[at] == "}":
+        at += 1
+    else:
+        while True:
+            if text[at] != '"':
+                raise _NotAPage
+            key, at = scanstring(text, at + 1)
+            at = space(text, at)
+            if text[at] != ":":
+                raise _NotAPage
+            at = space(text, at + 1)
+            if key == "value" and text[at] == "[":
+                at = space(text, at + 1)
+                if text[at] == "]":
+                    at += 1
+                else:
+                    while True:
+                        item, end = scan(text, at)
+                        items.append((item, text[at:end]))
+                        at = space(text, end)
+                        if text[at] == ",":
+                            at = space(text, at + 1)
+                            continue
+                        if text[at] != "]":
+                            raise _NotAPage
+                        at += 1
+                        break
+                seen_value = True
+            else:
+                head[key], at = scan(text, at)
+            at = space(text, at)
+            if text[at] == ",":
+                at = space(text, at + 1)
+                continue
+            if text[at] != "}":
+                raise _NotAPage
+            at += 1
+            break
+    if text[space(text, at) :]:
+        raise _NotAPage
+    if not seen_value:
+        raise _NotAPage  # no value array: json.loads, then the caller, decide
+    return head, items
+
+
+def _skip(text: str, at: int) -> int:
+    """The index of the first non-whitespace character at or after `at`."""
+    if at < len(text) and text[at] not in " \t\n\r":
+        return at
+    found = _SPACE.match(text, at)
+    return found.end() if found is not None else at
+
+
+def _error_code(response: httpx.Response) -> str:
+    try:
+        body = response.json()
+    except ValueError:
+        return ""
+    error = body.get("error") if isinstance(body, dict) else None
+    code = error.get("code") if isinstance(error, dict) else None
+    return code if isinstance(code, str) else ""
+
+
+def _message(response: httpx.Response, code: str) -> str:
+    try:
+        body = response.json()
+        text = str(body["error"]["message"])[:300]
+    except (ValueError, KeyError, TypeError):
+        text = response.reason_phrase or "error"
+    return f"HTTP {response.status_code} {code or ''}: {text}".replace("  ", " ")
+
+
+def classify(response: httpx.Response) -> ProviderError | None:
+    """Graph's answers that mean something to the engine; None leaves the default mapping."""
+    status = response.status_code
+    code = _error_code(response)
+    if status == 410 or (400 <= status < 500 and code.lower() in RESET_CODES):
+        return CursorInvalid(_message(response, code))
+    if status == 404:
+        return CalendarGone(_message(response, code))
+    return None
+
+
+def _iso(value: dt.datetime) -> str:
+    return value.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def make_cursor(delta_link: str, window: tuple[dt.datetime, dt.datetime]) -> str:
+    """The stored cursor: the deltaLink plus the window it was made for, as a fragment."""
+    return f"{delta_link}{WINDOW_MARK}{_iso(window[0])}/{_iso(window[1])}"
+
+
+def parse_cursor(cursor: str) -> tuple[str, tuple[dt.datetime, dt.datetime] | None]:
+    link, mark, span = cursor.partition(WINDOW_MARK)
+    if not mark:
+        return cursor, None
+    start, slash, end = span.partition("/")
+    try:
+        window = (dt.datetime.fromisoformat(start), dt.datetime.fromisoformat(end))
+    except ValueError:
+        return link, None
+    if not slash:
+        return link, None
+    return link, window
+
+
+class MicrosoftProvider:
+    """One Microsoft 365 / Outlook.com account through Microsoft Graph."""
+
+    def __init__(
+        self,
+        graph_url: str,
+        tokens: AccessTokens,
+        *,
+        budget: RequestBudget | None = None,
+        timeout: float = 30.0,
+        transport: httpx.AsyncBaseTransport | None = None,
+        max_concurrency: int = 4,
+    ) -> None:
+        root = (graph_url or GRAPH_URL).rstrip("/")
+        if root.endswith("/v1.0"):
+            root = root[: -len("/v1.0")]
+        self.graph_url = root
+        self._api = JsonApi(
+            root,
+            tokens,
+            classify=classify,
+            budget=budget,
+            timeout=timeout,
+            max_concurrency=max_concurrency,
+            transport=transport,
+        )
+        self.skipped: list[tuple[str, str]] = []
+
+    @property
+    def api(self) -> JsonApi:
+        """The HTTP client (its counters: requests, retries, rate_limited)."""
+        return self._api
+
+    async def aclose(self) -> None:
+        await self._api.aclose()
+
+    def _ours(self, link: str) -> bool:
+        if not self._api.same_origin(link):
+            return False
+        root_path = httpx.URL(self.graph_url).path.rstrip("/")
+        return httpx.URL(link).path.startswith(root_path + API_PREFIX)
+
+    async def list_calendars(self) -> list[Calendar]:
+        found: list[Calendar] = []
+        url: str = "/v1.0/me/calendars"
+        params: dict[str, str | int] | None = {"$top": 100}
+        while True:
+            body = await self._api.get_json(url, params=params)
+            for item in body.get("value") or []:
+                if not isinstance(item, dict) or not isinstance(item.get("id"), str):
+                    continue
+                color = item.get("hexColor")
+                found.append(
+                    Calendar(
+                        id=item["id"],
+                        name=str(item.get("name") or item["id"]),
+                        color=color if isinstance(color, str) and color else None,
+                        read_only=item.get("canEdit") is False,
+                    )
+                )
+            link = body.get("@odata.nextLink")
+            if not isinstance(link, str) or not link:
+                return found
+            if not self._ours(link):
+                raise _foreign(link)
+            url, params = link, None
+
+    async def changes(
+        self,
+        calendar: Calendar,
+        cursor: str | None,
+        *,
+        window: Window,
+        known: KnownEtags,
+        batch_size: int,
+    ) -> AsyncIterator[ChangePage]:
+        size = max(1, min(batch_size, MAX_PAGE_SIZE))
+        headers = {"Prefer": f'odata.maxpagesize={size}, outlook.timezone="UTC"'}
+        full = cursor is None
+        made_for = (window.start, window.end)
+        params: dict[str, str | int] | None = None
+        if cursor is None:
+            url = f"/v1.0/me/calendars/{quote(calendar.id, safe='')}/calendarView/delta"
+            params = {"startDateTime": _iso(window.start), "endDateTime": _iso(window.end)}
+        else:
+            url, recorded = parse_cursor(cursor)
+            if recorded is None:
+                raise CursorInvalid("the stored delta link does not record its window")
+            if (
+                abs(recorded[0] - window.start) > WINDOW_TOLERANCE
+                or abs(recorded[1] - window.end) > WINDOW_TOLERANCE
+            ):
+                raise CursorInvalid(
+                    "the connection's window moved since the delta link was made; re-baselining"
+                )
+            if not self._ours(url):
+                raise CursorInvalid(
+                    f"the stored delta link points at another host ({httpx.URL(url).host})"
+                )
+            made_for = recorded
+        fetch: asyncio.Future[httpx.Response] = asyncio.ensure_future(
+            self._api.request("GET", url, params=params, headers=headers)
+        )
+        try:
+            while True:
+                response = await fetch
+                try:
+                    body, items = split_page(response.text)
+                except ValueError:
+                    raise ProviderError(
+                        "a delta page that is not a JSON object with a value array"
+                    ) from None
+                next_link = body.get("@odata.nextLink")
+                if isinstance(next_link, str) and next_link:
+                    if not self._ours(next_link):
+                        raise _foreign(next_link)
+                    # The next page is requested now, so the server renders it while this
+                    # one is converted and stored.
+                    fetch = asyncio.ensure_future(
+                        self._api.request("GET", next_link, headers=headers)
+                    )
+                    yield self._page(items, full)
+                    continue
+                delta_link = body.get("@odata.deltaLink")
+                if not isinstance(delta_link, str) or not delta_link:
+                    raise ProviderError("a delta page with neither nextLink nor deltaLink")
+                page = self._page(items, full)
+                page.cursor = make_cursor(delta_link, made_for)
+                page.complete = True
+                yield page
+                return
+        finally:
+            if not fetch.done():
+                fetch.cancel()
+                with contextlib.suppress(BaseException):
+                    await fetch
+            elif not fetch.cancelled():
+                fetch.exception()  # retrieved: an abandoned prefetch's error is not logged
+
+    def _page(self, items: list[tuple[Any, str]], full: bool) -> ChangePage:
+        upserts: dict[str, Resource] = {}
+        deletes: dict[str, None] = {}
+        for item, raw in items:
+            item_id = item.get("id") if isinstance(item, dict) else None
+            if not isinstance(item_id, str) or not item_id:
+                self.skipped.append(("", "a delta item without id"))
+                continue
+            if "@removed" in item:
+                upserts.pop(item_id, None)
+                deletes[item_id] = None
+                continue
+            try:
+                resource = to_resource(item, raw)
+            except MalformedEvent as exc:
+                self.skipped.append((item_id, str(exc)))
+                continue
+            deletes.pop(item_id, None)
+            upserts[item_id] = resource
+        return ChangePage(upserts=list(upserts.values()), deletes=list(deletes), full=full)
+
+
+def _foreign(link: str) -> ProviderError:
+    error = ProviderError(f"refusing to follow a link to another host: {httpx.URL(link).host}")
+    error.retryable = False
+    return error
