@@ -6,7 +6,14 @@ import argparse
 import importlib
 import sys
 
-BENCHMARKS = ("devcluster_up", "store_apply", "ical_extract", "caldav_sync")
+BENCHMARKS = (
+    "devcluster_up",
+    "store_apply",
+    "ical_extract",
+    "caldav_sync",
+    "google_sync",
+    "microsoft_sync",
+)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -172,7 +172,12 @@ def bare_paging(api_url: str, token: str, calendar_id: str) -> tuple[float, int,
     import httpx
 
     url = f"{api_url}/calendar/v3/calendars/{calendar_id}/events"
-    base = {"singleEvents": "false", "showDeleted": "false", "maxResults": str(PAGE_SIZE)}
+    base = {
+        "singleEvents": "false",
+        "showDeleted": "false",
+        "maxResults": str(PAGE_SIZE),
+        "prettyPrint": "false",
+    }
     items = pages = 0
     with httpx.Client(headers={"Authorization": f"Bearer {token}"}, timeout=300.0) as client:
         started = time.perf_counter()

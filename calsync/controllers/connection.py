@@ -144,7 +144,9 @@ async def reconcile(
                 verdict = evaluate(spec, secrets, tokens_stored=stored, token_problem=problem)
                 readiness.apply_credentials(conds, verdict, credentials_changed=credentials_changed)
                 if spec.provider in OAUTH_PROVIDERS:
-                    extra["authorizationURL"] = _consent_link(ctx, body, spec.provider, conds)
+                    extra["authorizationURL"] = consent_link_for(
+                        ctx.settings, ctx.vault, body, spec.provider, conds
+                    )
             outcome["conds"] = conds
             return status_patch(conds, **extra)
 
@@ -166,32 +168,36 @@ async def _token_state(
         return False, (exc.reason, str(exc))
 
 
-def _consent_link(
-    ctx: ConnectionContext, body: dict[str, Any], provider: str, conds: readiness.Conditions
+def consent_link_for(
+    settings: Settings | None,
+    vault: TokenVault | None,
+    body: dict[str, Any],
+    provider: str,
+    conds: readiness.Conditions,
 ) -> str | None:
     """The consent link while the owner has to grant access; None (removed) otherwise."""
     auth = conds.get("Authenticated")
     if auth is None or auth.reason not in CONSENT_REASONS:
         return None
-    if ctx.settings is None or ctx.vault is None:
+    if settings is None or vault is None:
         return None
     now = time.time()
     current = (body.get("status") or {}).get("authorizationURL")
     if isinstance(current, str):
         expires = parse_qs(urlsplit(current).query).get("exp", ["0"])[0]
         if (
-            current.startswith(ctx.settings.public_gateway_url + "/")
+            current.startswith(settings.public_gateway_url + "/")
             and expires.isdigit()
-            and int(expires) > now + ctx.settings.consent_link_ttl / 2
+            and int(expires) > now + settings.consent_link_ttl / 2
         ):
             return current  # still fresh: do not rewrite the status on every reconcile
     meta = body["metadata"]
     return consent_link(
-        ctx.settings.public_gateway_url,
-        ctx.vault.keyring,
+        settings.public_gateway_url,
+        vault.keyring,
         ConnectionRef(meta["namespace"], meta["name"], meta["uid"]),
         provider,
-        now + ctx.settings.consent_link_ttl,
+        now + settings.consent_link_ttl,
     )
 
 

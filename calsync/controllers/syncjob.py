@@ -34,7 +34,12 @@ from calsync.api import CalendarConnectionSpec, SyncJobSpec
 from calsync.api.conditions import conditions_from_status
 from calsync.api.meta import format_timestamp
 from calsync.controllers import kube, readiness
-from calsync.controllers.connection import connection_key, publish, status_patch
+from calsync.controllers.connection import (
+    connection_key,
+    consent_link_for,
+    publish,
+    status_patch,
+)
 from calsync.controllers.credentials import evaluate, referenced_secrets
 from calsync.controllers.oauth_setup import OAUTH_PROVIDERS
 from calsync.controllers.provider_factory import (
@@ -605,6 +610,11 @@ class Worker:
                     final=final,
                 )
             holder["conds"] = conds
+            provider = (body.get("spec") or {}).get("provider")
+            if provider in OAUTH_PROVIDERS:
+                # A refused refresh token needs the owner's consent again: publish the link.
+                link = consent_link_for(self.settings, self.vault, body, provider, conds)
+                return status_patch(conds, authorizationURL=link)
             return status_patch(conds)
 
         if isinstance(exc, JobFailed) and exc.reason == "ConnectionNotFound":

@@ -3,6 +3,18 @@
 from __future__ import annotations
 
 from calsync.providers.google.convert import MalformedEvent, resource_from_json
-from calsync.providers.google.provider import GOOGLE_API_URL, GoogleProvider, classify
+from calsync.providers.google.provider import (
+    GOOGLE_API_URL,
+    GoogleProvider,
+    WatchChannel,
+    classify,
+)
 
-__all__ = ["GOOGLE_API_URL", "GoogleProvider", "MalformedEvent", "classify", "resource_from_json"]
+__all__ = [
+    "GOOGLE_API_URL",
+    "GoogleProvider",
+    "MalformedEvent",
+    "WatchChannel",
+    "classify",
+    "resource_from_json",
+]

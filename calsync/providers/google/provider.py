@@ -37,6 +37,11 @@ Cancelled items:
 
 Items that cannot be read are left out and recorded in `skipped` (provider id, reason), which
 the engine reports after the run.
+
+Push channels (for the subscription controller, outside the engine's protocol): `watch` opens
+an `events.watch` channel on a calendar and returns what Google answered (its `expiration` is
+the one to plan the renewal by); `stop_channel` stops one, and a channel Google no longer knows
+counts as stopped.
 """
 
 from __future__ import annotations
@@ -73,10 +78,27 @@ MAX_PAGES: Final = 10_000  # a listing that pages forever is a server bug, not d
 QUOTA_RETRY_AFTER: Final = 900.0  # daily quota exhausted: come back much later
 RATE_REASONS: Final = frozenset({"rateLimitExceeded", "userRateLimitExceeded"})
 QUOTA_REASONS: Final = frozenset({"quotaExceeded", "dailyLimitExceeded"})
-AUTH_REASONS: Final = frozenset(
-    {"insufficientPermissions", "accessNotConfigured", "forbidden", "authError"}
-)
+# The account or the OAuth app lacks something: no retry helps (one calendar's `forbidden` is
+# left to the defaults, since it says nothing about the connection).
+AUTH_REASONS: Final = frozenset({"insufficientPermissions", "accessNotConfigured", "authError"})
 READ_ONLY_ROLES: Final = frozenset({"reader", "freeBusyReader"})
+
+
+@dataclass(frozen=True)
+class WatchChannel:
+    """An open push channel, as events.watch answered."""
+
+    id: str
+    resource_id: str
+    resource_uri: str
+    expiration: float | None  # epoch seconds
+
+
+class ChannelGone(ProviderError):
+    """channels.stop answered 404: the channel is already gone."""
+
+    retryable = False
+    reason = "ChannelGone"
 
 
 class EventGone(ProviderError):
@@ -118,6 +140,8 @@ def classify(response: httpx.Response) -> ProviderError | None:
     if status == 403 and reason in AUTH_REASONS:
         return AuthenticationFailed(message)
     path = response.request.url.path
+    if status == 404 and path.endswith("/channels/stop"):
+        return ChannelGone(message)
     if status in (404, 410) and _is_event_path(path):
         return EventGone(message)
     if status == 410:
@@ -159,7 +183,7 @@ class GoogleProvider:
         self.max_results = max(1, min(MAX_PAGE_SIZE, max_results))
         self.skipped: list[tuple[str, str]] = []
         self._zones: dict[str, str] = {}  # calendar id -> its time zone
-        self._uids: dict[str, str] = {}  # master event id -> its iCalUID
+        self._uids: dict[tuple[str, str], str] = {}  # (calendar, master event id) -> iCalUID
 
     @property
     def api(self) -> JsonApi:
@@ -183,6 +207,7 @@ class GoogleProvider:
             params: dict[str, str | int] = {
                 "maxResults": CALENDAR_LIST_PAGE_SIZE,
                 "showHidden": "true",
+                "prettyPrint": "false",
             }
             if page_token:
                 params["pageToken"] = page_token
@@ -236,6 +261,7 @@ class GoogleProvider:
             "singleEvents": "false",
             "showDeleted": "false",
             "maxResults": self.max_results,
+            "prettyPrint": "false",  # compact JSON: less to transfer, and to keep as `raw`
         }
         if cursor:
             base["syncToken"] = cursor
@@ -249,7 +275,7 @@ class GoogleProvider:
             zone = body.get("timeZone")
             if isinstance(zone, str) and zone:
                 self._zones[calendar.id] = zone
-            upserts, deletes = self._convert(items, self._zones.get(calendar.id), run)
+            upserts, deletes = self._convert(items, calendar.id, self._zones.get(calendar.id), run)
             next_token = body.get("nextPageToken")
             if isinstance(next_token, str) and next_token:
                 if next_token == page_token:
@@ -262,7 +288,7 @@ class GoogleProvider:
                 raise ProviderError(
                     f"the last page of the listing of {calendar.id} has no nextSyncToken"
                 )
-            more_upserts, more_deletes = await self._settle(path, run, known)
+            more_upserts, more_deletes = await self._settle(path, calendar.id, run, known)
             doomed = set(more_deletes)
             final = [r for r in [*upserts, *more_upserts] if r.provider_id not in doomed]
             yield ChangePage(
@@ -284,7 +310,7 @@ class GoogleProvider:
             body, items = split_listing(response.text)
         except ValueError as exc:
             raise ProviderError(f"GET {path}: the answer is not a JSON object ({exc})") from None
-        if body.get("items", []) not in (None, []):
+        if body.get("items") is not None:  # split_listing leaves None for an array
             raise ProviderError("the answer's items is not a list")
         return body, items
 
@@ -293,8 +319,9 @@ class GoogleProvider:
         self.skipped.append((event_id, why))
 
     def _convert(
-        self, items: list[tuple[Any, str]], zone: str | None, run: _Run
+        self, items: list[tuple[Any, str]], calendar_id: str, zone: str | None, run: _Run
     ) -> tuple[list[Resource], list[str]]:
+        uids = self._uids
         upserts: list[Resource] = []
         deletes: list[str] = []
         for item, raw in items:
@@ -315,25 +342,25 @@ class GoogleProvider:
                 continue
             uid = item.get("iCalUID")
             if not isinstance(uid, str) or not uid:
-                if parent and parent not in self._uids:
+                if parent and (calendar_id, parent) not in uids:
                     run.deferred.append((item, raw, zone))  # its master's UID is found later
                     continue
-                uid = self._uids.get(parent, event_id) if parent else event_id
+                uid = uids[(calendar_id, parent)] if parent else event_id
             try:
                 resource = resource_from_json(item, uid=uid, default_zone=zone, raw=raw)
             except MalformedEvent as exc:
                 self._skip(event_id, str(exc))
                 continue
             if parent:
-                self._uids.setdefault(parent, resource.events[0].uid)
+                uids.setdefault((calendar_id, parent), resource.events[0].uid)
                 run.exceptions.setdefault(parent, set()).add(event_id)
             elif item.get("recurrence"):
-                self._uids[event_id] = resource.events[0].uid
+                uids[(calendar_id, event_id)] = resource.events[0].uid
             upserts.append(resource)
         return upserts, deletes
 
     async def _settle(
-        self, path: str, run: _Run, known: KnownEtags
+        self, path: str, calendar_id: str, run: _Run, known: KnownEtags
     ) -> tuple[list[Resource], list[str]]:
         """The deferred exceptions, and what the run's cancelled masters take along."""
         upserts: list[Resource] = []
@@ -344,7 +371,11 @@ class GoogleProvider:
             if parent in run.cancelled_masters:
                 deletes.append(event_id)
                 continue
-            uid = uid or self._uids.get(parent) or await self._master_uid(path, parent, run)
+            uid = (
+                uid
+                or self._uids.get((calendar_id, parent))
+                or await self._master_uid(path, calendar_id, parent, run)
+            )
             if uid is None:  # the series is gone: nothing to override
                 deletes.append(event_id)
                 continue
@@ -366,10 +397,14 @@ class GoogleProvider:
             ]
         return upserts, list(dict.fromkeys(deletes))
 
-    async def _master_uid(self, path: str, master_id: str, run: _Run) -> str | None:
+    async def _master_uid(
+        self, path: str, calendar_id: str, master_id: str, run: _Run
+    ) -> str | None:
         """The iCalUID of a live master, by events.get; None when it is gone or cancelled."""
         try:
-            body = await self._api.get_json(f"{path}/{quote(master_id, safe='')}")
+            body = await self._api.get_json(
+                f"{path}/{quote(master_id, safe='')}", params={"prettyPrint": "false"}
+            )
         except EventGone:
             run.cancelled_masters.add(master_id)
             return None
@@ -377,8 +412,59 @@ class GoogleProvider:
         if body.get("status") == "cancelled" or not isinstance(uid, str) or not uid:
             run.cancelled_masters.add(master_id)
             return None
-        self._uids[master_id] = uid
+        self._uids[(calendar_id, master_id)] = uid
         return uid
+
+    # -- push channels -------------------------------------------------------------------------
+
+    async def watch(
+        self,
+        calendar_id: str,
+        *,
+        channel_id: str,
+        address: str,
+        token: str | None = None,
+        ttl: float | None = None,
+    ) -> WatchChannel:
+        """Open a channel that notifies `address` of changes to the calendar's events."""
+        body: dict[str, Any] = {"id": channel_id, "type": "web_hook", "address": address}
+        if token is not None:
+            body["token"] = token
+        if ttl is not None:
+            body["params"] = {"ttl": str(int(ttl))}
+        response = await self._api.request(
+            "POST", f"{self._events_path(calendar_id)}/watch", json=body
+        )
+        try:
+            answer = response.json()
+        except ValueError:
+            raise ProviderError("events.watch answered without JSON") from None
+        resource_id = answer.get("resourceId") if isinstance(answer, dict) else None
+        if not isinstance(resource_id, str) or not resource_id:
+            raise ProviderError("events.watch answered without a resourceId")
+        expiration: float | None = None
+        try:
+            expiration = int(str(answer.get("expiration"))) / 1000
+        except ValueError:
+            expiration = None
+        return WatchChannel(
+            id=str(answer.get("id") or channel_id),
+            resource_id=resource_id,
+            resource_uri=str(answer.get("resourceUri") or ""),
+            expiration=expiration,
+        )
+
+    async def stop_channel(self, channel_id: str, resource_id: str) -> bool:
+        """Stop a channel; False when Google no longer knew it (stopped or expired)."""
+        try:
+            await self._api.request(
+                "POST",
+                f"{API_PATH}/channels/stop",
+                json={"id": channel_id, "resourceId": resource_id},
+            )
+        except ChannelGone:
+            return False
+        return True
 
 
 def _items(body: Mapping[str, Any]) -> list[Any]:

@@ -17,6 +17,7 @@ from typing import Any, Final
 from aiohttp import web
 
 from calsync.testing.google.errors import GoogleError
+from calsync.testing.google.oauth import DEFAULT_SCOPE
 from calsync.testing.google.state import GoogleSimulator
 
 Route = Callable[[web.Request], Awaitable[web.Response]]
@@ -277,10 +278,11 @@ async def generate(request: web.Request) -> web.Response:
             raise AdminError(400, "start must be an ISO 8601 date-time") from None
         if start.tzinfo is None:
             start = start.replace(tzinfo=dt.UTC)
+    seed = _field(body, "seed", int, optional=True)
     made = _sim(request).generate_events(
         request.match_info["calendarId"],
         _field(body, "count", int),
-        seed=_field(body, "seed", int, optional=True) or 1,
+        seed=1 if seed is None else seed,
         start=start,
     )
     return _ok(made, 201)
@@ -311,14 +313,16 @@ async def revoke_tokens(request: web.Request) -> web.Response:
 
 async def mint_refresh(request: web.Request) -> web.Response:
     body = await _body(request)
-    sim = _sim(request)
-    scope = _field(body, "scope", optional=True)
-    token = (
-        sim.mint_refresh_token(_field(body, "user"), _field(body, "client_id"), scope)
-        if scope
-        else sim.mint_refresh_token(_field(body, "user"), _field(body, "client_id"))
+    token = _sim(request).mint_refresh_token(
+        _field(body, "user"),
+        _field(body, "client_id"),
+        _field(body, "scope", optional=True) or DEFAULT_SCOPE,
     )
     return _ok({"refresh_token": token}, 201)
+
+
+async def issued_tokens(request: web.Request) -> web.Response:
+    return _ok(_sim(request).oauth.issued_tokens())
 
 
 async def mint_access(request: web.Request) -> web.Response:
@@ -330,7 +334,7 @@ async def mint_access(request: web.Request) -> web.Response:
     token = sim.mint_access_token(
         _field(body, "user"),
         _field(body, "client_id", optional=True) or "admin",
-        _field(body, "scope", optional=True) or "https://www.googleapis.com/auth/calendar",
+        _field(body, "scope", optional=True) or DEFAULT_SCOPE,
         ttl=None if ttl is None else float(ttl),
     )
     return _ok({"access_token": token, "token_type": "Bearer"}, 201)
@@ -424,6 +428,7 @@ def add_routes(app: web.Application) -> None:
         ("POST", "/_admin/tokens/revoke", revoke_tokens),
         ("POST", "/_admin/tokens/refresh", mint_refresh),
         ("POST", "/_admin/tokens/access", mint_access),
+        ("GET", "/_admin/tokens/issued", issued_tokens),
         ("PUT", "/_admin/consent", consent),
         ("POST", "/_admin/faults", add_fault),
         ("GET", "/_admin/faults", list_faults),

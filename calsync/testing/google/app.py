@@ -19,7 +19,6 @@ import binascii
 import html
 import json
 import logging
-import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -80,7 +79,7 @@ def _grant(request: web.Request) -> AccessGrant:
     grant = sim.oauth.authenticate(request.headers.get("Authorization"))
     request[USER] = grant.user
     limit = sim.rate_limit
-    if limit is not None and not limit.admit(grant.user, time.time()):
+    if limit is not None and not limit.admit(grant.user, sim.clock()):
         sim.stats_data.rate_limited += 1
         headers = {"Retry-After": limit.retry_after} if limit.retry_after else {}
         raise GoogleError(
@@ -118,8 +117,28 @@ def _route_name(request: web.Request) -> str:
     return f"{request.method} {canonical or request.path}"
 
 
+def _pretty(request: web.Request, response: web.StreamResponse) -> web.StreamResponse:
+    """Google indents its JSON unless the request says `prettyPrint=false`."""
+    if (
+        request.path.startswith("/calendar/")
+        and request.query.get("prettyPrint", "true").lower() != "false"
+        and isinstance(response, web.Response)
+        and isinstance(response.body, bytes)
+        and response.body
+        and response.content_type == "application/json"
+    ):
+        data = json.loads(response.body)
+        response.body = json.dumps(data, indent=1, ensure_ascii=False).encode()
+    return response
+
+
 @web.middleware
 async def _api_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    response = await _served(request, handler)
+    return _pretty(request, response)
+
+
+async def _served(request: web.Request, handler: Handler) -> web.StreamResponse:
     if request.path.startswith("/_admin"):
         return await handler(request)
     sim = _sim(request)
@@ -170,7 +189,7 @@ async def _api_middleware(request: web.Request, handler: Handler) -> web.StreamR
         if who:
             stats.by_user[who] += 1
         stats.statuses[status] += 1
-        stats.timestamps.append((time.time(), request.method, request.path, who, status))
+        stats.timestamps.append((sim.clock(), request.method, request.path, who, status))
 
 
 # --- Calendar API -----------------------------------------------------------------------------

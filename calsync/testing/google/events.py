@@ -38,6 +38,7 @@ MAX_TEXT: Final = 8192
 MAX_ATTENDEES: Final = 1000
 STATUSES: Final = ("confirmed", "tentative", "cancelled")
 TEXT_FIELDS: Final = ("summary", "description", "location")
+_COMPACT: Final = (",", ":")  # what Google sends with prettyPrint=false
 
 
 @dataclass(eq=False, slots=True)
@@ -140,7 +141,9 @@ class StoredEvent:
 
     def full_json(self) -> bytes:
         if self._full is None:
-            self._full = json.dumps(self.resource(), ensure_ascii=False).encode()
+            self._full = json.dumps(
+                self.resource(), ensure_ascii=False, separators=_COMPACT
+            ).encode()
         return self._full
 
     def listed_json(self) -> bytes:
@@ -148,7 +151,9 @@ class StoredEvent:
         if not self.cancelled:
             return self.full_json()
         if self._listed is None:
-            self._listed = json.dumps(self.minimal(), ensure_ascii=False).encode()
+            self._listed = json.dumps(
+                self.minimal(), ensure_ascii=False, separators=_COMPACT
+            ).encode()
         return self._listed
 
     def searchable(self) -> str:
@@ -216,7 +221,9 @@ def validate_body(
     end = parse_time(body.get("end"), field="end", calendar_zone=calendar_zone)
     if start.all_day != end.all_day:
         raise bad_request("Start and end times must either both be date or both be dateTime.")
-    if end.utc <= start.utc if start.all_day else end.utc < start.utc:
+    # Timed events may last no time at all; an all-day event lasts at least a day.
+    empty = end.utc <= start.utc if start.all_day else end.utc < start.utc
+    if empty:
         raise GoogleError(400, "timeRangeEmpty", "The specified time range is empty.")
     status = body.get("status", "confirmed") or "confirmed"
     if status not in STATUSES:

@@ -145,13 +145,8 @@ def expand(
         end = original.utc + length
         if time_min is not None and end <= time_min and (length or original.utc < time_min):
             continue
-        yield (
-            original.utc,
-            instance_id,
-            json.dumps(
-                instance_resource(master, base, original, length), ensure_ascii=False
-            ).encode(),
-        )
+        resource = instance_resource(master, base, original, length)
+        yield original.utc, instance_id, json.dumps(resource, separators=(",", ":")).encode()
 
 
 def exceptions_of(events: Iterable[StoredEvent]) -> dict[str, dict[str, StoredEvent]]:
@@ -287,7 +282,10 @@ def list_calendars(
             and (role is None or rank[e.role] <= rank[role])
         ]
     entries.sort(key=lambda e: e.seq)
-    items = [json.dumps(entry_resource(user, e, calendars)).encode() for e in entries]
+    items = [
+        json.dumps(entry_resource(user, e, calendars), separators=(",", ":")).encode()
+        for e in entries
+    ]
     token = pager.issue(SyncState("calendarList", user.email, seq, 0, ()))
     head = {"kind": "calendar#calendarList", "etag": f'"p{seq}"'}
     page = PageState("calendarList", user.email, user.email, params, items, 0, head, token)
@@ -483,4 +481,5 @@ def _render(
 
 def _free_busy(item: bytes) -> bytes:
     data = json.loads(item)
-    return json.dumps({k: v for k, v in data.items() if k in FREE_BUSY_FIELDS}).encode()
+    kept = {k: v for k, v in data.items() if k in FREE_BUSY_FIELDS}
+    return json.dumps(kept, separators=(",", ":")).encode()

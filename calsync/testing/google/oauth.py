@@ -194,6 +194,10 @@ class OAuthServer:
         self._access[grant.token] = grant
         return grant.token
 
+    def issued_tokens(self) -> dict[str, list[str]]:
+        """Every token value handed out so far, so tests can prove none of them leaks."""
+        return {"access_tokens": sorted(self._access), "refresh_tokens": sorted(self._refresh)}
+
     def expire_access_tokens(self, user: str | None = None) -> int:
         count = 0
         now = self._clock()

@@ -83,7 +83,7 @@ class Pager:
 
     def _serve(self, state: PageState, size: int) -> bytes:
         end = state.offset + size
-        head = json.dumps(state.head, ensure_ascii=False).encode()
+        head = json.dumps(state.head, ensure_ascii=False, separators=(",", ":")).encode()
         parts = [head[:-1], b',"items":[', b",".join(state.items[state.offset : end]), b"]"]
         if end < len(state.items):
             token = base64.urlsafe_b64encode(secrets.token_bytes(24)).decode()

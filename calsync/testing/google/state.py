@@ -68,7 +68,7 @@ class GoogleSimulator:
             require_https=require_https,
         )
         self.push = Deliverer(
-            clock,
+            self.now,
             PushSettings(retry_backoff=push_retry_backoff, max_attempts=push_max_attempts),
             seed,
         )
@@ -79,10 +79,10 @@ class GoogleSimulator:
         self._seq = 0
         self.users: dict[str, User] = {}
         self.calendars: dict[str, CalendarData] = {}
-        self.oauth = OAuthServer(self.clock, self.settings, lambda email: email in self.users)
+        self.oauth = OAuthServer(self.now, self.settings, lambda email: email in self.users)
         self.pager = Pager()
-        self.channels_registry = Channels(self.clock, self.settings, self.push)
-        self.writer = EventWriter(self.clock, self._next_seq)
+        self.channels_registry = Channels(self.now, self.settings, self.push)
+        self.writer = EventWriter(self.now, self._next_seq)
         self._faults: list[Fault] = []
         self._fault_ids = 0
         self.rate_limit: RateLimit | None = None
@@ -94,6 +94,10 @@ class GoogleSimulator:
         in_flight = self.stats_data.in_flight
         self._reset()
         self.stats_data.in_flight = in_flight
+
+    def now(self) -> float:
+        """The simulator's time (`clock` may be replaced at any moment, e.g. by a test)."""
+        return self.clock()
 
     def _next_seq(self) -> int:
         self._seq += 1

@@ -249,6 +249,13 @@ def routes(sim: GraphSimulator) -> list[web.RouteDef]:
     async def inactive(request: web.Request, body: dict[str, Any]) -> Any:
         return {"marked": sim.identity.mark_inactive(*_who(body))}
 
+    async def issued(request: web.Request, body: dict[str, Any]) -> Any:
+        # Every token value handed out, so tests can prove none of them leaks anywhere.
+        return {
+            "access_tokens": sorted(sim.identity.access),
+            "refresh_tokens": sorted(sim.identity.refresh),
+        }
+
     async def add_fault(request: web.Request, body: dict[str, Any]) -> Any:
         fault = Fault(
             status=int(body["status"]),
@@ -373,6 +380,7 @@ def routes(sim: GraphSimulator) -> list[web.RouteDef]:
         ("POST", "/_admin/tokens/expire-access", expire_access),
         ("POST", "/_admin/tokens/revoke", revoke),
         ("POST", "/_admin/tokens/inactive", inactive),
+        ("GET", "/_admin/tokens/issued", issued),
         ("POST", "/_admin/faults", add_fault),
         ("DELETE", "/_admin/faults", clear_faults),
         ("POST", "/_admin/throttle", throttle),
