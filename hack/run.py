@@ -76,6 +76,16 @@ def start_radicale(folder: Path) -> RadicaleServer:
     return server
 
 
+def _port_or_free(preferred: int) -> int:
+    """`preferred` when nothing listens on it, else a free port."""
+    with socket.socket() as probe:
+        try:
+            probe.bind(("127.0.0.1", preferred))
+        except OSError:
+            probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
 def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--cluster", default="calsync")
@@ -92,6 +102,7 @@ def main() -> int:
         kubectl(env, "wait", "--for=condition=Established", "crd", "--all", "--timeout=60s")
         radicale = start_radicale(state_root().parent / "demo" / "radicale")
         log = cluster.dir / "logs" / "calsync.log"
+        gateway_port = _port_or_free(8080)
         print(f"starting `calsync run` (log: {log})", file=sys.stderr)
         with log.open("ab") as out:
             operator = subprocess.Popen(
@@ -103,6 +114,10 @@ def main() -> int:
                     "0",
                     "--health-port",
                     "0",
+                    "--bind-address",
+                    "127.0.0.1",
+                    "--gateway-port",
+                    str(gateway_port),
                 ],
                 env=env,
                 stdout=out,
@@ -140,6 +155,7 @@ def main() -> int:
             "  kubectl create -f examples/syncjob-manual.yaml      # sync now\n"
             "  .venv/bin/calsync events --connection default/demo "
             f"--from {TODAY.date()} --to {(TODAY + dt.timedelta(days=7)).date()}\n"
+            f"gateway (OAuth consent, /healthz, /metrics): http://127.0.0.1:{gateway_port}\n"
             f"calsync log: {log}\nCtrl-C stops calsync, the demo server"
             + (" and nothing else." if was_running else " and the cluster."),
             flush=True,

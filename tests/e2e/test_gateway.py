@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 
-from tests.support import Kubectl, Process, condition, poll
+from tests.support import Kubectl, Process, condition, free_port, poll
 
 pytestmark = pytest.mark.e2e
 
@@ -99,3 +101,34 @@ def test_consent_required_publishes_a_link_bound_to_the_connection(
     answer = httpx.get(url)
     assert answer.status_code == 400
     assert "no longer exists" in answer.text
+
+
+def test_gateway_runs_alone(kubectl: Kubectl, crds: list[str], tmp_path: Path) -> None:
+    """`calsync gateway`: its own health, readiness and metrics, no store, no controllers."""
+    port = free_port()
+    env = {
+        **os.environ,
+        "KUBECONFIG": str(kubectl.kubeconfig),
+        "CALSYNC_GATEWAY_PORT": str(port),
+        "CALSYNC_BIND_ADDRESS": "127.0.0.1",
+        "CALSYNC_KEYRING_NAMESPACE": "default",
+        "CALSYNC_STORE_URL": f"sqlite+aiosqlite:///{tmp_path / 'never-created.db'}",
+    }
+    proc = Process(["gateway"], env, tmp_path / "gateway.log")
+    try:
+
+        def ready() -> bool:
+            assert proc.proc.poll() is None, proc.output()
+            try:
+                return httpx.get(f"http://127.0.0.1:{port}/readyz").status_code == 200
+            except httpx.HTTPError:
+                return False
+
+        poll(ready, timeout=60, what="calsync gateway /readyz")
+        assert httpx.get(f"http://127.0.0.1:{port}/healthz").status_code == 200
+        assert (
+            "calsync_gateway_requests_total" in httpx.get(f"http://127.0.0.1:{port}/metrics").text
+        )
+        assert not (tmp_path / "never-created.db").exists()
+    finally:
+        assert proc.stop() == 0, proc.output()
