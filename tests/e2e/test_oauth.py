@@ -60,6 +60,16 @@ def stored_spans(store: Path, key: str) -> list[tuple[dt.datetime, dt.datetime, 
     return sorted((utc(e["start"]), utc(e["end"]), e["summary"]) for e in events)
 
 
+def assert_same_spans(store: Path, key: str, expected: list[tuple[dt.datetime, ...]]) -> None:
+    """The store holds exactly the (start, end) spans the server shows in the range."""
+    stored = [(s, e) for s, e, _ in stored_spans(store, key)]
+    assert stored == expected, (
+        f"store minus server: {sorted(set(stored) - set(expected))[:5]}; "
+        f"server minus store: {sorted(set(expected) - set(stored))[:5]}; "
+        f"{len(stored)} stored, {len(expected)} on the server"
+    )
+
+
 def oauth_connection(
     name: str, provider: str, owner: str, client: str, token: str | None = None
 ) -> dict[str, Any]:
@@ -186,13 +196,7 @@ def assert_store_matches_graph(
     store: Path, key: str, sim: Simulator, account: tuple[str, str, str, str]
 ) -> None:
     address, calendar, client_id, _ = account
-    stored = [(s, e) for s, e, _ in stored_spans(store, key)]
-    expected = graph_spans(sim, address, calendar, client_id)
-    assert stored == expected, (
-        f"store minus server: {sorted(set(stored) - set(expected))[:5]}; "
-        f"server minus store: {sorted(set(expected) - set(stored))[:5]}; "
-        f"{len(stored)} stored, {len(expected)} on the server"
-    )
+    assert_same_spans(store, key, graph_spans(sim, address, calendar, client_id))
 
 
 def test_microsoft_consent_sync_changes_and_resets(
@@ -352,13 +356,7 @@ def google_spans(sim: Simulator, email: str, client_id: str) -> list[tuple[dt.da
 def assert_store_matches_google(
     store: Path, key: str, sim: Simulator, email: str, client: str
 ) -> None:
-    stored = [(s, e) for s, e, _ in stored_spans(store, key)]
-    expected = google_spans(sim, email, client)
-    assert stored == expected, (
-        f"store minus server: {sorted(set(stored) - set(expected))[:5]}; "
-        f"server minus store: {sorted(set(expected) - set(stored))[:5]}; "
-        f"{len(stored)} stored, {len(expected)} on the server"
-    )
+    assert_same_spans(store, key, google_spans(sim, email, client))
 
 
 def test_google_consent_sync_changes_and_full_resync(
