@@ -15,6 +15,11 @@ of them alike, three rounds each, medians reported:
   empty token for the initial case and the previous token otherwise, reading the whole body:
   the server's own cost, the floor for any CalDAV client using sync-collection.
 
+Our provider lists a calendar in full (the initial case) with a PROPFIND of its sync-token
+followed by one calendar-query for every object, which Radicale answers faster than the
+sync-collection from the empty token; the same two requests, bare, are timed after each initial
+round and reported beside the table as the floor of that shape.
+
 The initial case starts each round from nothing (fresh store, fresh vdir and vdirsyncer status,
 empty token); the last round's state carries on into the incremental rounds (each preceded by a
 PUT of one modified event) and then into the no-change rounds.
@@ -264,6 +269,42 @@ def _report_body(token: str) -> bytes:
     ).encode()
 
 
+_TOKEN_PROPFIND = (
+    b'<?xml version="1.0" encoding="utf-8"?>\n'
+    b'<D:propfind xmlns:D="DAV:"><D:prop><D:sync-token/></D:prop></D:propfind>'
+)
+_EVERY_OBJECT = (
+    b'<?xml version="1.0" encoding="utf-8"?>\n'
+    b'<C:calendar-query xmlns:D="DAV:" xmlns:C="urn:ietf:params:xml:ns:caldav">'
+    b"<D:prop><D:getetag/><C:calendar-data/></D:prop>"
+    b'<C:filter><C:comp-filter name="VCALENDAR"/></C:filter></C:calendar-query>'
+)
+
+
+def bare_query_listing(collection_url: str) -> float:
+    """PROPFIND of the sync-token, then calendar-query for everything, whole body read.
+
+    Uncompressed, as our provider asks a loopback server (Radicale would gzip otherwise).
+    """
+    import httpx
+
+    headers = {"Content-Type": "application/xml; charset=utf-8", "Accept-Encoding": "identity"}
+    with httpx.Client(auth=(USER, PASSWORD), timeout=300.0) as client:
+        started = time.perf_counter()
+        token = client.request(
+            "PROPFIND", collection_url, content=_TOKEN_PROPFIND, headers={**headers, "Depth": "0"}
+        )
+        token.read()
+        listing = client.request(
+            "REPORT", collection_url, content=_EVERY_OBJECT, headers={**headers, "Depth": "1"}
+        )
+        data = listing.content
+        seconds = time.perf_counter() - started
+    if token.status_code != 207 or listing.status_code != 207 or b"BEGIN:VEVENT" not in data:
+        raise RuntimeError(f"bare query listing: {token.status_code}, {listing.status_code}")
+    return seconds
+
+
 @dataclass
 class Report:
     seconds: float
@@ -316,6 +357,7 @@ class Case:
     ours_rss: list[int] = field(default_factory=list)
     vdirsyncer: list[float] = field(default_factory=list)
     report: list[float] = field(default_factory=list)
+    query_listing: list[float] = field(default_factory=list)  # initial only
 
 
 def _changed(ics: str, n: int) -> str:
@@ -406,6 +448,7 @@ class Bench:
                         )
                 else:
                     self.token = self._report("initial", "").token
+            self.cases["initial"].query_listing.append(bare_query_listing(self.url))
             # The last round's state carries on; earlier ones only take disk space.
             self._drop_store(self.store)
             if self.vdir is not None:
@@ -510,6 +553,14 @@ class Bench:
                 line += f"; ours <= {vs_report}x bare REPORT: {ours / rep:.2f}x "
                 line += verdict(ours <= vs_report * rep)
             verdicts.append(line)
+        initial = self.cases["initial"]
+        if initial.query_listing:
+            floor = median(initial.query_listing)
+            print(
+                f"initial, the server's part of our full listing (PROPFIND sync-token + "
+                f"calendar-query, bare): {floor:.3f} s; ours over it: "
+                f"{median(initial.ours) / floor:.2f}x; rounds {_list(initial.query_listing)}"
+            )
         print()
         print("targets:")
         for line in verdicts:

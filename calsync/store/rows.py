@@ -12,8 +12,8 @@ from __future__ import annotations
 import datetime as dt
 import json
 import logging
-from collections.abc import Mapping
-from typing import Any
+from collections.abc import Callable, Mapping
+from typing import Any, Final
 
 from calsync.model import Event, Resource
 from calsync.store.results import Occurrence
@@ -47,22 +47,125 @@ def resource_envelope(events: list[Event]) -> tuple[dt.datetime | None, dt.datet
     return min(starts, default=None), max(ends, default=None)
 
 
+# Column order of the value tuples below; the store's bulk statements list the same names.
+RESOURCE_COLUMNS: Final = (
+    "connection",
+    "calendar_id",
+    "provider_id",
+    "etag",
+    "raw",
+    "raw_format",
+    "recurring",
+    "first_start",
+    "series_end",
+    "updated_at",
+)
+EVENT_COLUMNS: Final = (
+    "connection",
+    "calendar_id",
+    "provider_id",
+    "uid",
+    "recurrence_id",
+    "status",
+    "start_utc",
+    "end_utc",
+    "timezone",
+    "all_day",
+    "summary",
+    "location",
+    "transparency",
+    "organizer",
+    "attendees",
+    "rrule",
+    "rdates",
+    "exdates",
+    "series_end",
+    "last_modified",
+    "sequence",
+)
+
+# How a timestamp is handed to the database driver (the store passes its dialect's conversion;
+# the dict forms below keep datetimes for SQLAlchemy's own column types).
+Stamp = Callable[[dt.datetime | None], Any]
+
+
+def _same(value: dt.datetime | None) -> dt.datetime | None:
+    return value
+
+
+def resource_values(
+    connection: str,
+    calendar_id: str,
+    resource: Resource,
+    now: Any,
+    stamp: Stamp = _same,
+) -> tuple[Any, ...]:
+    """A resource's row in `RESOURCE_COLUMNS` order; `now` is already converted."""
+    first_start, series_end = resource_envelope(resource.events)
+    return (
+        connection,
+        calendar_id,
+        resource.provider_id,
+        resource.etag,
+        resource.raw,
+        resource.raw_format,
+        any(e.recurring for e in resource.events),
+        stamp(first_start),
+        stamp(series_end),
+        now,
+    )
+
+
+def event_values(
+    connection: str, calendar_id: str, resource: Resource, stamp: Stamp = _same
+) -> list[tuple[Any, ...]]:
+    """One row per component in `EVENT_COLUMNS` order; of two components with the same
+    RECURRENCE-ID the last wins."""
+    rows: dict[str, tuple[Any, ...]] = {}
+    provider_id = resource.provider_id
+    for event in resource.events:
+        recurrence_id = event.recurrence_id or ""
+        if recurrence_id in rows:
+            log.warning(
+                "resource %s of calendar %s (%s) repeats the component %r; keeping the last",
+                provider_id,
+                calendar_id,
+                connection,
+                recurrence_id or "master",
+            )
+        rows[recurrence_id] = (
+            connection,
+            calendar_id,
+            provider_id,
+            event.uid,
+            recurrence_id,
+            event.status,
+            stamp(event.start),
+            stamp(event_end(event)),
+            event.timezone,
+            event.all_day,
+            event.summary,
+            event.location,
+            event.transparency,
+            event.organizer,
+            _json(event.attendees),
+            event.rrule,
+            _json(event.rdates),
+            _json(event.exdates),
+            stamp(event.series_end),
+            stamp(event.last_modified),
+            event.sequence,
+        )
+    return list(rows.values())
+
+
 def resource_row(
     connection: str, calendar_id: str, resource: Resource, now: dt.datetime
 ) -> dict[str, Any]:
-    first_start, series_end = resource_envelope(resource.events)
-    return {
-        "connection": connection,
-        "calendar_id": calendar_id,
-        "provider_id": resource.provider_id,
-        "etag": resource.etag,
-        "raw": resource.raw,
-        "raw_format": resource.raw_format,
-        "recurring": any(e.recurring for e in resource.events),
-        "first_start": first_start,
-        "series_end": series_end,
-        "updated_at": now,
-    }
+    """`resource_values` by column name."""
+    return dict(
+        zip(RESOURCE_COLUMNS, resource_values(connection, calendar_id, resource, now), strict=True)
+    )
 
 
 def _json(values: list[str]) -> str:
@@ -70,42 +173,11 @@ def _json(values: list[str]) -> str:
 
 
 def event_rows(connection: str, calendar_id: str, resource: Resource) -> list[dict[str, Any]]:
-    """One row per component; of two components with the same RECURRENCE-ID the last wins."""
-    rows: dict[str, dict[str, Any]] = {}
-    for event in resource.events:
-        recurrence_id = event.recurrence_id or ""
-        if recurrence_id in rows:
-            log.warning(
-                "resource %s of calendar %s (%s) repeats the component %r; keeping the last",
-                resource.provider_id,
-                calendar_id,
-                connection,
-                recurrence_id or "master",
-            )
-        rows[recurrence_id] = {
-            "connection": connection,
-            "calendar_id": calendar_id,
-            "provider_id": resource.provider_id,
-            "uid": event.uid,
-            "recurrence_id": recurrence_id,
-            "status": event.status,
-            "start_utc": event.start,
-            "end_utc": event_end(event),
-            "timezone": event.timezone,
-            "all_day": event.all_day,
-            "summary": event.summary,
-            "location": event.location,
-            "transparency": event.transparency,
-            "organizer": event.organizer,
-            "attendees": _json(event.attendees),
-            "rrule": event.rrule,
-            "rdates": _json(event.rdates),
-            "exdates": _json(event.exdates),
-            "series_end": event.series_end,
-            "last_modified": event.last_modified,
-            "sequence": event.sequence,
-        }
-    return list(rows.values())
+    """`event_values` by column name."""
+    return [
+        dict(zip(EVENT_COLUMNS, values, strict=True))
+        for values in event_values(connection, calendar_id, resource)
+    ]
 
 
 def json_list(text: str | None) -> list[str]:

@@ -377,7 +377,7 @@ def _report_kinds(transport: Rewriting, bodies: list[bytes]) -> list[str]:
     'sync-collection', or the method."""
     kinds = []
     for (method, _), body in zip(transport.requests, bodies, strict=True):
-        if method == "PROPFIND" and b"<D:sync-token/></D:prop>" in body:
+        if method == "PROPFIND" and b"<D:prop><D:sync-token/></D:prop>" in body:
             kinds.append("token")
         elif b"calendar-query" in body:
             kinds.append("query")
@@ -448,8 +448,8 @@ async def test_a_change_while_the_query_runs_is_listed_and_reported_again(
     ]
 
 
-@pytest.mark.parametrize("spoil", ["truncated", "refused"])
-async def test_a_truncated_or_refused_query_listing_falls_back_to_sync_collection(
+@pytest.mark.parametrize("spoil", ["truncated", "refused", "empty"])
+async def test_a_truncated_refused_or_empty_query_listing_falls_back_to_sync_collection(
     caldav_calendar: CalDAVCalendar, spoil: str
 ) -> None:
     generated = generate_events(12, seed=26)
@@ -466,6 +466,8 @@ async def test_a_truncated_or_refused_query_listing_falls_back_to_sync_collectio
             return body, None
         if spoil == "refused":
             return body, lambda status, content: (403, b"")
+        if spoil == "empty":
+            return body, lambda status, content: (status, b"<multistatus xmlns='DAV:'/>")
 
         def truncated(status: int, content: bytes) -> tuple[int, bytes]:
             members = _RESPONSE.findall(content)[:4]
@@ -484,9 +486,28 @@ async def test_a_truncated_or_refused_query_listing_falls_back_to_sync_collectio
             ids = {r.provider_id for page in pages for r in page.upserts}
             assert ids == {caldav_calendar.provider_id(n) for n in generated}
             kinds = _report_kinds(transport, bodies)[before:]
-            # Remembered: the second full listing goes to sync-collection straight away.
-            first = ["token", "query"] if attempt == 0 else []
+            # Truncation and refusal are remembered: the second full listing goes to
+            # sync-collection straight away. An empty answer is checked every time.
+            first = ["token", "query"] if attempt == 0 or spoil == "empty" else []
             assert kinds == [*first, "sync-collection"]
+
+
+async def test_icloud_lists_with_sync_collection(caldav_calendar: CalDAVCalendar) -> None:
+    generated = generate_events(5, seed=27)
+    caldav_calendar.seed(generated)
+    bodies: list[bytes] = []
+
+    async def record(request: httpx.Request, body: bytes) -> tuple[bytes, Answer | None]:
+        bodies.append(body)
+        return body, None
+
+    transport = Rewriting(record)
+    async with make_provider(caldav_calendar.url, icloud=True, transport=transport) as provider:
+        calendar = await the_calendar(provider, caldav_calendar)
+        before = len(bodies)
+        pages = await collect(provider, calendar, None)
+    assert _report_kinds(transport, bodies)[before:] == ["sync-collection"]
+    assert sum(len(p.upserts) for p in pages) == 5
 
 
 async def test_malformed_calendar_data_is_skipped_and_reported(

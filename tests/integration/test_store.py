@@ -179,6 +179,30 @@ async def test_a_failing_page_changes_neither_events_nor_cursor(store: EventStor
     assert await store.count_events(CONN, CAL) == 1
 
 
+@pytest.mark.parametrize("where", ["start", "last_modified", "series_end"])
+async def test_a_naive_time_is_refused_and_nothing_of_its_page_is_written(
+    store: EventStore, where: str
+) -> None:
+    await store.apply_page(
+        CONN,
+        CAL,
+        page(single("a.ics", "a", at(2024, 1, 2, 9), at(2024, 1, 2, 10)), cursor="token-1"),
+    )
+    naive = single("b.ics", "b", at(2024, 1, 3, 9), at(2024, 1, 3, 10))
+    setattr(naive.events[0], where, dt.datetime(2024, 1, 3, 9))  # no zone: meaningless
+    if where == "series_end":
+        naive.events[0].rrule = "FREQ=DAILY;COUNT=2"
+    with pytest.raises(ValueError, match="naive"):
+        await store.apply_page(
+            CONN,
+            CAL,
+            page(single("c.ics", "c", at(2024, 1, 4, 9), at(2024, 1, 4, 10)), naive, cursor="t2"),
+        )
+    assert await store.known_etags(CONN, CAL) == {"a.ics": "etag-1"}
+    assert await store.count_events(CONN, CAL) == 1
+    assert await store.get_cursor(CONN, CAL) == "token-1"
+
+
 async def test_a_failure_after_the_cursor_is_written_rolls_it_back(
     store: EventStore, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -22,7 +22,7 @@ from calsync.providers.base import (
     RateLimited,
 )
 from calsync.providers.caldav import CalDAVProvider, http
-from calsync.providers.caldav.xml import HostileXML, parse_multistatus
+from calsync.providers.caldav.xml import HostileXML, Listed, parse_listing, parse_multistatus
 
 pytestmark = pytest.mark.unit
 
@@ -283,6 +283,46 @@ def test_xml_reader_refuses_doctypes_and_garbage() -> None:
         b"</propstat></response></multistatus>"
     )
     assert status.responses[0].text("{DAV:}displayname") == "caf\ufffd"
+
+
+LISTING = b"""<?xml version="1.0"?>
+<d:multistatus xmlns:d="DAV:" xmlns:c="urn:ietf:params:xml:ns:caldav">
+<d:response><d:href>/dav/</d:href><d:status>HTTP/1.1 507 Insufficient Storage</d:status>
+</d:response>
+<d:response><d:href> /dav/a.ics </d:href><d:propstat><d:prop><d:getetag>"1"</d:getetag>
+<c:calendar-data>BEGIN:VCALENDAR</c:calendar-data></d:prop>
+<d:status>HTTP/1.1 200 OK</d:status></d:propstat></d:response>
+<d:response><d:href>/dav/b.ics</d:href><d:propstat><d:prop><d:getetag>"2"</d:getetag></d:prop>
+<d:status>HTTP/1.1 200 OK</d:status></d:propstat><d:propstat><d:prop><c:calendar-data/>
+</d:prop><d:status>HTTP/1.1 404 Not Found</d:status></d:propstat></d:response>
+<d:response><d:href>/dav/c.ics</d:href><d:status>HTTP/1.1 404 Not Found</d:status></d:response>
+<d:response><d:href>/dav/sub/</d:href><d:propstat><d:prop><d:resourcetype><d:collection/>
+</d:resourcetype><c:calendar-data></c:calendar-data></d:prop>
+<d:status>HTTP/1.1 200 OK</d:status></d:propstat></d:response>
+<d:sync-token> http://example.com/sync/7 </d:sync-token>
+</d:multistatus>"""
+
+
+def test_listing_reader_keeps_texts_of_2xx_properties_only() -> None:
+    listing = parse_listing(LISTING)
+    assert listing.sync_token == "http://example.com/sync/7"
+    assert listing.members == [
+        Listed("/dav/", 507, None, None, False),
+        Listed("/dav/a.ics", None, '"1"', "BEGIN:VCALENDAR", False),
+        Listed("/dav/b.ics", None, '"2"', None, False),  # its data only in a 404 propstat
+        Listed("/dav/c.ics", 404, None, None, False),
+        Listed("/dav/sub/", None, None, "", True),  # present but empty is "", absent None
+    ]
+    # The same reading as the general reader gives.
+    general = parse_multistatus(LISTING)
+    for member, response in zip(listing.members, general.responses, strict=True):
+        assert member.href == response.href and member.status == response.status
+        assert member.etag == response.text("{DAV:}getetag")
+        assert member.data == response.text("{urn:ietf:params:xml:ns:caldav}calendar-data")
+    with pytest.raises(HostileXML, match="DOCTYPE"):
+        parse_listing(b'<!DOCTYPE x [<!ENTITY a "b">]><multistatus xmlns="DAV:"/>')
+    with pytest.raises(HostileXML, match="expected a DAV:multistatus"):
+        parse_listing(b"<html/>")
 
 
 async def test_default_transport_checks_addresses_at_connect_time() -> None:

@@ -16,8 +16,16 @@ from calsync.store import StoreURLError, async_url, default_store_url
 from calsync.store.expand import Truncation, master_occurrences, overlaps
 from calsync.store.export import Exported, calendar_text, top_level_components
 from calsync.store.migrations import MIGRATIONS, Migration, check_order
-from calsync.store.rows import event_rows, resource_envelope, resource_row
-from calsync.store.schema import UtcDateTime
+from calsync.store.rows import (
+    EVENT_COLUMNS,
+    RESOURCE_COLUMNS,
+    event_rows,
+    event_values,
+    resource_envelope,
+    resource_row,
+    resource_values,
+)
+from calsync.store.schema import UtcDateTime, events, resources, to_epoch_us
 
 pytestmark = pytest.mark.unit
 
@@ -133,6 +141,50 @@ def test_event_rows_normalise_ends_and_keep_the_last_duplicate(
         ("", "second", at(2024, 1, 2)),
         ("2024-01-08T00:00:00+00:00", "", at(2024, 1, 9, 9)),
     ]
+
+
+def test_bulk_rows_name_every_column_of_their_table_once() -> None:
+    # The store's driver-level INSERTs list these names; the tables must have exactly them.
+    assert sorted(RESOURCE_COLUMNS) == sorted(resources.c.keys())
+    assert sorted(EVENT_COLUMNS) == sorted(events.c.keys())
+    assert len(set(RESOURCE_COLUMNS)) == len(RESOURCE_COLUMNS)
+    assert len(set(EVENT_COLUMNS)) == len(EVENT_COLUMNS)
+
+
+def test_value_tuples_convert_every_time_and_nothing_else() -> None:
+    master = Event(
+        "u",
+        start=at(2024, 1, 1, 9),
+        end=at(2024, 1, 1, 10),
+        rrule="FREQ=DAILY;COUNT=3",
+        series_end=at(2024, 1, 3, 10),
+        last_modified=at(2023, 12, 1),
+        attendees=["bob@example.com"],
+    )
+    resource = Resource("p", "e", "raw", "ical", [master])
+    calls: list[dt.datetime | None] = []
+
+    def stamp(value: dt.datetime | None) -> object:
+        calls.append(value)
+        return None if value is None else to_epoch_us(value)
+
+    (row,) = event_values("c", "cal", resource, stamp)
+    named = dict(zip(EVENT_COLUMNS, row, strict=True))
+    assert named["start_utc"] == to_epoch_us(at(2024, 1, 1, 9))
+    assert named["end_utc"] == to_epoch_us(at(2024, 1, 1, 10))
+    assert named["series_end"] == to_epoch_us(at(2024, 1, 3, 10))
+    assert named["last_modified"] == to_epoch_us(at(2023, 12, 1))
+    assert named["attendees"] == '["bob@example.com"]' and named["rdates"] == "[]"
+    assert len(calls) == 4
+    # The dict form is the same row by name, with the datetimes kept.
+    assert event_rows("c", "cal", resource)[0]["start_utc"] == at(2024, 1, 1, 9)
+    values = resource_values("c", "cal", resource, "now", stamp)
+    named_resource = dict(zip(RESOURCE_COLUMNS, values, strict=True))
+    assert named_resource["updated_at"] == "now"  # passed through as given
+    assert named_resource["first_start"] == to_epoch_us(at(2024, 1, 1, 9))
+    assert named_resource["series_end"] == to_epoch_us(at(2024, 1, 3, 10))
+    assert named_resource["recurring"] is True
+    assert len(calls) == 6
 
 
 def test_a_resource_envelope_is_open_while_a_series_is() -> None:

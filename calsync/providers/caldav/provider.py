@@ -6,8 +6,19 @@ one calendar), a calendar home, a principal or a server root; failing those, RFC
 calendar list itself is read fresh on every `list_calendars` (one Depth 1 PROPFIND).
 
 Changes, with sync-collection (RFC 6578):
-- one REPORT asking for getetag and calendar-data, from the cursor's token (cursor
-  "sync:<token>") or from the empty token (no cursor: a full listing, pages `full=True`).
+- no cursor, a full listing (pages `full=True`): the collection's DAV:sync-token is read first
+  (PROPFIND Depth 0), then one calendar-query whose only filter is the VCALENDAR component
+  returns every object with getetag and calendar-data; the last page carries "sync:<token>".
+  A change made while the query runs is listed and reported again by the next run, never lost.
+  Radicale answers this pair with about 70% of the server time of a sync-collection from the
+  empty token (that REPORT reads every object twice and matches names against a list). A
+  server without the property, or refusing, truncating (507) or garbling the query, gets the
+  sync-collection from the empty token below instead; the first three are remembered for the
+  collection for the life of the process. An empty query answer is not trusted either (a full
+  listing deletes what it lacks): sync-collection confirms it. iCloud, whose calendar-query
+  wants a VEVENT filter, always takes sync-collection.
+- otherwise one REPORT asking for getetag and calendar-data, from the cursor's token (cursor
+  "sync:<token>") or from the empty token (the full listing of the servers above).
   Members answered 404 are deletes; members that come without data are fetched by
   calendar-multiget in batches of up to 500, the next batch in flight while the engine stores
   the current one. A 403/409/400 for a token is CursorInvalid.
@@ -48,7 +59,7 @@ import datetime as dt
 import logging
 from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass
-from typing import Final
+from typing import Final, NamedTuple
 from urllib.parse import quote, unquote, urljoin, urlsplit
 
 import httpx
@@ -105,9 +116,12 @@ class _Collection:
     supports_sync: bool
 
 
-@dataclass(slots=True)
-class _Member:
-    """A calendar object seen in a listing: its href as sent, id, etag, and data if given."""
+class _Member(NamedTuple):
+    """A calendar object seen in a listing: its href as sent, id, etag, and data if given.
+
+    A tuple of strings, which the garbage collector stops tracking: a full listing keeps
+    thousands of them alive while its pages are parsed and stored.
+    """
 
     href: str
     provider_id: str
@@ -437,7 +451,12 @@ class CalDAVProvider:
         full = not token
         first = True
         collection_path = _path_of(urlsplit(url).path)
-        if full and url not in _REFUSED_WITH_DATA and url not in _NO_QUERY_LISTING:
+        if (
+            full
+            and not self.icloud  # iCloud's calendar-query wants a VEVENT filter (see xml.py)
+            and url not in _REFUSED_WITH_DATA
+            and url not in _NO_QUERY_LISTING
+        ):
             listed = await self._query_listing(url)
             if listed is not None:
                 current, listing = listed
@@ -504,7 +523,8 @@ class CalDAVProvider:
 
     async def _query_listing(self, url: str) -> tuple[str, xml.Listing] | None:
         """A full listing as the collection's sync-token, then a calendar-query for every object
-        with its data; None (remembered for the collection) when the server offers no clean one.
+        with its data; None when the server offers no clean one (remembered for the collection
+        when it is the server's way, not this answer's accident).
 
         The token is read first, so whatever changes while the query runs is listed and also
         reported again by the next incremental sync, never lost. Radicale answers this pair in
@@ -535,14 +555,19 @@ class CalDAVProvider:
             log.warning("%s: unreadable calendar-query answer; using sync-collection", url)
             return None
         collection_path = _path_of(urlsplit(url).path)
+        objects = 0
         for listed in listing.members:
-            if listed.status == 507 and _same_collection(
-                _path_of(listed.href, url), collection_path
-            ):
+            if not _same_collection(_path_of(listed.href, url), collection_path):
+                objects += 1
+            elif listed.status == 507:
                 # Truncated: only sync-collection can resume where a partial answer stopped.
                 log.info("%s: calendar-query listing truncated; using sync-collection", url)
                 _remember(_NO_QUERY_LISTING, url)
                 return None
+        if not objects:
+            # An empty calendar, or a server that did not take the filter as "everything":
+            # a full listing deletes what it lacks, so only sync-collection may say "nothing".
+            return None
         return current, listing
 
     async def _ladder_pages(
