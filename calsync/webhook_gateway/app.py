@@ -181,8 +181,10 @@ async def start(request: web.Request) -> web.StreamResponse:
         code_challenge=challenge,
         extra=consent_parameters(provider, spec.owner),
     )
-    response = web.HTTPFound(target)
-    response.headers["Cache-Control"] = "no-store"
+    response = web.Response(
+        status=302,
+        headers={"Location": target, "Cache-Control": "no-store", "Referrer-Policy": "no-referrer"},
+    )
     response.set_cookie(
         COOKIE,
         flow.nonce,

@@ -517,3 +517,23 @@ def test_no_token_ever_leaves_the_secrets(
     for place, text in places.items():
         leaked = [t[:12] + "..." for t in tokens if t in text]
         assert not leaked, f"tokens found in the {place}: {leaked}"
+
+
+def test_denied_consent_is_reported_and_changes_nothing(
+    kubectl: Kubectl, namespace: str, operator: Process, google_sim: Simulator, gateway_url: str
+) -> None:
+    sim = google_sim
+    email, client_id, client_secret = google_account(sim, gateway_url)
+    kubectl.apply(secret("g-client", client_id=client_id, client_secret=client_secret), namespace)
+    kubectl.apply(oauth_connection("erin", "google", email, "g-client"), namespace)
+    sim.admin("PUT", "consent", {"deny": True})
+    try:
+        page = consent(kubectl, namespace, "erin")
+    finally:
+        sim.admin("PUT", "consent", {"deny": False})
+    assert page.status_code == 403 and "not granted" in page.text
+    events = kubectl.json("get", "events", "-n", namespace)["items"]
+    assert any(e["reason"] == "ConsentDenied" for e in events)
+    assert reason(kubectl, namespace, "erin", "Authenticated") == "ConsentRequired"
+    secrets = kubectl.json("get", "secrets", "-n", namespace)["items"]
+    assert not any(s["metadata"]["name"].endswith("-calsync-tokens") for s in secrets)
