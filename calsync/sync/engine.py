@@ -15,8 +15,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import gc
 import logging
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -86,6 +87,37 @@ def select_calendars(
     ]
 
 
+_frozen_syncs = 0  # syncs of this process running under `_older_objects_frozen`
+
+
+@contextlib.contextmanager
+def _older_objects_frozen() -> Iterator[None]:
+    """Keep the objects that existed before the first running sync out of full collections.
+
+    A listing allocates tens of thousands of tracked objects (parsed JSON, resources, row
+    tuples) that live until their page is stored, and that sets off full (generation 2)
+    collections, each of which also walked every older object of the process: the imported
+    libraries alone are some 80,000. On the Google benchmark's listing the two full collections
+    of a sync took about 0.12 s; with the older objects frozen, 0.01 s, and the sync ran 12 to
+    17 % faster (medians of seven and nine interleaved runs). `gc.freeze` is process-wide, so
+    it is counted: the first sync to start freezes, the last to finish unfreezes. Unfreezing
+    returns the objects to the oldest generation, where a cycle among them that became garbage
+    meanwhile is collected as usual; objects made during a sync are collected normally
+    throughout. While syncs overlap without a gap only the snapshot taken by the first stays
+    frozen, so what can wait for collection is bounded by that snapshot and does not grow.
+    """
+    global _frozen_syncs
+    if _frozen_syncs == 0:
+        gc.freeze()
+    _frozen_syncs += 1
+    try:
+        yield
+    finally:
+        _frozen_syncs -= 1
+        if _frozen_syncs == 0:
+            gc.unfreeze()
+
+
 class SyncEngine:
     def __init__(self, store: EventStore, *, batch_size: int = 100) -> None:
         self.store = store
@@ -103,6 +135,28 @@ class SyncEngine:
         exclude: Sequence[str] = (),
     ) -> SyncResult:
         """Sync every selected calendar of a connection (or only `calendar_id`)."""
+        with _older_objects_frozen():
+            return await self._sync_connection(
+                connection,
+                provider,
+                window=window,
+                mode=mode,
+                calendar_id=calendar_id,
+                include=include,
+                exclude=exclude,
+            )
+
+    async def _sync_connection(
+        self,
+        connection: str,
+        provider: CalendarProvider,
+        *,
+        window: Window,
+        mode: Mode,
+        calendar_id: str,
+        include: Sequence[str],
+        exclude: Sequence[str],
+    ) -> SyncResult:
         listed = await provider.list_calendars()
         selected = select_calendars(listed, include, exclude)
         result = SyncResult()
