@@ -19,7 +19,7 @@ from calsync.api import CalendarConnectionSpec
 from calsync.controllers.oauth_setup import OAUTH_PROVIDERS, OAuthSetupError, connection_client
 from calsync.controllers.tokens import StoredTokens, TokenStoreError, TokenVault
 from calsync.observability import metrics
-from calsync.providers.base import CalendarProvider, InvalidConfiguration, InvalidGrant
+from calsync.providers.base import CalendarProvider, InvalidConfiguration
 from calsync.providers.caldav import CalDAVProvider
 from calsync.providers.google import GoogleProvider
 from calsync.providers.microsoft import MicrosoftProvider
@@ -153,9 +153,3 @@ def _saver(vault: TokenVault | None, body: Mapping[str, Any], provider: str) -> 
         )
 
     return save
-
-
-def record_refresh_failure(provider: str, exc: BaseException) -> None:
-    """Count a failed refresh in calsync_token_refreshes_total."""
-    result = "invalid_grant" if isinstance(exc, InvalidGrant) else "error"
-    metrics.TOKEN_REFRESHES.labels(provider, result).inc()

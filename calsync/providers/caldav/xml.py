@@ -9,6 +9,7 @@ status and the properties found with a 2xx propstat.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Final, NamedTuple
 from xml.sax.saxutils import escape
@@ -226,18 +227,27 @@ class Multistatus:
     sync_token: str | None = None
 
 
-def parse_multistatus(body: bytes) -> Multistatus:
+@dataclass(slots=True)
+class _Walk:
+    """What walking a multistatus found: its responses, then the sync-token (if any)."""
+
+    sync_token: str | None = None
+
+
+def _responses(
+    body: bytes, walk: _Walk
+) -> Iterator[tuple[list[str], int | None, list[etree._Element]]]:
+    """Each DAV:response of a multistatus: its hrefs, its own status, and the properties of
+    its 2xx propstats. The top-level sync-token is left in `walk` once the walk is done."""
     root = parse_xml(body)
     if root.tag != MULTISTATUS:
         raise HostileXML(f"expected a DAV:multistatus, got {str(root.tag)[:80]}")
-    responses: list[DavResponse] = []
-    token: str | None = None
     for node in root:
         tag = node.tag
         if tag == RESPONSE:
             hrefs: list[str] = []
             status: int | None = None
-            props: dict[str, etree._Element] = {}
+            props: list[etree._Element] = []
             for part in node:
                 kind = part.tag
                 if kind == HREF:
@@ -252,15 +262,21 @@ def parse_multistatus(body: bytes) -> Multistatus:
                         elif piece.tag == STATUS:
                             code = status_code(piece.text)
                     if found is not None and code is not None and 200 <= code < 300:
-                        for prop in found:
-                            props[prop.tag] = prop
+                        props.extend(found)
                 elif kind == STATUS:
                     status = status_code(part.text)
-            for href in hrefs:
-                responses.append(DavResponse(href, status, props))
+            yield hrefs, status, props
         elif tag == SYNC_TOKEN:
-            token = (node.text or "").strip() or None
-    return Multistatus(responses, token)
+            walk.sync_token = (node.text or "").strip() or None
+
+
+def parse_multistatus(body: bytes) -> Multistatus:
+    walk = _Walk()
+    responses: list[DavResponse] = []
+    for hrefs, status, props in _responses(body, walk):
+        by_tag = {prop.tag: prop for prop in props}
+        responses.extend(DavResponse(href, status, by_tag) for href in hrefs)
+    return Multistatus(responses, walk.sync_token)
 
 
 class Listed(NamedTuple):
@@ -287,48 +303,22 @@ class Listing:
 def parse_listing(body: bytes) -> Listing:
     """A multistatus read for getetag, calendar-data and resourcetype only (same rules as
     `parse_multistatus`: response-level status, properties of 2xx propstats)."""
-    root = parse_xml(body)
-    if root.tag != MULTISTATUS:
-        raise HostileXML(f"expected a DAV:multistatus, got {str(root.tag)[:80]}")
+    walk = _Walk()
     members: list[Listed] = []
-    token: str | None = None
-    for node in root:
-        tag = node.tag
-        if tag == RESPONSE:
-            hrefs: list[str] = []
-            status: int | None = None
-            etag: str | None = None
-            data: str | None = None
-            collection = False
-            for part in node:
-                kind = part.tag
-                if kind == HREF:
-                    if part.text:
-                        hrefs.append(part.text.strip())
-                elif kind == PROPSTAT:
-                    found = None
-                    code = None
-                    for piece in part:
-                        if piece.tag == PROP:
-                            found = piece
-                        elif piece.tag == STATUS:
-                            code = status_code(piece.text)
-                    if found is None or code is None or not 200 <= code < 300:
-                        continue
-                    for prop in found:
-                        name = prop.tag
-                        if name == CALENDAR_DATA:
-                            data = prop.text or ""
-                        elif name == GETETAG:
-                            etag = prop.text or ""
-                        elif name == RESOURCETYPE:
-                            collection = any(child.tag == COLLECTION for child in prop.iter())
-                elif kind == STATUS:
-                    status = status_code(part.text)
-            members.extend(Listed(href, status, etag, data, collection) for href in hrefs)
-        elif tag == SYNC_TOKEN:
-            token = (node.text or "").strip() or None
-    return Listing(members, token)
+    for hrefs, status, props in _responses(body, walk):
+        etag: str | None = None
+        data: str | None = None
+        collection = False
+        for prop in props:
+            name = prop.tag
+            if name == CALENDAR_DATA:
+                data = prop.text or ""
+            elif name == GETETAG:
+                etag = prop.text or ""
+            elif name == RESOURCETYPE:
+                collection = any(child.tag == COLLECTION for child in prop.iter())
+        members.extend(Listed(href, status, etag, data, collection) for href in hrefs)
+    return Listing(members, walk.sync_token)
 
 
 def error_preconditions(body: bytes) -> set[str]:
