@@ -359,6 +359,19 @@ def assert_store_matches_google(
     assert_same_spans(store, key, google_spans(sim, email, client))
 
 
+def connect_google(
+    kubectl: Kubectl, namespace: str, sim: Simulator, gateway_url: str, name: str
+) -> tuple[str, str]:
+    """A fresh Google account connected through the consent flow: (email, client id)."""
+    email, client_id, client_secret = google_account(sim, gateway_url)
+    kubectl.apply(secret("g-client", client_id=client_id, client_secret=client_secret), namespace)
+    kubectl.apply(oauth_connection(name, "google", email, "g-client"), namespace)
+    page = consent(kubectl, namespace, name)
+    assert page.status_code == 200, page.text
+    kubectl("wait", "--for=condition=Ready", f"calconn/{name}", "-n", namespace, "--timeout=120s")
+    return email, client_id
+
+
 def test_google_consent_sync_changes_and_full_resync(
     kubectl: Kubectl,
     namespace: str,
@@ -368,12 +381,7 @@ def test_google_consent_sync_changes_and_full_resync(
     gateway_url: str,
 ) -> None:
     sim = google_sim
-    email, client_id, client_secret = google_account(sim, gateway_url)
-    kubectl.apply(secret("g-client", client_id=client_id, client_secret=client_secret), namespace)
-    kubectl.apply(oauth_connection("alice", "google", email, "g-client"), namespace)
-    page = consent(kubectl, namespace, "alice")
-    assert page.status_code == 200, page.text
-    kubectl("wait", "--for=condition=Ready", "calconn/alice", "-n", namespace, "--timeout=120s")
+    email, client_id = connect_google(kubectl, namespace, sim, gateway_url, "alice")
     key = f"{namespace}/alice"
     assert stored_spans(store_path, key)
     assert_store_matches_google(store_path, key, sim, email, client_id)
@@ -460,11 +468,7 @@ def test_key_rotation_keeps_connections_working(
     gateway_url: str,
 ) -> None:
     sim = google_sim
-    email, client_id, client_secret = google_account(sim, gateway_url)
-    kubectl.apply(secret("g-client", client_id=client_id, client_secret=client_secret), namespace)
-    kubectl.apply(oauth_connection("dave", "google", email, "g-client"), namespace)
-    assert consent(kubectl, namespace, "dave").status_code == 200
-    kubectl("wait", "--for=condition=Ready", "calconn/dave", "-n", namespace, "--timeout=120s")
+    email, client_id = connect_google(kubectl, namespace, sim, gateway_url, "dave")
 
     rotate = subprocess.run(
         [
