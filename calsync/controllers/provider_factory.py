@@ -79,7 +79,10 @@ async def build_provider(
     budget: TokenBucket | None,
     deps: ProviderDeps,
     body: Mapping[str, Any] | None = None,
+    tokens: StoredTokens | None = None,
 ) -> CalendarProvider:
+    """The provider for a connection; OAuth providers use `tokens` when the caller has
+    already looked them up (`stored_tokens`), else look them up here."""
     settings = deps.settings
     if spec.provider in ("caldav", "icloud"):
         assert spec.caldav is not None  # the CRD's rules guarantee it
@@ -104,13 +107,13 @@ async def build_provider(
             client = connection_client(spec, secrets, settings)
         except OAuthSetupError as exc:
             raise InvalidConfiguration(str(exc)) from None
-        stored = await stored_tokens(deps.vault, body, spec, secrets)
+        stored = tokens or await stored_tokens(deps.vault, body, spec, secrets)
         if stored is None:
             raise ConsentMissing(
                 "no refresh token yet: the account owner must grant access through "
                 "status.authorizationURL, or set spec.oauth.tokenSecretRef"
             )
-        tokens = RefreshingTokens(
+        access = RefreshingTokens(
             deps.http,
             client,
             TokenSet(
@@ -124,13 +127,13 @@ async def build_provider(
         if spec.provider == "google":
             return GoogleProvider(
                 settings.google_api_url,
-                tokens,
+                access,
                 budget=budget,
                 timeout=settings.provider_timeout,
             )
         return MicrosoftProvider(
             settings.microsoft_graph_url,
-            tokens,
+            access,
             budget=budget,
             timeout=settings.provider_timeout,
         )

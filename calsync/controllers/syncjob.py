@@ -48,7 +48,7 @@ from calsync.controllers.provider_factory import (
     build_provider,
     stored_tokens,
 )
-from calsync.controllers.tokens import TokenVault
+from calsync.controllers.tokens import StoredTokens, TokenVault
 from calsync.model import Window
 from calsync.observability import metrics
 from calsync.providers.base import (
@@ -406,8 +406,12 @@ class Worker:
             name: await kube.read_secret(self.client, namespace, name)
             for name in sorted(referenced_secrets(conn))
         }
-        stored = conn.provider in OAUTH_PROVIDERS and await self._has_tokens(body, conn, secrets)
-        verdict = evaluate(conn, secrets, tokens_stored=stored)
+        stored = (
+            await self._stored_tokens(body, conn, secrets)
+            if conn.provider in OAUTH_PROVIDERS
+            else None
+        )
+        verdict = evaluate(conn, secrets, tokens_stored=stored is not None)
         if verdict.ready[0] != "True":
             raise JobFailed(verdict.ready[1], verdict.ready[2])
         key = connection_key(namespace, spec.connection)
@@ -417,6 +421,7 @@ class Worker:
             budget=self.budgets.for_connection(key, conn.provider),
             deps=ProviderDeps(self.settings, self.vault, self.http),
             body=body,
+            tokens=stored,
         )
         window = Window.around(_now(), conn.sync.window.past_days, conn.sync.window.future_days)
         try:
@@ -435,14 +440,14 @@ class Worker:
         finally:
             await provider.aclose()
 
-    async def _has_tokens(
+    async def _stored_tokens(
         self,
         body: dict[str, Any],
         conn: CalendarConnectionSpec,
         secrets: dict[str, Mapping[str, bytes] | None],
-    ) -> bool:
+    ) -> StoredTokens | None:
         try:
-            return await stored_tokens(self.vault, body, conn, secrets) is not None
+            return await stored_tokens(self.vault, body, conn, secrets)
         except TokensUnreadable as exc:
             raise JobFailed(exc.reason, str(exc)) from None
 
