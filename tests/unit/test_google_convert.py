@@ -16,7 +16,7 @@ from calsync.providers.base import (
     RateLimited,
 )
 from calsync.providers.google import MalformedEvent, classify, resource_from_json
-from calsync.providers.google.convert import cancelled_instance, event_from_json, split_listing
+from calsync.providers.google.convert import cancelled_instance, event_from_json
 
 pytestmark = pytest.mark.unit
 
@@ -258,28 +258,3 @@ def test_classify_leaves_other_answers_to_the_defaults() -> None:
     assert classify(_response(500, "backendError", LIST)) is None
     gone = classify(_response(404, "notFound", LIST + "/abcdefgh"))
     assert gone is not None and gone.reason == "EventGone"
-
-
-def test_split_listing_keeps_each_items_text_as_received() -> None:
-    text = (
-        ' {"kind": "calendar#events", "items" : [ {"id": "a", "summary": "x, ]}"} ,'
-        '{"id":"b","n":[1,{"c":"}"}]}\n], "nextSyncToken": "tok"} \n'
-    )
-    head, items = split_listing(text)
-    assert head["kind"] == "calendar#events" and head["nextSyncToken"] == "tok"
-    assert [raw for _, raw in items] == [
-        '{"id": "a", "summary": "x, ]}"}',
-        '{"id":"b","n":[1,{"c":"}"}]}',
-    ]
-    assert items[1][0] == {"id": "b", "n": [1, {"c": "}"}]}
-    assert split_listing('{"items": []}') == ({"items": None}, [])
-    assert split_listing("{}") == ({}, [])
-
-
-@pytest.mark.parametrize(
-    "text",
-    ['[{"id": "a"}]', '{"items": [{"id": "a"}', '{"items": [1 2]}', '{"a": 1} x', "", '{"a" 1}'],
-)
-def test_split_listing_refuses_what_is_not_one_object(text: str) -> None:
-    with pytest.raises(ValueError):
-        split_listing(text)

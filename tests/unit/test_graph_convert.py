@@ -21,7 +21,6 @@ from calsync.providers.microsoft import (
     to_event,
     to_resource,
 )
-from calsync.providers.microsoft.provider import split_page
 from calsync.providers.oauth import StaticTokens
 
 pytestmark = pytest.mark.unit
@@ -241,18 +240,3 @@ async def test_a_page_skips_malformed_items_and_keeps_the_last_mention() -> None
     assert page.deletes == ["gone"]
     assert page.complete and page.full and page.cursor is not None
     assert [pid for pid, _ in provider.skipped] == ["bad", ""]
-
-
-def test_split_page_keeps_each_item_as_received() -> None:
-    text = (
-        '{ "@odata.context": "c",\n "value": [ {"id": "a", "x": [1, {"y": "é"}]} ,{"id":"b"} ],'
-        '\n "@odata.deltaLink": "d" }'
-    )
-    head, items = split_page(text)
-    assert head == {"@odata.context": "c", "@odata.deltaLink": "d"}
-    assert [raw for _, raw in items] == ['{"id": "a", "x": [1, {"y": "é"}]}', '{"id":"b"}']
-    assert items[0][0] == {"id": "a", "x": [1, {"y": "é"}]}
-    assert split_page('{"value": []}') == ({}, [])
-    for broken in ('{"value": 3}', '{"other": 1}', "[1]", '{"value": [1,]}', "{"):
-        with pytest.raises(ValueError):
-            split_page(broken)

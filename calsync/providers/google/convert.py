@@ -71,77 +71,6 @@ def raw_text(item: Mapping[str, Any]) -> str:
     return json.dumps(item, ensure_ascii=False, separators=(",", ":"))
 
 
-_DECODER: Final = json.JSONDecoder()
-
-
-def _skip_space(text: str, at: int) -> int:
-    end = len(text)
-    while at < end and text[at] in " \t\n\r":
-        at += 1
-    return at
-
-
-def split_listing(text: str) -> tuple[dict[str, Any], list[tuple[Any, str]]]:
-    """A listing's top-level fields, and each of its `items` with its own text as received.
-
-    The page is one JSON document; an item's original text is the exact slice the decoder
-    consumed for it, so nothing is serialised again. Raises ValueError for anything that is not
-    a JSON object.
-    """
-    head: dict[str, Any] = {}
-    items: list[tuple[Any, str]] = []
-    space = _skip_space
-    decode = _DECODER.raw_decode
-    try:
-        at = space(text, 0)
-        if text[at] != "{":
-            raise ValueError("not a JSON object")
-        at = space(text, at + 1)
-        if text[at] == "}":
-            at += 1
-        else:
-            while True:
-                key, at = decode(text, at)
-                if not isinstance(key, str):
-                    raise ValueError("an object key is not a string")
-                at = space(text, at)
-                if text[at] != ":":
-                    raise ValueError("expected ':'")
-                at = space(text, at + 1)
-                if key == "items" and text[at] == "[":
-                    found: list[tuple[Any, str]] = []
-                    at = space(text, at + 1)
-                    if text[at] == "]":
-                        at += 1
-                    else:
-                        while True:
-                            value, end = decode(text, at)
-                            found.append((value, text[at:end]))
-                            at = space(text, end)
-                            if text[at] == "]":
-                                at += 1
-                                break
-                            if text[at] != ",":
-                                raise ValueError("expected ',' or ']'")
-                            at = space(text, at + 1)
-                    items = found
-                    head[key] = None
-                else:
-                    head[key], at = decode(text, at)
-                at = space(text, at)
-                if text[at] == "}":
-                    at += 1
-                    break
-                if text[at] != ",":
-                    raise ValueError("expected ',' or '}'")
-                at = space(text, at + 1)
-    except IndexError:
-        raise ValueError("truncated JSON") from None
-    if space(text, at) != len(text):
-        raise ValueError("text after the JSON object")
-    return head, items
-
-
 _ZONES: dict[str, dt.tzinfo | None] = {}  # name -> zone (None: unknown), bounded
 
 
@@ -370,7 +299,7 @@ def resource_from_json(
 
     `uid` stands in when the item has no `iCalUID` (cancelled instances carry only their id,
     `recurringEventId` and `originalStartTime`; the provider finds the master's). `raw` is the
-    item's text as received (`split_listing`); without it the item is serialised.
+    item's text as received (`calsync.providers.jsonpage`); without it the item is serialised.
     """
     if not isinstance(item, Mapping):
         raise MalformedEvent("an item is not an object")

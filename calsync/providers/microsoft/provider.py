@@ -38,10 +38,10 @@ refresh in `JsonApi`; the rest carry Graph's own message. Concurrency is capped 
 Items that cannot be converted are left out of their page and recorded in `skipped`
 (provider id, reason), which the engine collects after each run.
 
-Throughput (bench/microsoft_sync.py): a page is parsed in one pass that also yields each item's
-JSON text as received (`split_page`), which is stored as the raw payload without serialising it
-again, and the next page is requested as soon as a page's links are known, so the server
-prepares it while this one is converted and committed.
+Throughput (bench/microsoft_sync.py): a page is read in one pass that also yields each item's
+JSON text as received (`calsync.providers.jsonpage`), which is stored as the raw payload without
+serialising it again, and the next page is requested as soon as a page's links are known, so the
+server prepares it while this one is converted and committed.
 """
 
 from __future__ import annotations
@@ -49,10 +49,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as dt
-import json
 import logging
-import re
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from typing import Any, Final
 from urllib.parse import quote
 
@@ -66,6 +64,7 @@ from calsync.providers.base import (
     ProviderError,
 )
 from calsync.providers.budget import RequestBudget
+from calsync.providers.jsonpage import PageReader
 from calsync.providers.microsoft.convert import MalformedEvent, to_resource
 from calsync.providers.oauth import AccessTokens
 from calsync.providers.rest import JsonApi
@@ -78,100 +77,7 @@ WINDOW_MARK: Final = "#window="
 WINDOW_TOLERANCE: Final = dt.timedelta(days=1)
 MAX_PAGE_SIZE: Final = 1000
 RESET_CODES: Final = frozenset({"syncstatenotfound", "resyncrequired"})
-_SPACE: Final = re.compile(r"[ \t\n\r]*")
-_DECODER: Final = json.JSONDecoder()
-# The standard library's C scanner and string reader; the type stubs do not declare them.
-_SCAN: Final[Callable[[str, int], tuple[Any, int]]] = getattr(_DECODER, "scan_once")  # noqa: B009
-_SCANSTRING: Final[Callable[[str, int], tuple[str, int]]] = getattr(json.decoder, "scanstring")  # noqa: B009
-
-
-class _NotAPage(ValueError):
-    pass
-
-
-def split_page(text: str) -> tuple[dict[str, Any], list[tuple[Any, str]]]:
-    """A delta page's members, and each item of its `value` with its own JSON text.
-
-    One pass of the standard library's scanner parses the page and yields every item's exact
-    text as received (kept as the resource's raw payload), so nothing is serialised again.
-    Anything else than an object is left to `json.loads` (and its ValueError).
-    """
-    try:
-        return _split(text)
-    except (_NotAPage, StopIteration, IndexError):
-        body = json.loads(text)
-        if not isinstance(body, dict):
-            raise ValueError("the answer is not a JSON object") from None
-        value = body.pop("value", None)
-        if not isinstance(value, list):
-            raise ValueError("the answer has no value array") from None
-        items = value
-        dump = json.dumps
-        return body, [
-            (item, dump(item, separators=(",", ":"), ensure_ascii=False)) for item in items
-        ]
-
-
-def _split(text: str) -> tuple[dict[str, Any], list[tuple[Any, str]]]:
-    space, scan, scanstring = _skip, _SCAN, _SCANSTRING
-    at = space(text, 0)
-    if text[at] != "{":
-        raise _NotAPage
-    at = space(text, at + 1)
-    head: dict[str, Any] = {}
-    items: list[tuple[Any, str]] = []
-    seen_value = False
-    if text[at] == "}":
-        at += 1
-    else:
-        while True:
-            if text[at] != '"':
-                raise _NotAPage
-            key, at = scanstring(text, at + 1)
-            at = space(text, at)
-            if text[at] != ":":
-                raise _NotAPage
-            at = space(text, at + 1)
-            if key == "value" and text[at] == "[":
-                at = space(text, at + 1)
-                if text[at] == "]":
-                    at += 1
-                else:
-                    while True:
-                        item, end = scan(text, at)
-                        items.append((item, text[at:end]))
-                        at = space(text, end)
-                        if text[at] == ",":
-                            at = space(text, at + 1)
-                            continue
-                        if text[at] != "]":
-                            raise _NotAPage
-                        at += 1
-                        break
-                seen_value = True
-            else:
-                head[key], at = scan(text, at)
-            at = space(text, at)
-            if text[at] == ",":
-                at = space(text, at + 1)
-                continue
-            if text[at] != "}":
-                raise _NotAPage
-            at += 1
-            break
-    if text[space(text, at) :]:
-        raise _NotAPage
-    if not seen_value:
-        raise _NotAPage  # no value array: json.loads, then the caller, decide
-    return head, items
-
-
-def _skip(text: str, at: int) -> int:
-    """The index of the first non-whitespace character at or after `at`."""
-    if at < len(text) and text[at] not in " \t\n\r":
-        return at
-    found = _SPACE.match(text, at)
-    return found.end() if found is not None else at
+_DELTA_PAGE: Final = PageReader("value", ("@odata.nextLink", "@odata.deltaLink"), required=True)
 
 
 def _error_code(response: httpx.Response) -> str:
@@ -334,10 +240,10 @@ class MicrosoftProvider:
             while True:
                 response = await fetch
                 try:
-                    body, items = split_page(response.text)
-                except ValueError:
+                    body, items = _DELTA_PAGE.read(response.content)
+                except ValueError as exc:
                     raise ProviderError(
-                        "a delta page that is not a JSON object with a value array"
+                        f"a delta page that is not a JSON object with a value array ({exc})"
                     ) from None
                 next_link = body.get("@odata.nextLink")
                 if isinstance(next_link, str) and next_link:

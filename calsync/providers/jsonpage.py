@@ -1,0 +1,67 @@
+"""One page of a JSON listing (Google `events.list`, a Graph delta page) read in one pass.
+
+A listing page is an object with a few members we need (the next-page and sync links) and one
+array of items. Every item is kept twice: decoded, for conversion, and as the exact text it
+had in the page, which the store keeps as the resource's raw payload, so nothing is
+serialised again.
+
+msgspec does the reading (see docs/decisions/0007): the page is decoded against a struct that
+names only the members we use and takes the items array as `Raw` slices, which locates every
+item's text without building anything; each slice is then decoded into plain dicts and lists,
+as `json.loads` would. The other members of the page are skipped without being built. On the
+Google benchmark's 8.7 MB listing this is about twice as fast as the standard library's
+decoder alone, and three times our earlier scanner-based split.
+
+Anything that is not one JSON object (truncated, trailing text, invalid UTF-8), or whose items
+member is not an array, raises ValueError with msgspec's description of the fault.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import msgspec
+
+_ITEMS = "items_"
+
+
+class PageReader:
+    """Reads pages with the items array `items` and the top-level `members` we need."""
+
+    def __init__(self, items: str, members: Sequence[str], *, required: bool = False) -> None:
+        self.items = items
+        self.members = tuple(members)
+        self.required = required
+        item_type: Any = list[msgspec.Raw] if required else list[msgspec.Raw] | None
+        fields: list[tuple[str, Any, Any]] = [
+            (_ITEMS, item_type, msgspec.field(name=items))
+            if required
+            else (_ITEMS, item_type, msgspec.field(default=None, name=items))
+        ]
+        fields += [
+            (f"m{index}", Any, msgspec.field(default=None, name=member))
+            for index, member in enumerate(self.members)
+        ]
+        page_type = msgspec.defstruct("Page", fields, kw_only=True)
+        self._page = msgspec.json.Decoder(page_type)
+        self._item = msgspec.json.Decoder()
+
+    def read(self, content: bytes | str) -> tuple[dict[str, Any], list[tuple[Any, str]]]:
+        """The page's wanted members (those present and not null), and its items with their
+        own text."""
+        try:
+            page = self._page.decode(content)
+            head = {
+                member: value
+                for index, member in enumerate(self.members)
+                if (value := getattr(page, f"m{index}")) is not None
+            }
+            raws: list[msgspec.Raw] = getattr(page, _ITEMS) or []
+            decode = self._item.decode
+            items = [(decode(raw), bytes(raw).decode()) for raw in raws]
+        except msgspec.ValidationError as exc:
+            raise ValueError(f"not a listing page: {exc}") from None
+        except (msgspec.DecodeError, UnicodeDecodeError) as exc:
+            raise ValueError(f"not JSON: {exc}") from None
+        return head, items

@@ -1,0 +1,70 @@
+"""The listing-page reader both JSON providers use: members, items, and each item's own text."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from calsync.providers.jsonpage import PageReader
+
+pytestmark = pytest.mark.unit
+
+GOOGLE = PageReader("items", ("nextPageToken", "nextSyncToken", "timeZone"))
+GRAPH = PageReader("value", ("@odata.nextLink", "@odata.deltaLink"), required=True)
+
+
+def test_items_keep_their_text_as_received() -> None:
+    text = (
+        ' {"kind": "calendar#events", "items" : [ {"id": "a", "summary": "x, ]}"} ,'
+        '{"id":"b","n":[1,{"c":"}"}], "s": "Zürich \\u00e9"}\n], "nextSyncToken": "tok"} \n'
+    )
+    head, items = GOOGLE.read(text.encode())
+    assert head == {"nextSyncToken": "tok"}  # members not asked for are skipped
+    assert [raw for _, raw in items] == [
+        '{"id": "a", "summary": "x, ]}"}',
+        '{"id":"b","n":[1,{"c":"}"}], "s": "Zürich \\u00e9"}',
+    ]
+    assert items[1][0] == {"id": "b", "n": [1, {"c": "}"}], "s": "Zürich é"}
+    for decoded, raw in items:
+        assert json.loads(raw) == decoded
+
+
+def test_graph_members_with_odd_names_and_null_members() -> None:
+    text = (
+        '{ "@odata.context": "c",\n "value": [ {"id": "a", "x": [1, {"y": "é"}]} ,{"id":"b"} ],'
+        '\n "@odata.nextLink": null, "@odata.deltaLink": "d" }'
+    )
+    head, items = GRAPH.read(text.encode())
+    assert head == {"@odata.deltaLink": "d"}
+    assert [raw for _, raw in items] == ['{"id": "a", "x": [1, {"y": "é"}]}', '{"id":"b"}']
+    assert GRAPH.read(b'{"value": []}') == ({}, [])
+
+
+def test_optional_items_may_be_missing_or_null() -> None:
+    assert GOOGLE.read(b"{}") == ({}, [])
+    assert GOOGLE.read(b'{"items": null, "timeZone": "UTC"}') == ({"timeZone": "UTC"}, [])
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        b'[{"id": "a"}]',
+        b'{"items": [{"id": "a"}',
+        b'{"items": [1 2]}',
+        b'{"a": 1} x',
+        b"",
+        b'{"a" 1}',
+        b'{"items": 3}',
+        b'{"items": [{"s": "\xff"}]}',
+    ],
+)
+def test_what_is_not_one_listing_object_is_refused(text: bytes) -> None:
+    with pytest.raises(ValueError):
+        GOOGLE.read(text)
+
+
+@pytest.mark.parametrize("text", [b'{"other": 1}', b'{"value": {}}', b"[1]", b'{"value": [1,]}'])
+def test_a_required_items_array_must_be_there(text: bytes) -> None:
+    with pytest.raises(ValueError):
+        GRAPH.read(text)
