@@ -1,8 +1,13 @@
 """Async engines for the store, with SQLite set up for a long-lived, concurrent process.
 
-SQLite needs four settings on every connection: WAL (readers never block the writer), NORMAL
-synchronous (durable at checkpoints, safe with WAL), foreign keys (off by default in SQLite) and
-a busy timeout (wait for another writer instead of failing at once).
+SQLite needs five settings on every connection: WAL (readers never block the writer), NORMAL
+synchronous (durable at checkpoints, safe with WAL), foreign keys (off by default in SQLite), a
+busy timeout (wait for another writer instead of failing at once), and a WAL of up to 10,000
+pages (about 40 MB) before a commit folds it into the database file. SQLite's default of 1,000
+pages made a large initial sync checkpoint, with its fsyncs, every few pages of changes: on the
+Microsoft benchmark (19,551 instances in 40 commits) commits took 0.8 s of a 3.3 s sync, and the
+sync ran 0.59x of bare paging instead of 0.54x with the larger WAL. The file stays at its
+largest size once grown (SQLite reuses it), so a busy store keeps up to about 40 MB beside it.
 
 Python's sqlite3 driver opens transactions by itself, late and never for DDL, which breaks
 transactional migrations and lets two writers both read before either writes. The store
@@ -29,6 +34,7 @@ _PRAGMAS = (
     "PRAGMA journal_mode = WAL",
     "PRAGMA synchronous = NORMAL",
     "PRAGMA foreign_keys = ON",
+    "PRAGMA wal_autocheckpoint = 10000",
 )
 
 
