@@ -33,6 +33,11 @@ def event_end(event: Event) -> dt.datetime | None:
 
 def resource_envelope(events: list[Event]) -> tuple[dt.datetime | None, dt.datetime | None]:
     """(first start, end of the last occurrence or None when unbounded) over all components."""
+    if len(events) == 1:  # most resources: one event, no overrides
+        event = events[0]
+        if event.rrule or event.rdates:
+            return event.start, event.series_end
+        return event.start, event_end(event)
     starts = [e.start for e in events if e.start is not None]
     ends: list[dt.datetime] = []
     for event in events:
@@ -101,7 +106,8 @@ def resource_values(
     stamp: Stamp = _same,
 ) -> tuple[Any, ...]:
     """A resource's row in `RESOURCE_COLUMNS` order; `now` is already converted."""
-    first_start, series_end = resource_envelope(resource.events)
+    events = resource.events
+    first_start, series_end = resource_envelope(events)
     return (
         connection,
         calendar_id,
@@ -109,7 +115,7 @@ def resource_values(
         resource.etag,
         resource.raw,
         resource.raw_format,
-        any(e.recurring for e in resource.events),
+        any(e.rrule or e.rdates for e in events),
         stamp(first_start),
         stamp(series_end),
         now,
@@ -168,8 +174,11 @@ def resource_row(
     )
 
 
+_ENCODE: Final = json.JSONEncoder(separators=(",", ":")).encode  # one encoder, not one per call
+
+
 def _json(values: list[str]) -> str:
-    return json.dumps(values, separators=(",", ":")) if values else "[]"
+    return _ENCODE(values) if values else "[]"
 
 
 def event_rows(connection: str, calendar_id: str, resource: Resource) -> list[dict[str, Any]]:
