@@ -18,6 +18,11 @@ rounds each, medians reported:
 
 Events/s is resources listed per second. Target: ours >= 0.5x the bare paging rate.
 
+For scale, each of our sync children also times SQLite alone after its sync (untimed in ours):
+plain sqlite3 inserting the very rows the sync stored into an empty copy of the schema, with the
+store's settings and one transaction per page, with no decoding, conversion or row building.
+That is a floor no store-backed sync on this machine can go below.
+
 `python -m bench google_sync` runs it (once registered in bench/__main__.py);
 `python -m bench.google_sync --profile FILE` also runs one more sync of ours, untimed, under
 cProfile and writes its statistics to FILE.
@@ -117,7 +122,9 @@ async def _child_sync(
         stored = 0
         for calendar in result.calendars:
             stored += len(await store.known_etags(CONNECTION, calendar.calendar_id))
+        floor = await asyncio.to_thread(_sqlite_floor, store_url)
         return {
+            "sqlite_floor": floor,
             "seconds": seconds,
             "peak_rss": peak,
             "fetched": result.fetched,
@@ -130,6 +137,57 @@ async def _child_sync(
     finally:
         await provider.aclose()
         await store.close()
+
+
+def _sqlite_floor(store_url: str) -> float:
+    """Seconds plain sqlite3 takes to insert the rows our sync stored into an empty copy of the
+    schema, with the store's settings, one transaction per page of PAGE_SIZE resources: what
+    SQLite itself costs, with no decoding, conversion or row building before it."""
+    import sqlite3
+
+    from calsync.store.connect import _PRAGMAS
+
+    source_path = store_url.split("///", 1)[1]
+    target_path = source_path + ".floor"
+    source = sqlite3.connect(source_path)
+    try:
+        ddl = [
+            sql
+            for (sql,) in source.execute(
+                "SELECT sql FROM sqlite_master WHERE sql IS NOT NULL AND name NOT LIKE 'sqlite_%'"
+            )
+        ]
+        tables = {
+            name: source.execute(f"SELECT * FROM {name}").fetchall()  # noqa: S608
+            for name in ("calendars", "resources", "events")
+        }
+    finally:
+        source.close()
+    target = sqlite3.connect(target_path, isolation_level=None)
+    try:
+        for pragma in _PRAGMAS:
+            target.execute(pragma)
+        for statement in ddl:
+            target.execute(statement)
+
+        def insert(name: str, rows: list[Any]) -> None:
+            if rows:
+                marks = ", ".join("?" * len(rows[0]))
+                target.executemany(f"INSERT INTO {name} VALUES ({marks})", rows)  # noqa: S608
+
+        insert("calendars", tables["calendars"])
+        resources, events = tables["resources"], tables["events"]
+        started = time.perf_counter()
+        for start in range(0, len(resources), PAGE_SIZE):
+            target.execute("BEGIN IMMEDIATE")
+            insert("resources", resources[start : start + PAGE_SIZE])
+            insert("events", events[start : start + PAGE_SIZE])
+            target.execute("COMMIT")
+        return time.perf_counter() - started
+    finally:
+        target.close()
+        for suffix in ("", "-wal", "-shm"):
+            Path(target_path + suffix).unlink(missing_ok=True)
 
 
 def _child_main(args: argparse.Namespace) -> int:
@@ -246,6 +304,7 @@ class Simulator:
 class Results:
     ours: list[float] = field(default_factory=list)
     ours_rss: list[int] = field(default_factory=list)
+    sqlite_floor: list[float] = field(default_factory=list)
     provider: list[float] = field(default_factory=list)
     bare: list[float] = field(default_factory=list)
     items: int = 0
@@ -281,6 +340,7 @@ def measure(profile: Path | None = None) -> Results:
                         results.stored = data
                         results.ours.append(float(data["seconds"]))
                         results.ours_rss.append(int(data["peak_rss"]))
+                        results.sqlite_floor.append(float(data["sqlite_floor"]))
                         for path in root.glob(f"store-{round_}.db*"):
                             path.unlink()
                     elif tool == "provider":
@@ -359,6 +419,12 @@ def print_report(results: Results) -> None:
     print(
         f"of our sync's {ours:.3f} s, the provider alone (HTTP, JSON, conversion) takes "
         f"{provider:.3f} s; the rest is the engine and the store"
+    )
+    floor = median(results.sqlite_floor)
+    print(
+        f"SQLite alone: plain sqlite3 inserting the rows our sync stored, into an empty copy of "
+        f"the schema with the store's settings (no decoding, conversion or row building): "
+        f"{floor:.3f} s, {bare / floor:.2f}x the bare paging rate"
     )
     print(
         "raw rounds (s): ours "
