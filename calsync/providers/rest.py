@@ -249,3 +249,17 @@ class JsonApi:
 
     async def aclose(self) -> None:
         await self._http.aclose()
+
+
+async def abandon_prefetch(fetch: asyncio.Future[Any]) -> None:
+    """Let go of a request made ahead for a next page that will not be read.
+
+    Still running: it is cancelled and awaited. Finished: its outcome is retrieved, so that
+    asyncio does not log an error nobody is going to look at.
+    """
+    if not fetch.done():
+        fetch.cancel()
+        with contextlib.suppress(BaseException):
+            await fetch
+    elif not fetch.cancelled():
+        fetch.exception()

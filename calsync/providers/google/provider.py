@@ -52,7 +52,6 @@ counts as stopped.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
@@ -74,7 +73,7 @@ from calsync.providers.budget import RequestBudget
 from calsync.providers.google.convert import MalformedEvent, resource_from_json
 from calsync.providers.jsonpage import PageReader
 from calsync.providers.oauth import AccessTokens
-from calsync.providers.rest import JsonApi, error_message, parse_retry_after
+from calsync.providers.rest import JsonApi, abandon_prefetch, error_message, parse_retry_after
 
 log = logging.getLogger(__name__)
 
@@ -318,12 +317,7 @@ class GoogleProvider:
                 return
             raise ProviderError(f"the listing of {calendar.id} has more than {MAX_PAGES} pages")
         finally:
-            if not fetch.done():
-                fetch.cancel()
-                with contextlib.suppress(BaseException):
-                    await fetch
-            elif not fetch.cancelled():
-                fetch.exception()  # retrieved: an abandoned prefetch's error is not logged
+            await abandon_prefetch(fetch)
 
     async def _page(
         self, path: str, params: dict[str, str | int]

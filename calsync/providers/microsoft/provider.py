@@ -47,7 +47,6 @@ server prepares it while this one is converted and committed.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import datetime as dt
 import logging
 from collections.abc import AsyncIterator
@@ -67,7 +66,7 @@ from calsync.providers.budget import RequestBudget
 from calsync.providers.jsonpage import PageReader
 from calsync.providers.microsoft.convert import MalformedEvent, to_resource
 from calsync.providers.oauth import AccessTokens
-from calsync.providers.rest import JsonApi
+from calsync.providers.rest import JsonApi, abandon_prefetch
 
 log = logging.getLogger(__name__)
 
@@ -265,12 +264,7 @@ class MicrosoftProvider:
                 yield page
                 return
         finally:
-            if not fetch.done():
-                fetch.cancel()
-                with contextlib.suppress(BaseException):
-                    await fetch
-            elif not fetch.cancelled():
-                fetch.exception()  # retrieved: an abandoned prefetch's error is not logged
+            await abandon_prefetch(fetch)
 
     def _page(self, items: list[tuple[Any, str]], full: bool) -> ChangePage:
         upserts: dict[str, Resource] = {}
