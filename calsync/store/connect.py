@@ -18,6 +18,7 @@ busy timeout rather than failing mid-transaction with "database is locked").
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 from sqlalchemy import event
@@ -27,6 +28,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from calsync.store.urls import async_url
 
 BUSY_TIMEOUT_MS = 30_000
+_LOCKED_RETRY_SECONDS = 5.0
 WRITE = {"calsync_begin": "IMMEDIATE"}
 _BEGIN = {"IMMEDIATE": "BEGIN IMMEDIATE", "DEFERRED": "BEGIN"}
 _PRAGMAS = (
@@ -54,6 +56,26 @@ def writer(engine: AsyncEngine) -> AsyncEngine:
     return engine.execution_options(**WRITE)
 
 
+def _execute_when_unlocked(cursor: Any, statement: str) -> None:
+    """Run a setting, retrying while another connection is creating the same database.
+
+    Switching a brand-new database to WAL needs it to itself, and SQLite answers "database is
+    locked" at once, without waiting on the busy timeout, when another connection is doing the
+    same (two stores, or two processes, opening a new file together). The mode is stored in
+    the file, so the retry finds it set by the other connection. The waits are short and happen
+    only in that race, so sleeping in place (the connect hook cannot await) is acceptable.
+    """
+    deadline = time.monotonic() + _LOCKED_RETRY_SECONDS
+    while True:
+        try:
+            cursor.execute(statement)
+            return
+        except Exception as exc:
+            if "locked" not in str(exc) or time.monotonic() > deadline:
+                raise
+        time.sleep(0.01)
+
+
 def _configure_sqlite(engine: Engine) -> None:
     @event.listens_for(engine, "connect")
     def _on_connect(dbapi_connection: Any, _record: Any) -> None:
@@ -61,7 +83,7 @@ def _configure_sqlite(engine: Engine) -> None:
         cursor = dbapi_connection.cursor()
         try:
             for pragma in _PRAGMAS:
-                cursor.execute(pragma)
+                _execute_when_unlocked(cursor, pragma)
         finally:
             cursor.close()
 
