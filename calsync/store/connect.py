@@ -21,7 +21,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from sqlalchemy import event
+from sqlalchemy import create_engine, event
 from sqlalchemy.engine import URL, Connection, Engine
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
@@ -54,6 +54,21 @@ def create_store_engine(url: str | URL, **options: Any) -> AsyncEngine:
 def writer(engine: AsyncEngine) -> AsyncEngine:
     """The same engine (and pool) whose transactions start as writers."""
     return engine.execution_options(**WRITE)
+
+
+def thread_writer(engine: AsyncEngine) -> Engine | None:
+    """For a SQLite file: a plain (blocking) engine on the same file, set up the same way and
+    starting its transactions as writers, for work run on a thread of its own; else None.
+
+    An in-memory database is private to its connection, so it has none."""
+    url = engine.url
+    if url.get_backend_name() != "sqlite" or url.database in (None, "", ":memory:"):
+        return None
+    if url.query.get("mode") == "memory":
+        return None
+    blocking = create_engine(url.set(drivername="sqlite+pysqlite"))
+    _configure_sqlite(blocking)
+    return blocking.execution_options(**WRITE)
 
 
 def _execute_when_unlocked(cursor: Any, statement: str) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import threading
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -266,8 +267,8 @@ async def test_a_failure_after_the_cursor_is_written_rolls_it_back(
     )
     finish = EventStore._finish_page
 
-    async def finish_then_fail(self: EventStore, *args: Any) -> None:
-        await finish(self, *args)
+    def finish_then_fail(self: EventStore, *args: Any) -> None:
+        finish(self, *args)
         raise RuntimeError("injected after the cursor was written")
 
     monkeypatch.setattr(EventStore, "_finish_page", finish_then_fail)
@@ -938,3 +939,28 @@ async def test_migrated_schema_matches_the_tables_queries_use(store: EventStore)
         for table in store_schema.metadata.sorted_tables
     }
     assert migrated == dict(sorted(expected.items()))
+
+
+async def test_pages_are_written_on_a_thread_only_for_a_sqlite_file(
+    store: EventStore, store_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A SQLite file's page transactions run on a worker thread, so the event loop stays free
+    for the next page; PostgreSQL's run on the loop, and so does a private in-memory SQLite."""
+    threads: list[int] = []
+    apply = EventStore._apply
+
+    def recording(self: EventStore, *args: Any) -> Any:
+        threads.append(threading.get_ident())
+        return apply(self, *args)
+
+    monkeypatch.setattr(EventStore, "_apply", recording)
+    loop_thread = threading.get_ident()
+    one = page(single("a.ics", "a", at(2024, 1, 2, 9), at(2024, 1, 2, 10)))
+    await store.apply_page(CONN, CAL, one)
+    on_sqlite_file = store_url.startswith("sqlite")
+    assert (threads[-1] != loop_thread) is on_sqlite_file
+    assert await store.count_events(CONN, CAL) == 1
+    async with await EventStore.open("sqlite+aiosqlite://") as memory:
+        await memory.apply_page(CONN, CAL, one)
+        assert threads[-1] == loop_thread
+        assert await memory.count_events(CONN, CAL) == 1
