@@ -13,6 +13,12 @@ on PostgreSQL) keep a page of a few hundred resources to a handful of round trip
 the two big INSERTs are built as tuples in `rows.py` and handed to the driver as they are, with
 the timestamps converted here the way `schema.UtcDateTime` does (naive ones refused).
 
+The page write is one blocking function. On PostgreSQL it runs on the async connection (asyncpg,
+through SQLAlchemy's `run_sync`); on a SQLite file it runs on a worker thread with a blocking
+connection of its own to the same file (`connect.thread_writer`), so that building the rows and
+SQLite's work go on while the event loop reads and converts the next page. Through aiosqlite
+every statement needed the loop to hand over the next one, and the loop was busy converting.
+
 A page's statements also run with PostgreSQL's generic plans. While a new calendar fills up, the
 table statistics still say it holds next to nothing, and a plan made for its literal values then
 finds "its" rows through any index starting with (connection, calendar_id), scanning the whole
