@@ -187,7 +187,9 @@ class EventStore:
         On a SQLite file the whole transaction runs on a worker thread with a blocking
         connection of its own: building the rows and SQLite's work then proceed while the event
         loop reads and converts the next page, instead of waiting for the loop between
-        statements. Elsewhere the same code runs on the async connection.
+        statements. Elsewhere the same code runs on the async connection. A caller cancelled
+        while its page is on the thread returns at once, and the transaction still ends on its
+        own (committed or rolled back); a page is all or nothing either way.
         """
         seen = frozenset(run_seen) if run_seen is not None else None
         if self._thread_writer is not None:
