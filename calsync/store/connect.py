@@ -1,4 +1,8 @@
-"""Async engines for the store, with SQLite set up for a long-lived, concurrent process.
+"""Engines for the store, with SQLite set up for a long-lived, concurrent process.
+
+The store works through an async engine. On a SQLite file it also has a blocking engine on the
+same file (`thread_writer`), set up the same way, for page writes run on a thread of their own
+(see `event_store.EventStore.apply_page`).
 
 SQLite needs five settings on every connection: WAL (readers never block the writer), NORMAL
 synchronous (durable at checkpoints, safe with WAL), foreign keys (off by default in SQLite), a
