@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -102,3 +103,25 @@ def condition(kubectl: Kubectl, namespace: str, name: str, ctype: str) -> dict[s
         if cond["type"] == ctype:
             return dict(cond)
     return None
+
+
+def stored_events(store: Path, key: str, *args: str) -> list[dict[str, Any]]:
+    """`calsync events --format json` for connection `key` ("namespace/name") of a SQLite
+    store, with `args` (range, filters) passed on."""
+    out = subprocess.run(
+        [
+            str(BIN / "calsync"),
+            "events",
+            "--connection",
+            key,
+            "--format",
+            "json",
+            "--store",
+            f"sqlite+aiosqlite:///{store}",
+            *args,
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return list(json.loads(out.stdout))

@@ -143,16 +143,9 @@ async def build_provider(
 def _saver(vault: TokenVault | None, body: Mapping[str, Any], provider: str) -> Any:
     async def save(tokens: TokenSet) -> None:
         metrics.TOKEN_REFRESHES.labels(provider, "ok").inc()
-        if vault is None or tokens.refresh_token is None:
+        stored = StoredTokens.granted(tokens)
+        if vault is None or stored is None:
             return
-        await vault.save(
-            body,
-            StoredTokens(
-                refresh_token=tokens.refresh_token,
-                access_token=tokens.access_token,
-                expires_at=tokens.expires_at,
-                scope=tokens.scope,
-            ),
-        )
+        await vault.save(body, stored)
 
     return save

@@ -34,6 +34,7 @@ from lightkube.models.meta_v1 import ObjectMeta, OwnerReference
 from lightkube.resources.core_v1 import Secret
 
 from calsync.api.meta import API_VERSION, CALENDAR_CONNECTION
+from calsync.providers.oauth import TokenSet
 from calsync.security.keyring import (
     DecryptionError,
     InvalidKeyRing,
@@ -114,6 +115,18 @@ class StoredTokens:
     access_token: str | None = field(default=None, repr=False)
     expires_at: float | None = None  # epoch seconds
     scope: str | None = None
+
+    @classmethod
+    def granted(cls, tokens: TokenSet) -> StoredTokens | None:
+        """What to keep of tokens the provider issued; None without a refresh token."""
+        if tokens.refresh_token is None:
+            return None
+        return cls(
+            refresh_token=tokens.refresh_token,
+            access_token=tokens.access_token,
+            expires_at=tokens.expires_at,
+            scope=tokens.scope,
+        )
 
     def __repr__(self) -> str:
         access = "None" if self.access_token is None else "'<redacted>'"

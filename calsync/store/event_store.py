@@ -98,14 +98,9 @@ _SQLITE_CHUNK = 500  # ids per IN (...) list, well under SQLite's bound-variable
 # by default since 3.32. Larger statements measured no faster and kept more memory in the
 # driver's statement cache.
 _SQLITE_VALUES = 10_500
-_RESOURCE_UPDATES = (
-    "etag",
-    "raw",
-    "raw_format",
-    "recurring",
-    "first_start",
-    "series_end",
-    "updated_at",
+# What an upsert of an existing resource replaces: every column but the key.
+_RESOURCE_UPDATES = tuple(
+    name for name in RESOURCE_COLUMNS if name not in ("connection", "calendar_id", "provider_id")
 )
 
 

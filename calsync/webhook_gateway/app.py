@@ -257,7 +257,8 @@ async def callback(request: web.Request) -> web.StreamResponse:
             ctx.client, body, type="Warning", reason="ConsentFailed", message=str(exc)
         )
         return _page(502, "The provider refused the consent", f"{exc}. Start again.")
-    if tokens.refresh_token is None:
+    stored = StoredTokens.granted(tokens)
+    if stored is None:
         metrics.CONSENTS.labels(provider, "no_refresh_token").inc()
         message = (
             f"{provider} granted access but issued no refresh token, so calsync could not keep "
@@ -267,15 +268,7 @@ async def callback(request: web.Request) -> web.StreamResponse:
             ctx.client, body, type="Warning", reason="ConsentFailed", message=message
         )
         return _page(502, "No refresh token", message)
-    await ctx.vault.save(
-        body,
-        StoredTokens(
-            refresh_token=tokens.refresh_token,
-            access_token=tokens.access_token,
-            expires_at=tokens.expires_at,
-            scope=tokens.scope,
-        ),
-    )
+    await ctx.vault.save(body, stored)
     metrics.CONSENTS.labels(provider, "granted").inc()
     await kube.post_event(
         ctx.client,

@@ -19,7 +19,7 @@ import httpx
 import pytest
 
 from tests.fixtures.simulators import Simulator
-from tests.support import BIN, Kubectl, Process, condition, poll
+from tests.support import BIN, Kubectl, Process, condition, poll, stored_events
 
 pytestmark = pytest.mark.e2e
 
@@ -37,26 +37,7 @@ def utc(text: str) -> dt.datetime:
 
 
 def stored_spans(store: Path, key: str) -> list[tuple[dt.datetime, dt.datetime, str]]:
-    out = subprocess.run(
-        [
-            str(BIN / "calsync"),
-            "events",
-            "--connection",
-            key,
-            "--format",
-            "json",
-            "--store",
-            f"sqlite+aiosqlite:///{store}",
-            "--from",
-            FROM.isoformat(),
-            "--to",
-            TO.isoformat(),
-        ],
-        capture_output=True,
-        text=True,
-        check=True,
-    )
-    events = json.loads(out.stdout)
+    events = stored_events(store, key, "--from", FROM.isoformat(), "--to", TO.isoformat())
     return sorted((utc(e["start"]), utc(e["end"]), e["summary"]) for e in events)
 
 

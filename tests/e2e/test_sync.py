@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from calsync.testing.icalgen import generate_events
-from tests.support import BIN, Kubectl, Process, condition, poll
+from tests.support import BIN, Kubectl, Process, condition, poll, stored_events
 
 pytestmark = pytest.mark.e2e
 
@@ -48,29 +48,10 @@ def secret(name: str, username: str, password: str) -> dict[str, Any]:
     }
 
 
-def stored_events(store: Path, key: str, *extra: str) -> list[dict[str, Any]]:
-    out = subprocess.run(
-        [
-            str(BIN / "calsync"),
-            "events",
-            "--connection",
-            key,
-            "--format",
-            "json",
-            "--store",
-            f"sqlite+aiosqlite:///{store}",
-            "--from",
-            "2000-01-01",
-            "--to",
-            "2100-01-01",
-            "--include-cancelled",
-            *extra,
-        ],
-        capture_output=True,
-        text=True,
-        check=True,
+def all_stored_events(store: Path, key: str, *extra: str) -> list[dict[str, Any]]:
+    return stored_events(
+        store, key, "--from", "2000-01-01", "--to", "2100-01-01", "--include-cancelled", *extra
     )
-    return list(json.loads(out.stdout))
 
 
 def job_phase(kubectl: Kubectl, namespace: str, name: str) -> str:
@@ -89,7 +70,7 @@ def test_connection_syncs_changes_and_purges(
     kubectl("wait", "--for=condition=Ready", "calconn/alice", "-n", namespace, "--timeout=120s")
 
     key = f"{namespace}/alice"
-    events = stored_events(store_path, key)
+    events = all_stored_events(store_path, key)
     uids = {e["uid"] for e in events}
     assert len(uids) == len(objects)
     for event in events:
@@ -142,13 +123,13 @@ def test_connection_syncs_changes_and_purges(
     assert job["status"]["counts"]["deleted"] >= 1
     assert job["status"]["attempts"] == 1
 
-    events = stored_events(store_path, key)
+    events = all_stored_events(store_path, key)
     summaries = {e["summary"] for e in events}
     assert any(s.startswith("Moved - ") for s in summaries)
     assert len({e["uid"] for e in events}) == len(objects)  # -1 deleted, +1 new
 
     kubectl("delete", "calconn/alice", "-n", namespace, "--timeout=60s")
-    assert stored_events(store_path, key) == []
+    assert all_stored_events(store_path, key) == []
 
 
 def test_wrong_password_is_visible(

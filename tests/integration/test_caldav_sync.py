@@ -8,7 +8,6 @@ the server exactly: the same objects with the same etags and the same raw data.
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import AsyncIterator
 from typing import Any
 from urllib.parse import quote, unquote, urljoin
 
@@ -17,11 +16,12 @@ import httpx
 import pytest
 from lxml import etree
 
-from calsync.model import ChangePage, Window
+from calsync.model import Window
 from calsync.providers.caldav import CalDAVProvider
-from calsync.store import ApplyResult, EventStore
+from calsync.store import EventStore
 from calsync.sync.engine import SyncEngine
 from calsync.testing.icalgen import generate_events
+from tests.integration.failing_store import FailingStore
 
 pytestmark = pytest.mark.integration
 
@@ -89,13 +89,6 @@ async def assert_store_equals_server(store: EventStore, cal: Any) -> None:
     assert {o.provider_id for o in result.occurrences} == set(server)
 
 
-@pytest.fixture
-async def store(store_url: str) -> AsyncIterator[EventStore]:
-    opened = await EventStore.open(store_url)
-    yield opened
-    await opened.close()
-
-
 async def sync(store: EventStore, cal: Any, **options: Any) -> Any:
     provider = provider_for(cal, **options)
     try:
@@ -159,27 +152,6 @@ async def test_invalid_token_leads_to_a_full_resync(
     result = await sync(store, caldav_calendar)
     assert result.calendars[0].cursor_reset
     await assert_store_equals_server(store, caldav_calendar)
-
-
-class FailingStore(EventStore):
-    """Fails the Nth page commit once, as a crash between two pages would."""
-
-    fail_on: int | None = None
-    commits = 0
-
-    async def apply_page(
-        self,
-        connection: str,
-        calendar_id: str,
-        page: ChangePage,
-        *,
-        run_seen: set[str] | None = None,
-    ) -> ApplyResult:
-        self.commits += 1
-        if self.fail_on is not None and self.commits == self.fail_on:
-            self.fail_on = None
-            raise ConnectionResetError("the worker died between two pages")
-        return await super().apply_page(connection, calendar_id, page, run_seen=run_seen)
 
 
 async def test_failure_between_pages_then_rerun_converges(

@@ -106,13 +106,6 @@ async def stored_uids(store: EventStore) -> list[str]:
     return sorted(o.uid for o in result.occurrences if o.recurrence_id is None)
 
 
-@pytest.fixture
-async def store(store_url: str) -> AsyncIterator[EventStore]:
-    opened = await EventStore.open(store_url)
-    yield opened
-    await opened.close()
-
-
 async def test_initial_then_incremental(store: EventStore) -> None:
     items = resources(35)
     provider = ScriptedProvider(items)

@@ -43,13 +43,6 @@ async def google() -> AsyncIterator[RunningSimulator]:
         yield served
 
 
-@pytest.fixture
-async def store(store_url: str) -> AsyncIterator[EventStore]:
-    opened = await EventStore.open(store_url)
-    yield opened
-    await opened.close()
-
-
 async def sync(
     store: EventStore, google: RunningSimulator, *, provider: GoogleProvider | None = None
 ) -> SyncResult:

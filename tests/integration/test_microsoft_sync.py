@@ -14,13 +14,14 @@ from typing import Any
 
 import pytest
 
-from calsync.model import ChangePage, Window
+from calsync.model import Window
 from calsync.providers.microsoft import MicrosoftProvider
 from calsync.providers.oauth import StaticTokens
-from calsync.store import ApplyResult, EventStore
+from calsync.store import EventStore
 from calsync.sync.engine import SyncEngine, SyncResult
 from calsync.testing.microsoft import GraphSimulator, RunningSimulator, running
 from calsync.testing.microsoft.throttle import Fault
+from tests.integration.failing_store import FailingStore
 
 pytestmark = pytest.mark.integration
 
@@ -71,13 +72,6 @@ async def world() -> AsyncIterator[World]:
         yield World(
             served, alice.id, token["access_token"], Window.around(sim.clock.now(), 365, 730)
         )
-
-
-@pytest.fixture
-async def store(store_url: str) -> AsyncIterator[EventStore]:
-    opened = await EventStore.open(store_url)
-    yield opened
-    await opened.close()
 
 
 async def sync(
@@ -271,27 +265,6 @@ async def test_rate_limit_storm_converges(store: EventStore, world: World) -> No
     await assert_store_equals_simulator(store, world)
     assert world.sim.control.faults_served == 4
     assert max(world.sim.control.peak_concurrency.values()) <= 4
-
-
-class FailingStore(EventStore):
-    """Fails the Nth page commit once, as a worker dying between two pages would."""
-
-    fail_on: int | None = None
-    commits = 0
-
-    async def apply_page(
-        self,
-        connection: str,
-        calendar_id: str,
-        page: ChangePage,
-        *,
-        run_seen: set[str] | None = None,
-    ) -> ApplyResult:
-        self.commits += 1
-        if self.fail_on is not None and self.commits == self.fail_on:
-            self.fail_on = None
-            raise ConnectionResetError("the worker died between two pages")
-        return await super().apply_page(connection, calendar_id, page, run_seen=run_seen)
 
 
 async def test_failure_between_pages_then_rerun_converges(store_url: str, world: World) -> None:

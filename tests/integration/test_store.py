@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import threading
-from collections.abc import AsyncIterator
 from typing import Any
 
 import icalendar
@@ -40,13 +39,6 @@ def at(
 
 def starts(found: Any) -> list[dt.datetime | None]:
     return [o.start for o in found]
-
-
-@pytest.fixture
-async def store(store_url: str) -> AsyncIterator[EventStore]:
-    opened = await EventStore.open(store_url)
-    yield opened
-    await opened.close()
 
 
 WEEKLY = vcalendar(

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import AsyncIterator
 
 import pytest
 
@@ -19,13 +18,6 @@ START = dt.datetime(2026, 12, 1, 9, 0, tzinfo=dt.UTC)
 
 def resource(pid: str, event: Event) -> Resource:
     return Resource(provider_id=pid, etag=f'"{pid}"', raw="{}", raw_format="json", events=[event])
-
-
-@pytest.fixture
-async def store(store_url: str) -> AsyncIterator[EventStore]:
-    opened = await EventStore.open(store_url)
-    yield opened
-    await opened.close()
 
 
 async def test_master_and_exceptions_in_separate_resources_are_not_duplicates(

@@ -343,3 +343,14 @@ def test_stored_tokens_repr_redacts_tokens() -> None:
     tokens = StoredTokens("1//refresh-SECRET", "ya29.access-SECRET", 1.5, "calendar")
     assert "SECRET" not in repr(tokens) and "SECRET" not in str(tokens)
     assert "calendar" in repr(tokens) and "1.5" in repr(tokens)
+
+
+def test_granted_tokens_are_kept_only_with_a_refresh_token() -> None:
+    from calsync.controllers.tokens import StoredTokens
+    from calsync.providers.oauth import TokenSet
+
+    issued = TokenSet("ya29.access", "1//refresh", 1.5, "calendar")
+    assert StoredTokens.granted(issued) == StoredTokens(
+        "1//refresh", "ya29.access", 1.5, "calendar"
+    )
+    assert StoredTokens.granted(TokenSet("ya29.access", None, 1.5, "calendar")) is None
