@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import subprocess
@@ -103,6 +104,19 @@ def condition(kubectl: Kubectl, namespace: str, name: str, ctype: str) -> dict[s
         if cond["type"] == ctype:
             return dict(cond)
     return None
+
+
+async def until(check: Callable[[], Any], *, within: float = 15.0, what: str = "") -> Any:
+    """`poll` for async tests: other tasks run while it waits."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + within
+    while True:
+        value = check()
+        if value:
+            return value
+        if loop.time() > deadline:
+            pytest.fail(f"timed out waiting for {what or check!r}")
+        await asyncio.sleep(0.02)
 
 
 def stored_events(store: Path, key: str, *args: str) -> list[dict[str, Any]]:

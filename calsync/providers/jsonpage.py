@@ -30,16 +30,13 @@ class PageReader:
     """Reads pages with the items array `items` and the top-level `members` we need."""
 
     def __init__(self, items: str, members: Sequence[str], *, required: bool = False) -> None:
-        self.items = items
         self.members = tuple(members)
-        self.required = required
-        item_type: Any = list[msgspec.Raw] if required else list[msgspec.Raw] | None
-        fields: list[tuple[str, Any, Any]] = [
-            (_ITEMS, item_type, msgspec.field(name=items))
+        items_field: tuple[str, Any, Any] = (
+            (_ITEMS, list[msgspec.Raw], msgspec.field(name=items))
             if required
-            else (_ITEMS, item_type, msgspec.field(default=None, name=items))
-        ]
-        fields += [
+            else (_ITEMS, list[msgspec.Raw] | None, msgspec.field(default=None, name=items))
+        )
+        fields = [items_field] + [
             (f"m{index}", Any, msgspec.field(default=None, name=member))
             for index, member in enumerate(self.members)
         ]

@@ -35,7 +35,7 @@ def resource_envelope(events: list[Event]) -> tuple[dt.datetime | None, dt.datet
     """(first start, end of the last occurrence or None when unbounded) over all components."""
     if len(events) == 1:  # most resources: one event, no overrides
         event = events[0]
-        if event.rrule or event.rdates:
+        if event.recurring:
             return event.start, event.series_end
         return event.start, event_end(event)
     starts = [e.start for e in events if e.start is not None]
@@ -115,7 +115,7 @@ def resource_values(
         resource.etag,
         resource.raw,
         resource.raw_format,
-        any(e.rrule or e.rdates for e in events),
+        any(e.recurring for e in events),
         stamp(first_start),
         stamp(series_end),
         now,

@@ -13,7 +13,7 @@ import email.utils
 import hashlib
 import itertools
 import secrets
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
@@ -23,6 +23,7 @@ import pytest
 from aiohttp import web
 
 from calsync.testing.google import GoogleSimulator, RunningSimulator, running
+from tests.support import until
 
 pytestmark = pytest.mark.integration
 
@@ -344,20 +345,6 @@ async def receiver() -> AsyncIterator[Receiver]:
         await runner.cleanup()
 
 
-async def eventually(check: Callable[[], Awaitable[bool] | bool], within: float = 15) -> None:
-    """Poll `check` on the event loop (other tasks run meanwhile) until true or time is up."""
-    deadline = asyncio.get_running_loop().time() + within
-    while True:
-        result = check()
-        if isinstance(result, Awaitable):
-            result = await result
-        if result:
-            return
-        if asyncio.get_running_loop().time() > deadline:
-            pytest.fail(f"timed out waiting for {check!r}")
-        await asyncio.sleep(0.02)
-
-
 async def test_watch_delivers_sync_then_exists_with_all_headers(
     google: RunningSimulator, alice: httpx.AsyncClient, receiver: Receiver
 ) -> None:
@@ -371,10 +358,10 @@ async def test_watch_delivers_sync_then_exists_with_all_headers(
     lifetime = int(channel["expiration"]) / 1000 - google.sim.clock()
     assert 7 * 86400 - 60 < lifetime <= 7 * 86400  # the default ttl
 
-    await eventually(lambda: len(receiver.calls) == 1)
+    await until(lambda: len(receiver.calls) == 1)
     google.sim.create_event(ALICE, event("one", 1))
     google.sim.create_event(ALICE, event("two", 2))
-    await eventually(lambda: len(receiver.calls) == 3)
+    await until(lambda: len(receiver.calls) == 3)
     states = [c["X-Goog-Resource-State"] for c in receiver.calls]
     numbers = [int(c["X-Goog-Message-Number"]) for c in receiver.calls]
     assert states == ["sync", "exists", "exists"]
@@ -399,7 +386,7 @@ async def test_watch_without_token_and_with_ttl(
     channel = (await alice.post(f"{EVENTS}/watch", json=body)).json()
     assert "token" not in channel
     assert abs(int(channel["expiration"]) / 1000 - google.sim.clock() - 600) < 5
-    await eventually(lambda: len(receiver.calls) == 1)
+    await until(lambda: len(receiver.calls) == 1)
     assert "X-Goog-Channel-Token" not in receiver.calls[0]
 
 
@@ -427,7 +414,7 @@ async def test_delivery_retries_on_503_then_succeeds(
     receiver.answers = [503, 502]
     body = {"id": "chan-r", "type": "web_hook", "address": receiver.url}
     await alice.post(f"{EVENTS}/watch", json=body)
-    await eventually(lambda: len(receiver.calls) == 3)
+    await until(lambda: len(receiver.calls) == 3)
     await google.sim.push.idle()
     assert {c["X-Goog-Message-Number"] for c in receiver.calls} == {"1"}
     (found,) = google.sim.channels()
@@ -445,9 +432,9 @@ async def test_delivery_gives_up_after_the_last_attempt_and_on_other_errors(
     await alice.post(
         f"{EVENTS}/watch", json={"id": "chan-f", "type": "web_hook", "address": receiver.url}
     )
-    await eventually(lambda: len(receiver.calls) == 3)
+    await until(lambda: len(receiver.calls) == 3)
     google.sim.create_event(ALICE, event("one", 1))
-    await eventually(lambda: len(receiver.calls) == 4)
+    await until(lambda: len(receiver.calls) == 4)
     await google.sim.push.idle()
     outcomes = [(d["state"], d["outcome"]) for d in google.sim.channels()[0]["deliveries"]]
     assert outcomes == [
@@ -466,7 +453,7 @@ async def test_channels_stop(
             f"{EVENTS}/watch", json={"id": "chan-s", "type": "web_hook", "address": receiver.url}
         )
     ).json()
-    await eventually(lambda: len(receiver.calls) == 1)
+    await until(lambda: len(receiver.calls) == 1)
     stop = {"id": "chan-s", "resourceId": channel["resourceId"]}
 
     bob_token = google.sim.mint_access_token(BOB)
@@ -504,9 +491,9 @@ async def test_deleting_a_calendar_sends_not_exists(
     team = google.sim.create_calendar(ALICE, summary="Team")
     path = f"/calendar/v3/calendars/{team['id']}/events/watch"
     await alice.post(path, json={"id": "chan-d", "type": "web_hook", "address": receiver.url})
-    await eventually(lambda: len(receiver.calls) == 1)
+    await until(lambda: len(receiver.calls) == 1)
     google.sim.delete_calendar(team["id"])
-    await eventually(lambda: len(receiver.calls) == 2)
+    await until(lambda: len(receiver.calls) == 2)
     assert receiver.calls[1]["X-Goog-Resource-State"] == "not_exists"
 
 
@@ -927,12 +914,12 @@ async def test_lifetimes_follow_the_simulators_clock(receiver: Receiver) -> None
             "params": {"ttl": "3600"},
         }
         assert (await http.post(f"{EVENTS}/watch", json=watch, headers=api)).status_code == 200
-        await eventually(lambda: len(receiver.calls) == 1)
+        await until(lambda: len(receiver.calls) == 1)
 
         clock.now += 3599
         assert (await http.get(LIST, headers=api)).status_code == 200
         sim.create_event(ALICE, event("inside the channel's life", 1))
-        await eventually(lambda: len(receiver.calls) == 2)
+        await until(lambda: len(receiver.calls) == 2)
         clock.now += 2  # past the hour of the access token and of the channel
         assert_envelope(await http.get(LIST, headers=api), 401, "authError")
         sim.create_event(ALICE, event("after the channel expired", 2))

@@ -12,7 +12,7 @@ import base64
 import datetime as dt
 import hashlib
 import secrets
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
@@ -23,24 +23,12 @@ from aiohttp import web
 
 from calsync.testing.microsoft import GraphSimulator, RunningSimulator, running
 from calsync.testing.microsoft.throttle import Fault, Sustained
+from tests.support import until
 
 pytestmark = pytest.mark.integration
 
 WINDOW = "startDateTime=2025-01-01T00:00:00Z&endDateTime=2025-12-31T00:00:00Z"
 REDIRECT = "http://127.0.0.1:9/callback"
-
-
-async def until(check: Callable[[], Any], *, within: float = 10.0, what: str = "") -> Any:
-    """Poll `check` until it returns something truthy (a deadline, not a sleep)."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + within
-    while True:
-        value = check()
-        if value:
-            return value
-        if loop.time() > deadline:
-            pytest.fail(f"timed out waiting for {what or check!r}")
-        await asyncio.sleep(0.02)
 
 
 def event(subject: str, start: str, end: str, zone: str = "UTC", **extra: Any) -> dict[str, Any]:
