@@ -145,7 +145,7 @@ def _sqlite_floor(store_url: str) -> float:
     SQLite itself costs, with no decoding, conversion or row building before it."""
     import sqlite3
 
-    from calsync.store.connect import _PRAGMAS
+    from calsync.store.connect import SQLITE_PRAGMAS
 
     source_path = store_url.split("///", 1)[1]
     target_path = source_path + ".floor"
@@ -165,7 +165,7 @@ def _sqlite_floor(store_url: str) -> float:
         source.close()
     target = sqlite3.connect(target_path, isolation_level=None)
     try:
-        for pragma in _PRAGMAS:
+        for pragma in SQLITE_PRAGMAS:
             target.execute(pragma)
         for statement in ddl:
             target.execute(statement)

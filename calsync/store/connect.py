@@ -35,7 +35,7 @@ BUSY_TIMEOUT_MS = 30_000
 _LOCKED_RETRY_SECONDS = 5.0
 WRITE = {"calsync_begin": "IMMEDIATE"}
 _BEGIN = {"IMMEDIATE": "BEGIN IMMEDIATE", "DEFERRED": "BEGIN"}
-_PRAGMAS = (
+SQLITE_PRAGMAS = (
     f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}",
     "PRAGMA journal_mode = WAL",
     "PRAGMA synchronous = NORMAL",
@@ -101,7 +101,7 @@ def _configure_sqlite(engine: Engine) -> None:
         dbapi_connection.isolation_level = None
         cursor = dbapi_connection.cursor()
         try:
-            for pragma in _PRAGMAS:
+            for pragma in SQLITE_PRAGMAS:
                 _execute_when_unlocked(cursor, pragma)
         finally:
             cursor.close()
