@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
 
 from calsync.api.duration import parse_duration
 
@@ -121,8 +121,22 @@ class Settings(BaseModel):
     webhook_log_retention: float = Field(default=7 * 86400.0, ge=0)
 
     # Scaling (seed: queue depth 500 to scale up, queue cap 5000)
-    scale_up_queue_depth: int = Field(default=500, ge=1)
+    scale_up_queue_depth: int = Field(
+        default=500, ge=1, description="pending SyncJobs per worker the scaler aims for"
+    )
     queue_cap: int = Field(default=5000, ge=1)
+    worker_deployment: str | None = Field(
+        default=None, description="the worker Deployment the scaler sizes; unset = no scaler"
+    )
+    worker_deployment_namespace: str | None = Field(
+        default=None, description="its namespace; default: the operator's namespace"
+    )
+    scale_min_replicas: int = Field(default=1, ge=0)
+    scale_max_replicas: int = Field(default=10, ge=1)
+    scale_interval: float = Field(default=15.0, gt=0, description="time between decisions")
+    scale_down_stabilization: float = Field(
+        default=300.0, ge=0, description="scale down to the highest recommendation of this window"
+    )
 
     # Security and retention (seed: key rotation 90 d, audit retention 90 d)
     key_rotation_interval: float = Field(default=90 * 86400.0, ge=0)
@@ -142,11 +156,21 @@ class Settings(BaseModel):
         "audit_retention",
         "consent_link_ttl",
         "consent_flow_ttl",
+        "scale_interval",
+        "scale_down_stabilization",
         mode="before",
     )
     @classmethod
     def _durations(cls, value: object) -> object:
         return _seconds(value)
+
+    @field_validator("scale_max_replicas")
+    @classmethod
+    def _replica_bounds(cls, value: int, info: ValidationInfo) -> int:
+        low = info.data.get("scale_min_replicas")
+        if low is not None and low > value:
+            raise ValueError(f"below scale_min_replicas ({low})")
+        return value
 
     @property
     def public_gateway_url(self) -> str:
