@@ -39,6 +39,17 @@ SYNCJOBS_FINISHED = Counter(
     ["phase"],
     registry=REGISTRY,
 )
+SCALING_DECISIONS = Counter(
+    "calsync_scaling_decisions_total",
+    "Decisions of the worker scaler, by direction (up, down, none).",
+    ["direction"],
+    registry=REGISTRY,
+)
+WORKER_REPLICAS_DESIRED = Gauge(
+    "calsync_worker_replicas_desired",
+    "Replicas of the worker Deployment chosen by the scaler's last decision.",
+    registry=REGISTRY,
+)
 SYNC_DURATION = Histogram(
     "calsync_sync_duration_seconds",
     "Duration of successful SyncJob attempts.",
