@@ -25,6 +25,13 @@ finds "its" rows through any index starting with (connection, calendar_id), scan
 calendar for every page (measured on 10,000 events: the deletes took nine times longer). The
 generic plan reasons from average selectivity and probes the primary key.
 
+Every write a sync run makes can carry the `Fence` of its claim on the connection (see
+`claims.py`): the write checks it first, in its own transaction, and raises `Fenced` without
+writing anything when another claim has taken the connection over since. Writes to a purged
+connection raise `ConnectionPurged`, fenced or not. The check is one primary-key lookup; on
+PostgreSQL the connection's shared claim lock rides in the statement that already takes the
+calendar's page lock.
+
 Reads never expand recurrences in SQL: non-recurring events come from an indexed range query,
 recurring resources whose envelope meets the range are expanded in Python (see `expand.py`),
 and everything is merged lazily by start up to the caps.
@@ -61,6 +68,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from sqlalchemy.types import ARRAY, Text
 
 from calsync.model import ChangePage, Resource
+from calsync.store.claims import Fence, Leases, check_claim, connection_lock
 from calsync.store.connect import create_store_engine, thread_writer, writer
 from calsync.store.expand import (
     HIGHEST,
@@ -111,8 +119,10 @@ def _now() -> dt.datetime:
 class EventStore:
     """Async access to the store; one instance per process, shared by all tasks."""
 
-    def __init__(self, engine: AsyncEngine) -> None:
+    def __init__(self, engine: AsyncEngine, *, store_id: str) -> None:
         self._engine = engine
+        self._store_id = store_id
+        self._leases = Leases(engine)
         self._writer = writer(engine)
         self._thread_writer = thread_writer(engine)
         self._postgres = engine.dialect.name == "postgresql"
@@ -136,10 +146,12 @@ class EventStore:
         )
         try:
             await migrate(engine)
+            async with engine.connect() as conn:
+                store_id = await Leases.read_store_id(conn)
         except BaseException:
             await engine.dispose()
             raise
-        return cls(engine)
+        return cls(engine, store_id=store_id)
 
     async def close(self) -> None:
         if self._thread_writer is not None:
@@ -160,6 +172,11 @@ class EventStore:
     def dialect(self) -> str:
         return self._engine.dialect.name
 
+    @property
+    def store_id(self) -> str:
+        """This database's identity: random, made once by a migration, kept for its life."""
+        return self._store_id
+
     # -- writing ---------------------------------------------------------------------------
 
     async def apply_page(
@@ -169,6 +186,7 @@ class EventStore:
         page: ChangePage,
         *,
         run_seen: set[str] | None = None,
+        fence: Fence | None = None,
     ) -> ApplyResult:
         """Apply one page of changes and its cursor atomically.
 
@@ -185,21 +203,29 @@ class EventStore:
         statements. Elsewhere the same code runs on the async connection. A caller cancelled
         while its page is on the thread returns at once, and the transaction still ends on its
         own (committed or rolled back); a page is all or nothing either way.
+
+        With a `fence`, the page is written only while that claim still holds the connection
+        (`Fenced` otherwise); any page for a purged connection raises `ConnectionPurged`.
         """
         seen = frozenset(run_seen) if run_seen is not None else None
         if self._thread_writer is not None:
             return await asyncio.to_thread(
-                self._apply_on_thread, connection, calendar_id, page, seen
+                self._apply_on_thread, connection, calendar_id, page, seen, fence
             )
         async with self._writer.begin() as conn:
-            return await conn.run_sync(self._apply, connection, calendar_id, page, seen)
+            return await conn.run_sync(self._apply, connection, calendar_id, page, seen, fence)
 
     def _apply_on_thread(
-        self, connection: str, calendar_id: str, page: ChangePage, seen: frozenset[str] | None
+        self,
+        connection: str,
+        calendar_id: str,
+        page: ChangePage,
+        seen: frozenset[str] | None,
+        fence: Fence | None,
     ) -> ApplyResult:
         assert self._thread_writer is not None
         with self._thread_writer.begin() as conn:
-            return self._apply(conn, connection, calendar_id, page, seen)
+            return self._apply(conn, connection, calendar_id, page, seen, fence)
 
     def _apply(
         self,
@@ -208,11 +234,12 @@ class EventStore:
         calendar_id: str,
         page: ChangePage,
         run_seen: frozenset[str] | None,
+        fence: Fence | None = None,
     ) -> ApplyResult:
         upserts = list({r.provider_id: r for r in page.upserts}.values())
         doomed = list(dict.fromkeys(page.deletes))
         now = _now()
-        self._lock_calendar(conn, connection, calendar_id)
+        self._guard(conn, connection, fence, calendar_id)
         self._ensure_calendar(conn, connection, calendar_id)
         if upserts:
             self._write_resources(conn, connection, calendar_id, upserts, now)
@@ -229,15 +256,28 @@ class EventStore:
         self._finish_page(conn, connection, calendar_id, page, now)
         return ApplyResult(upserted=len(upserts), deleted=deleted)
 
-    def _lock_calendar(self, conn: Connection, connection: str, calendar_id: str) -> None:
+    def _guard(
+        self,
+        conn: Connection,
+        connection: str,
+        fence: Fence | None,
+        calendar_id: str | None = None,
+    ) -> None:
+        """The start of every write: PostgreSQL's locks, then the claim check.
+
+        On PostgreSQL one statement takes the connection's shared claim lock and, for a write
+        to one calendar, that calendar's page lock, always in this order, so no two writers
+        wait on each other crosswise."""
         if self._postgres:
-            key = func.hashtext(f"{connection}\x1f{calendar_id}")
-            conn.execute(
-                select(
+            locks = [connection_lock(connection, shared=True)]
+            if calendar_id is not None:
+                key = func.hashtext(f"{connection}\x1f{calendar_id}")
+                locks += [
                     func.pg_advisory_xact_lock(CALENDAR_LOCK_SPACE, key),
                     func.set_config("plan_cache_mode", "force_generic_plan", True),
-                )
-            )
+                ]
+            conn.execute(select(*locks))
+        check_claim(conn, connection, fence)
 
     def _ensure_calendar(self, conn: Connection, connection: str, calendar_id: str) -> None:
         stmt = self._insert(calendars).values(
@@ -316,8 +356,16 @@ class EventStore:
                 .values(**values)
             )
 
-    async def set_cursor(self, connection: str, calendar_id: str, cursor: str | None) -> None:
+    async def set_cursor(
+        self,
+        connection: str,
+        calendar_id: str,
+        cursor: str | None,
+        *,
+        fence: Fence | None = None,
+    ) -> None:
         async with self._writer.begin() as conn:
+            await conn.run_sync(self._guard, connection, fence, calendar_id)
             await conn.run_sync(self._ensure_calendar, connection, calendar_id)
             await conn.execute(
                 update(calendars)
@@ -325,9 +373,12 @@ class EventStore:
                 .values(cursor=cursor)
             )
 
-    async def reset_calendar(self, connection: str, calendar_id: str) -> None:
+    async def reset_calendar(
+        self, connection: str, calendar_id: str, *, fence: Fence | None = None
+    ) -> None:
         """Forget the cursor: the next run is a full listing, which replaces the stored data."""
         async with self._writer.begin() as conn:
+            await conn.run_sync(self._guard, connection, fence, calendar_id)
             await conn.execute(
                 update(calendars)
                 .where(*self._calendar_filter(calendars, connection, calendar_id))
@@ -335,7 +386,13 @@ class EventStore:
             )
 
     async def upsert_calendar(
-        self, connection: str, calendar_id: str, name: str, color: str | None = None
+        self,
+        connection: str,
+        calendar_id: str,
+        name: str,
+        color: str | None = None,
+        *,
+        fence: Fence | None = None,
     ) -> None:
         stmt = self._insert(calendars).values(
             connection=connection, calendar_id=calendar_id, name=name, color=color, event_count=0
@@ -345,18 +402,28 @@ class EventStore:
             set_={"name": stmt.excluded.name, "color": stmt.excluded.color},
         )
         async with self._writer.begin() as conn:
+            await conn.run_sync(self._guard, connection, fence, calendar_id)
             await conn.execute(stmt)
 
-    async def remove_calendar(self, connection: str, calendar_id: str) -> int:
+    async def remove_calendar(
+        self, connection: str, calendar_id: str, *, fence: Fence | None = None
+    ) -> int:
         """Drop a calendar that is no longer listed, with all its events; returns events deleted."""
         async with self._writer.begin() as conn:
-            await conn.run_sync(self._lock_calendar, connection, calendar_id)
+            await conn.run_sync(self._guard, connection, fence, calendar_id)
             deleted = await self._delete_where(conn, connection, calendar_id)
         return deleted
 
     async def purge_connection(self, connection: str) -> int:
-        """Everything stored for a connection, in one transaction; returns events deleted."""
+        """Delete everything stored for a connection and leave a tombstone, in one transaction;
+        returns events deleted.
+
+        From then on the connection cannot be claimed (`ConnectionPurged`) and every write to
+        it, fenced or not, raises `ConnectionPurged`: a run that started before the purge cannot
+        bring its data back. Purging again is harmless. `prune_tombstones` drops old tombstones.
+        """
         async with self._writer.begin() as conn:
+            await self._leases.bury(conn, connection)
             deleted = await self._delete_where(conn, connection, None)
         return deleted
 
@@ -371,6 +438,49 @@ class EventStore:
                 delete(table).where(*self._calendar_filter(table, connection, calendar_id))
             )
         return result.rowcount
+
+    # -- claims and members ----------------------------------------------------------------
+
+    async def claim(self, connection: str, holder: str, ttl: float) -> Fence | None:
+        """Take the connection for `holder` for `ttl` seconds, atomically; None if taken.
+
+        The claim succeeds when nobody holds the connection, when its holder's lease has run
+        out, or when `holder` already holds it; each success adds one to the connection's token
+        (the first gives 1), so every fence handed out before is stale from then on. While
+        another holder's lease is live the answer is None. A purged connection raises
+        `ConnectionPurged`."""
+        return await self._leases.claim(connection, holder, ttl)
+
+    async def renew(self, fence: Fence, ttl: float) -> bool:
+        """Extend the lease to `ttl` seconds from now; False when the fence has lost the claim
+        (taken over, released or purged), in which case nothing changes."""
+        return await self._leases.renew(fence, ttl)
+
+    async def release(self, fence: Fence) -> None:
+        """End the lease now, if the fence still holds it; another holder can claim at once.
+
+        The token stays, so the fence (and any older one) stays stale: renewing it returns
+        False and writes with it raise `Fenced`."""
+        await self._leases.release(fence)
+
+    async def claims(self) -> dict[str, tuple[str, dt.datetime]]:
+        """The live claims: connection -> (holder, lease expiry)."""
+        return await self._leases.live_claims()
+
+    async def prune_tombstones(self, older_than: float) -> int:
+        """Drop the tombstones of connections purged more than `older_than` seconds ago;
+        returns how many. A pruned connection key could be claimed and written again, so keep
+        tombstones far longer than any sync run could last."""
+        return await self._leases.prune_tombstones(older_than)
+
+    async def heartbeat(self, identity: str, ttl: float, *, kind: str = "worker") -> list[str]:
+        """Record `identity` (a process of `kind`) as alive for `ttl` seconds; returns the
+        identities of that kind alive now, this one included, sorted."""
+        return await self._leases.heartbeat(identity, ttl, kind)
+
+    async def leave(self, identity: str) -> None:
+        """Forget a member at once (a clean shutdown), instead of waiting for it to expire."""
+        await self._leases.leave(identity)
 
     # -- reading ---------------------------------------------------------------------------
 

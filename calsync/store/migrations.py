@@ -7,8 +7,8 @@ serialised: PostgreSQL takes a transaction-scoped advisory lock before looking a
 SQLite starts the transaction with BEGIN IMMEDIATE (the database write lock). Both dialects run
 DDL transactionally, so nothing else is needed.
 
-Adding migration 2: write `_v2(connection)` with the DDL (and any data rewrite) it needs,
-append `Migration(2, "...", _v2)` to `MIGRATIONS`, and change `schema.py` to match. A migration
+Adding migration N: write `_vN_...(connection)` with the DDL (and any data rewrite) it needs,
+append `Migration(N, "...", _vN_...)` to `MIGRATIONS`, and change `schema.py` to match. A migration
 never changes once released; each defines the tables it touches itself instead of importing
 `schema.py`, because `schema.py` always describes the latest version. A database whose version
 is newer than this code knows is refused rather than used.
@@ -17,10 +17,12 @@ is newer than this code knows is refused rather than used.
 from __future__ import annotations
 
 import datetime as dt
+import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from sqlalchemy import (
+    BigInteger,
     Boolean,
     CheckConstraint,
     Column,
@@ -147,7 +149,42 @@ def _v1_initial(connection: Connection) -> None:
     md.create_all(connection)
 
 
-MIGRATIONS: tuple[Migration, ...] = (Migration(1, "calendars, resources and events", _v1_initial),)
+def _v2_claims(connection: Connection) -> None:
+    md = MetaData()
+    meta = Table(
+        "store_meta",
+        md,
+        Column("key", Text, nullable=False),
+        Column("value", Text, nullable=False),
+        PrimaryKeyConstraint("key", name="store_meta_pkey"),
+    )
+    Table(
+        "connection_claims",
+        md,
+        Column("connection", Text, nullable=False),
+        Column("holder", Text, nullable=False),
+        Column("token", BigInteger, nullable=False),
+        Column("expires_at", UtcDateTime, nullable=False),
+        Column("purged_at", UtcDateTime),
+        PrimaryKeyConstraint("connection", name="connection_claims_pkey"),
+    )
+    Table(
+        "store_members",
+        md,
+        Column("identity", Text, nullable=False),
+        Column("kind", Text, nullable=False),
+        Column("expires_at", UtcDateTime, nullable=False),
+        PrimaryKeyConstraint("identity", name="store_members_pkey"),
+    )
+    md.create_all(connection)
+    # The database's identity: made here, once, so it lives exactly as long as the data.
+    connection.execute(insert(meta).values(key="store_id", value=uuid.uuid4().hex))
+
+
+MIGRATIONS: tuple[Migration, ...] = (
+    Migration(1, "calendars, resources and events", _v1_initial),
+    Migration(2, "store identity, connection claims and members", _v2_claims),
+)
 
 
 def check_order(migrations: Sequence[Migration]) -> None:

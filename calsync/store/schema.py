@@ -181,3 +181,35 @@ events = Table(
     Index("events_start_idx", "connection", "calendar_id", "start_utc"),
     Index("events_uid_idx", "connection", "calendar_id", "uid"),
 )
+
+# Facts about the store itself; `store_id` is created once, by migration 2.
+store_meta = Table(
+    "store_meta",
+    metadata,
+    Column("key", Text, nullable=False),
+    Column("value", Text, nullable=False),
+    PrimaryKeyConstraint("key", name="store_meta_pkey"),
+)
+
+# One row per connection ever claimed or purged (see `claims.py`). `holder` is '' when nobody
+# holds the connection; `purged_at` set makes the row a tombstone.
+connection_claims = Table(
+    "connection_claims",
+    metadata,
+    Column("connection", Text, nullable=False),
+    Column("holder", Text, nullable=False),
+    Column("token", BigInteger, nullable=False),
+    Column("expires_at", UtcDateTime, nullable=False),
+    Column("purged_at", UtcDateTime),
+    PrimaryKeyConstraint("connection", name="connection_claims_pkey"),
+)
+
+# Processes sharing the store (workers, ...), each alive until its `expires_at`.
+store_members = Table(
+    "store_members",
+    metadata,
+    Column("identity", Text, nullable=False),
+    Column("kind", Text, nullable=False),
+    Column("expires_at", UtcDateTime, nullable=False),
+    PrimaryKeyConstraint("identity", name="store_members_pkey"),
+)
