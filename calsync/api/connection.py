@@ -12,7 +12,9 @@ the same message.
 
 from __future__ import annotations
 
+import re
 from typing import Any, Literal
+from urllib.parse import urlsplit
 
 from pydantic import ConfigDict, Field, JsonValue, field_validator, model_validator
 
@@ -23,6 +25,7 @@ from calsync.api.meta import (
     URL_MAX_LENGTH,
     ApiModel,
     CalendarId,
+    JsonDict,
     SecretReference,
     SpecModel,
     Timestamp,
@@ -36,6 +39,8 @@ OAUTH_PROVIDERS: tuple[Provider, ...] = ("google", "microsoft")
 
 ICLOUD_CALDAV_URL = "https://caldav.icloud.com/"
 MIN_POLL_INTERVAL_SECONDS = 60.0
+MAX_POLL_INTERVAL_SECONDS = 86400.0
+PROVIDER_MAX_LENGTH = 64
 
 MSG_CALDAV_URL_REQUIRED = "spec.caldav.url is required when provider is caldav"
 MSG_CALDAV_CREDENTIALS_REQUIRED = (
@@ -47,7 +52,70 @@ MSG_OAUTH_CLIENT_REQUIRED = (
 MSG_CALDAV_NOT_ALLOWED = "spec.caldav is only valid when provider is caldav or icloud"
 MSG_OAUTH_NOT_ALLOWED = "spec.oauth is only valid when provider is google or microsoft"
 MSG_INSECURE_URL = "spec.caldav.url must use https:// unless spec.caldav.allowInsecureHTTP is true"
+MSG_URL_MALFORMED = (
+    "spec.caldav.url is not a usable server URL: it must start with https:// (or http://) "
+    "followed by a host name, e.g. https://dav.example.com/"
+)
+MSG_PROVIDER_UNSUPPORTED = "spec.provider must be one of google, microsoft, caldav, icloud"
+MSG_POLL_INTERVAL_FORMAT = "spec.sync.pollInterval must be a duration like 15m or 1h30m"
 MSG_POLL_INTERVAL_MIN = "spec.sync.pollInterval must be at least 1m"
+MSG_POLL_INTERVAL_MAX = "spec.sync.pollInterval must be at most 24h"
+
+# Why the rules below look the way they do.
+#
+# The API server skips every CEL rule of an object once plain schema validation has found an
+# enum, required, too-long, too-many or wrong-type error, and then adds "some validation rules
+# were not checked because the object was invalid". So `provider` carries no `enum`: a CEL rule
+# checks it, and the rules that mention the provider hold vacuously for a provider they do not
+# know, which leaves a typo such as `outlook` with exactly one message.
+#
+# A CEL rule that fails at run time (a string that `duration()` or `url()` cannot convert)
+# reports the conversion error instead of our message, so every conversion is guarded by a
+# check that it will succeed.
+
+_PROVIDER_LIST = ", ".join(f"'{p}'" for p in PROVIDERS)
+_CALDAV_LIST = ", ".join(f"'{p}'" for p in CALDAV_PROVIDERS)
+_OAUTH_LIST = ", ".join(f"'{p}'" for p in OAUTH_PROVIDERS)
+
+# Every number no larger than 24h in its unit: at most 2 digits of hours, 4 of minutes, 5 of
+# seconds, 8 of ms, 11 of us, 14 of ns (leading zeros aside). A duration that matches
+# DURATION_PATTERN but not this one has a component beyond 24h, so it is too long whatever its
+# other components; one that matches this one sums to far less than Go's 290-year limit, so
+# `duration()` always converts it.
+_POLL_INTERVAL_BOUNDED = (
+    "^(0*("
+    "[0-9]{1,2}([.][0-9]+)?h|"
+    "[0-9]{1,4}([.][0-9]+)?m|"
+    "[0-9]{1,5}([.][0-9]+)?s|"
+    "[0-9]{1,8}([.][0-9]+)?ms|"
+    "[0-9]{1,11}([.][0-9]+)?us|"
+    "[0-9]{1,14}([.][0-9]+)?ns"
+    "))+$"
+)
+_URL_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
+def _url_problem(url: str) -> bool:
+    """Whether ``url`` fails the CRD's URL rule (close to Go's ``url.ParseRequestURI``)."""
+    if _URL_CONTROL.search(url):
+        return True
+    try:
+        parts = urlsplit(url)
+        _ = parts.port  # raises ValueError on a port that is not a number
+    except ValueError:
+        return True
+    host = parts.hostname or ""
+    return parts.scheme not in ("http", "https") or not host or any(c.isspace() for c in host)
+
+
+def _provider_schema(schema: JsonDict) -> None:
+    """Replace the generated ``enum`` by a CEL rule (see the note above the rules)."""
+    schema.pop("enum", None)
+    schema["type"] = "string"
+    schema["maxLength"] = PROVIDER_MAX_LENGTH
+    schema["x-kubernetes-validations"] = [
+        cel_rule(f"self in [{_PROVIDER_LIST}]", MSG_PROVIDER_UNSUPPORTED)
+    ]
 
 
 class CalDAVSettings(SpecModel):
@@ -57,6 +125,15 @@ class CalDAVSettings(SpecModel):
         default=None,
         min_length=1,
         max_length=URL_MAX_LENGTH,
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                cel_rule(
+                    "isURL(self) && url(self).getScheme() in ['http', 'https']"
+                    " && url(self).getHostname() != ''",
+                    MSG_URL_MALFORMED,
+                )
+            ]
+        },
         description=(
             "Where discovery starts: the server's root (well-known lookup, RFC 6764), a "
             "principal or a single calendar collection. Required for caldav; for icloud it "
@@ -77,6 +154,13 @@ class CalDAVSettings(SpecModel):
             "app-specific password, never the Apple ID password."
         ),
     )
+
+    @field_validator("url")
+    @classmethod
+    def _url_is_usable(cls, value: str | None) -> str | None:
+        if value is not None and _url_problem(value):
+            raise ValueError(MSG_URL_MALFORMED)
+        return value
 
 
 class OAuthSettings(SpecModel):
@@ -129,19 +213,26 @@ class SyncSettings(SpecModel):
     poll_interval: str = Field(
         default="15m",
         max_length=DURATION_MAX_LENGTH,
-        pattern=DURATION_PATTERN,
         json_schema_extra={
             "x-kubernetes-validations": [
+                cel_rule(f"self.matches('{DURATION_PATTERN}')", MSG_POLL_INTERVAL_FORMAT),
                 cel_rule(
-                    f"!self.matches('{DURATION_PATTERN}') || duration(self) >= duration('1m')",
+                    f"!self.matches('{_POLL_INTERVAL_BOUNDED}')"
+                    " || duration(self) >= duration('1m')",
                     MSG_POLL_INTERVAL_MIN,
-                )
+                ),
+                cel_rule(
+                    f"!self.matches('{DURATION_PATTERN}')"
+                    f" || (self.matches('{_POLL_INTERVAL_BOUNDED}')"
+                    " && duration(self) <= duration('24h'))",
+                    MSG_POLL_INTERVAL_MAX,
+                ),
             ]
         },
         description=(
             "How often to look for changes without being told, as a duration such as 90s, "
-            "15m or 1h30m; at least 1m. The only trigger for CalDAV, a safety net for push "
-            "providers."
+            "15m or 1h30m; at least 1m and at most 24h. The only trigger for CalDAV, a "
+            "safety net for push providers."
         ),
     )
     push: bool = Field(
@@ -154,9 +245,14 @@ class SyncSettings(SpecModel):
 
     @field_validator("poll_interval")
     @classmethod
-    def _poll_interval_at_least_a_minute(cls, value: str) -> str:
-        if parse_duration(value) < MIN_POLL_INTERVAL_SECONDS:
+    def _poll_interval_in_range(cls, value: str) -> str:
+        if not re.fullmatch(DURATION_PATTERN, value):
+            raise ValueError(MSG_POLL_INTERVAL_FORMAT)
+        seconds = parse_duration(value)
+        if seconds < MIN_POLL_INTERVAL_SECONDS:
             raise ValueError(MSG_POLL_INTERVAL_MIN)
+        if seconds > MAX_POLL_INTERVAL_SECONDS:
+            raise ValueError(MSG_POLL_INTERVAL_MAX)
         return value
 
     @property
@@ -172,36 +268,39 @@ _CONNECTION_RULES: list[JsonValue] = [
         reason="FieldValueRequired",
     ),
     cel_rule(
-        "!(self.provider in ['caldav', 'icloud'])"
+        f"!(self.provider in [{_CALDAV_LIST}])"
         " || (has(self.caldav) && has(self.caldav.credentialsSecretRef))",
         MSG_CALDAV_CREDENTIALS_REQUIRED,
         field_path=".caldav.credentialsSecretRef",
         reason="FieldValueRequired",
     ),
     cel_rule(
-        "!(self.provider in ['google', 'microsoft'])"
+        f"!(self.provider in [{_OAUTH_LIST}])"
         " || (has(self.oauth) && has(self.oauth.clientSecretRef))",
         MSG_OAUTH_CLIENT_REQUIRED,
         field_path=".oauth.clientSecretRef",
         reason="FieldValueRequired",
     ),
+    # "forbidden for the providers that use the other block" rather than "only for these":
+    # an unknown provider gets the provider rule's message alone.
     cel_rule(
-        "!has(self.caldav) || self.provider in ['caldav', 'icloud']",
+        f"!has(self.caldav) || !(self.provider in [{_OAUTH_LIST}])",
         MSG_CALDAV_NOT_ALLOWED,
         field_path=".caldav",
         reason="FieldValueForbidden",
     ),
     cel_rule(
-        "!has(self.oauth) || self.provider in ['google', 'microsoft']",
+        f"!has(self.oauth) || !(self.provider in [{_CALDAV_LIST}])",
         MSG_OAUTH_NOT_ALLOWED,
         field_path=".oauth",
         reason="FieldValueForbidden",
     ),
+    # Only a well-formed http:// URL is this rule's business; the url field's own rule speaks
+    # about anything malformed.
     cel_rule(
-        "!has(self.caldav) || !has(self.caldav.url)"
-        " || self.caldav.url.startsWith('https://')"
-        " || (self.caldav.url.startsWith('http://')"
-        " && has(self.caldav.allowInsecureHTTP) && self.caldav.allowInsecureHTTP)",
+        "!has(self.caldav) || !has(self.caldav.url) || !isURL(self.caldav.url)"
+        " || url(self.caldav.url).getScheme() != 'http'"
+        " || (has(self.caldav.allowInsecureHTTP) && self.caldav.allowInsecureHTTP)",
         MSG_INSECURE_URL,
         field_path=".caldav.url",
     ),
@@ -214,6 +313,7 @@ class CalendarConnectionSpec(SpecModel):
     model_config = ConfigDict(json_schema_extra={"x-kubernetes-validations": _CONNECTION_RULES})
 
     provider: Provider = Field(
+        json_schema_extra=_provider_schema,
         description=(
             "Calendar service: google (Google Calendar), microsoft (Microsoft 365 / Outlook via "
             "Graph), caldav (any CalDAV server) or icloud (Apple iCloud over CalDAV)."
@@ -263,13 +363,13 @@ class CalendarConnectionSpec(SpecModel):
             problems.append(MSG_CALDAV_NOT_ALLOWED)
         if oauth is not None and self.provider not in OAUTH_PROVIDERS:
             problems.append(MSG_OAUTH_NOT_ALLOWED)
-        if caldav is not None and caldav.url is not None:
-            url = caldav.url
-            if not (
-                url.startswith("https://")
-                or (url.startswith("http://") and caldav.allow_insecure_http)
-            ):
-                problems.append(MSG_INSECURE_URL)
+        if (
+            caldav is not None
+            and caldav.url is not None
+            and not caldav.allow_insecure_http
+            and urlsplit(caldav.url).scheme == "http"
+        ):
+            problems.append(MSG_INSECURE_URL)
         if problems:
             raise ValueError("; ".join(problems))
         return self

@@ -69,7 +69,7 @@ def test_every_example_applies(kubectl: Kubectl, namespace: str, path: Path) -> 
             {"provider": "microsoft", "oauth": {}},
             "spec.oauth.clientSecretRef: Required value",
         ),
-        ({"provider": "yahoo"}, 'supported values: "google", "microsoft", "caldav", "icloud"'),
+        ({"provider": "yahoo"}, "spec.provider must be one of google, microsoft, caldav, icloud"),
     ],
     ids=[
         "caldav-without-url",
@@ -139,3 +139,114 @@ def test_syncjob_spec_is_immutable(kubectl: Kubectl, namespace: str) -> None:
     result = kubectl("apply", "-n", namespace, "-f", "-", input=yaml.safe_dump(job), check=False)
     assert result.returncode != 0
     assert "spec is immutable" in result.stderr
+
+
+SKIPPED_RULES = "some validation rules were not checked"
+
+
+def refusal(kubectl: Kubectl, namespace: str, spec: dict[str, Any]) -> str:
+    """The API server's answer to `kubectl apply` of a connection that must be refused."""
+    result = kubectl(
+        "apply", "-n", namespace, "-f", "-", input=yaml.safe_dump(connection(spec)), check=False
+    )
+    assert result.returncode != 0, f"accepted: {spec}"
+    assert kubectl("get", "calconn", "-n", namespace, "-o", "name").stdout.strip() == ""
+    return result.stderr
+
+
+def caldav_spec(url: str, **caldav: Any) -> dict[str, Any]:
+    return {
+        "provider": "caldav",
+        "caldav": {"url": url, "credentialsSecretRef": {"name": "s"}, **caldav},
+    }
+
+
+def with_poll_interval(interval: str) -> dict[str, Any]:
+    return {**caldav_spec("https://dav.example.com/"), "sync": {"pollInterval": interval}}
+
+
+@pytest.mark.parametrize(
+    ("spec", "message"),
+    [
+        (
+            caldav_spec("htp://127.0.0.1:5232/", allowInsecureHTTP=True),
+            "spec.caldav.url is not a usable server URL: it must start with https:// (or "
+            "http://) followed by a host name",
+        ),
+        (
+            caldav_spec("127.0.0.1:5232/demo/", allowInsecureHTTP=True),
+            "spec.caldav.url is not a usable server URL",
+        ),
+        (
+            caldav_spec("http://exa mple.com/", allowInsecureHTTP=True),
+            "spec.caldav.url is not a usable server URL",
+        ),
+        (
+            with_poll_interval("15 minutes"),
+            "spec.sync.pollInterval must be a duration like 15m or 1h30m",
+        ),
+        (with_poll_interval("1h30"), "spec.sync.pollInterval must be a duration like 15m or 1h30m"),
+        (with_poll_interval("999999h"), "spec.sync.pollInterval must be at most 24h"),
+        (with_poll_interval("99999999999999999999h"), "spec.sync.pollInterval must be at most 24h"),
+        (with_poll_interval("24h1s"), "spec.sync.pollInterval must be at most 24h"),
+        (with_poll_interval("59s"), "spec.sync.pollInterval must be at least 1m"),
+        (
+            {"provider": "outlook", "oauth": {"clientSecretRef": {"name": "s"}}},
+            "spec.provider must be one of google, microsoft, caldav, icloud",
+        ),
+        (
+            {"provider": "outlook", "caldav": {"credentialsSecretRef": {"name": "s"}}},
+            "spec.provider must be one of google, microsoft, caldav, icloud",
+        ),
+    ],
+    ids=[
+        "url-bad-scheme-with-opt-in",
+        "url-without-scheme-with-opt-in",
+        "url-space-in-host",
+        "poll-words",
+        "poll-no-unit",
+        "poll-999999h",
+        "poll-beyond-go-durations",
+        "poll-a-second-over-a-day",
+        "poll-under-a-minute",
+        "provider-outlook-with-oauth",
+        "provider-outlook-with-caldav",
+    ],
+)
+def test_each_mistake_gets_one_message_that_says_what_is_wrong(
+    kubectl: Kubectl, namespace: str, spec: dict[str, Any], message: str
+) -> None:
+    stderr = refusal(kubectl, namespace, spec)
+    # one problem, one message: nothing else is blamed, no rule is skipped, and neither a
+    # regular expression nor a CEL conversion error reaches the user
+    assert stderr.count(message) == 1, stderr
+    for noise in (
+        SKIPPED_RULES,
+        "allowInsecureHTTP is true",
+        "type conversion error",
+        "google.protobuf.Duration",
+        "should match",
+        "[0-9]",
+        "is only valid when",
+        "is required when",
+    ):
+        assert noise not in stderr, stderr
+
+
+@pytest.mark.parametrize("interval", ["1m", "90s", "1h30m", "24h", "1440m"])
+def test_poll_intervals_between_a_minute_and_a_day_are_accepted(
+    kubectl: Kubectl, namespace: str, interval: str
+) -> None:
+    kubectl.apply(connection(with_poll_interval(interval), "ok"), namespace)
+    got = kubectl.json("get", "calconn/ok", "-n", namespace)
+    assert got["spec"]["sync"]["pollInterval"] == interval
+
+
+def test_plain_http_without_the_opt_in_is_blamed_on_the_missing_opt_in(
+    kubectl: Kubectl, namespace: str
+) -> None:
+    stderr = refusal(kubectl, namespace, caldav_spec("http://dav.example.com/"))
+    assert "spec.caldav.url must use https:// unless spec.caldav.allowInsecureHTTP is true" in (
+        stderr
+    )
+    assert "not a usable server URL" not in stderr

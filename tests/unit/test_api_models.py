@@ -172,10 +172,13 @@ def test_icloud_url_defaults_to_apple() -> None:
                     "credentialsSecretRef": {"name": "x"},
                 }
             ),
-            "must use https://",
+            "spec.caldav.url is not a usable server URL",
         ),
         (caldav_spec(sync={"pollInterval": "30s"}), "spec.sync.pollInterval must be at least 1m"),
-        (caldav_spec(sync={"pollInterval": "15 minutes"}), "String should match pattern"),
+        (
+            caldav_spec(sync={"pollInterval": "15 minutes"}),
+            "spec.sync.pollInterval must be a duration like 15m or 1h30m",
+        ),
         (caldav_spec(sync={"window": {"pastDays": 3651}}), "less than or equal to 3650"),
         (caldav_spec(sync={"window": {"futureDays": -1}}), "greater than or equal to 0"),
         (
