@@ -98,7 +98,12 @@ class SyncJobStatus(ApiModel):
     )
     attempts: int = Field(default=0, ge=0, description="Times a worker has started this job.")
     claimed_by: str | None = Field(
-        default=None, description="Identity of the worker holding the job while Running."
+        default=None,
+        description="Identity of the worker that holds the job while Running, or last ran it.",
+    )
+    store_id: str | None = Field(
+        default=None,
+        description="Identity of the event store the run writes to (the connection's storeId).",
     )
     lease_expires_at: Timestamp | None = Field(
         default=None,
@@ -125,7 +130,11 @@ class SyncJobStatus(ApiModel):
         default=None, ge=0, description="metadata.generation this status was computed from."
     )
     conditions: ConditionList = Field(
-        default_factory=list, description="Conditions with a reason and message."
+        default_factory=list,
+        description=(
+            "Complete=True once the job Succeeded or was Superseded, Failed=True once it gave "
+            "up, like a batch Job: `kubectl wait --for=condition=Complete sj/NAME` works."
+        ),
     )
 
     @property

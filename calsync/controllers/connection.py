@@ -1,58 +1,82 @@
-"""The CalendarConnection controller: conditions from the spec and Secrets, and sync triggers.
+"""The CalendarConnection controller: level-triggered reconcile through one work queue.
 
-Reconciling reads the connection afresh, reads the Secrets its spec names, judges them
-(`credentials.evaluate`) and records the verdict in `status.conditions` (see `readiness`).
-A condition whose status or reason changes posts a Kubernetes Event and counts in
-`calsync_connection_condition_transitions_total`.
+Kopf delivers watch events of connections, SyncJobs and Secrets; the handlers here only update
+in-memory caches and put the affected connection's key on the operator's work queue
+(`workqueue.WorkQueue`): they cannot fail, so nothing is lost although Kopf never retries an
+event handler. The queue's tasks reconcile a key from what the caches hold: the connection,
+its Secrets, its SyncJobs and the queue depth go into `policy.decide`, and the plan it returns
+is carried out idempotently (a status patch only when something changed, a SyncJob with a
+name derived from the state, so a retry or a race hits 409 instead of a duplicate). The plan
+also says when the decision changes by itself (the next poll): the queue holds that due time,
+so an idle connection costs no task and no request until then.
 
-It also decides when a sync is due: a connection that has never synced gets a `full` SyncJob as
-soon as its credentials are present; a spec change gets another `full` one; the poll timer adds
-an `incremental` one whenever `spec.sync.pollInterval` has passed since the last sync and no job
-is waiting. Deleting a connection purges its events from the store (the finalizer's job);
-owner references remove its SyncJobs.
-
-A Secret that appears or is fixed after its connection must make the connection Ready without
-anyone touching the connection, so Secrets are watched too: an in-memory index maps
-(namespace, Secret name) to the connections that reference it.
+Deleting a connection purges its events (keyed by its UID) and its tokens. The purge is retried
+with back-off for `purge_timeout`; then the finalizer lets go with a Warning Event and a metric,
+so a namespace deletion never hangs on a store that is down.
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
 import datetime as dt
 import logging
-import time
 from collections import defaultdict
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import parse_qs, urlsplit
 
 import kopf
-from lightkube import AsyncClient
+from lightkube import ApiError, AsyncClient
 from pydantic import ValidationError
 
 from calsync.api import CalendarConnectionSpec
-from calsync.api.conditions import READY, SYNCED, conditions_from_status
-from calsync.api.meta import CALENDAR_CONNECTION, GROUP
-from calsync.controllers import kube, readiness
+from calsync.api.conditions import conditions_from_status
+from calsync.api.meta import CALENDAR_CONNECTION, GROUP, SYNC_JOB
+from calsync.controllers import kube, policy, readiness
 from calsync.controllers.credentials import evaluate, referenced_secrets
 from calsync.controllers.oauth_setup import OAUTH_PROVIDERS
+from calsync.controllers.status import consent_link_for, publish, status_patch, store_key
 from calsync.controllers.tokens import TokenStoreError, TokenVault, token_secret_name
+from calsync.controllers.workqueue import WorkQueue
 from calsync.observability import metrics
-from calsync.security.consent import ConnectionRef, consent_link
 from calsync.settings import Settings
 from calsync.store import EventStore
 
 log = logging.getLogger(__name__)
 
 PLURAL = CALENDAR_CONNECTION.plural
-POLL_CHECK_SECONDS = 30.0
-ACTIVE_PHASES = ("", "Pending", "Running")
+ACTIVE_PHASES = frozenset({"", "Pending", "Running"})
+CONFLICT_RECHECK = 1.0
+
+Key = tuple[str, str]  # (namespace, name)
 
 
-# Authenticated reasons after which the owner has to (re)grant access: the status then carries
-# a consent link.
-CONSENT_REASONS = frozenset({"ConsentRequired", "InvalidGrant", "TokenUnreadable"})
+class SecretCache:
+    """Decoded data of the Secrets connections reference, read once, then kept by the watch."""
+
+    def __init__(self, client: AsyncClient) -> None:
+        self._client = client
+        self._data: dict[Key, Mapping[str, bytes] | None] = {}
+
+    async def get(self, namespace: str, name: str) -> Mapping[str, bytes] | None:
+        key = (namespace, name)
+        if key not in self._data:
+            self._data[key] = await kube.read_secret(self._client, namespace, name)
+        return self._data[key]
+
+    def observe(self, namespace: str, name: str, kind: str | None, obj: Mapping[str, Any]) -> None:
+        key = (namespace, name)
+        if key not in self._data and kind != "ADDED":
+            return  # nobody asked for it yet: the first read fetches it
+        if kind == "DELETED":
+            self._data[key] = None
+            return
+        data = {k: base64.b64decode(v) for k, v in (obj.get("data") or {}).items()}
+        self._data[key] = data
+
+    def drop(self, namespace: str, name: str) -> None:
+        self._data.pop((namespace, name), None)
 
 
 @dataclass
@@ -60,13 +84,81 @@ class ConnectionContext:
     """What the connection handlers share, carried in Kopf's memo."""
 
     client: AsyncClient
-    store: EventStore | None = None
-    default_poll_interval: float = 900.0
-    settings: Settings | None = None
+    store: EventStore
+    settings: Settings
     vault: TokenVault | None = None
-    locks: defaultdict[tuple[str, str], asyncio.Lock] = field(
-        default_factory=lambda: defaultdict(asyncio.Lock)
-    )
+    connections: dict[Key, dict[str, Any]] = field(default_factory=dict)
+    # Jobs by connection: {(namespace, connection): {job name: phase}}.
+    jobs: dict[Key, dict[str, str]] = field(default_factory=lambda: defaultdict(dict))
+    job_owner: dict[Key, str] = field(default_factory=dict)  # (namespace, job) -> connection
+    by_secret: dict[Key, set[str]] = field(default_factory=lambda: defaultdict(set))
+    secret_refs: dict[Key, set[str]] = field(default_factory=dict)  # connection -> Secrets
+    pending_total: int = 0
+    foreign_logged: set[Key] = field(default_factory=set)
+    secrets: SecretCache = field(init=False)
+    # Bounds the API and store calls of deletions, which Kopf runs all at once.
+    purge_slots: asyncio.Semaphore = field(init=False)
+    queue: WorkQueue[Key] = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.secrets = SecretCache(self.client)
+        self.purge_slots = asyncio.Semaphore(self.settings.operator_concurrency)
+        self.queue = WorkQueue(
+            lambda key: reconcile(self, key),
+            concurrency=self.settings.operator_concurrency,
+            name="connections",
+        )
+
+    @property
+    def store_id(self) -> str:
+        return self.store.store_id
+
+    # -- caches fed by the watches -----------------------------------------------------------
+
+    def observe_job(self, namespace: str, obj: Mapping[str, Any], deleted: bool) -> Key | None:
+        name = obj["metadata"]["name"]
+        connection = (obj.get("spec") or {}).get("connection")
+        if not connection:
+            return None
+        key = (namespace, connection)
+        jobs = self.jobs[key]
+        before = jobs.get(name)
+        if deleted:
+            jobs.pop(name, None)
+            self.job_owner.pop((namespace, name), None)
+            if not jobs:
+                self.jobs.pop(key, None)
+            after = None
+        else:
+            after = str((obj.get("status") or {}).get("phase") or "")
+            jobs[name] = after
+            self.job_owner[(namespace, name)] = connection
+        self.pending_total += _pending(after) - _pending(before)
+        metrics.SYNCJOBS_PENDING.set(self.pending_total)
+        return key
+
+    def active_jobs(self, key: Key) -> int:
+        return sum(1 for phase in self.jobs.get(key, {}).values() if phase in ACTIVE_PHASES)
+
+    def index_secrets(self, key: Key, names: set[str]) -> None:
+        namespace = key[0]
+        for old in self.secret_refs.get(key, set()) - names:
+            holders = self.by_secret.get((namespace, old))
+            if holders is not None:
+                holders.discard(key[1])
+                if not holders:
+                    del self.by_secret[(namespace, old)]
+                    self.secrets.drop(namespace, old)
+        for name in names:
+            self.by_secret[(namespace, name)].add(key[1])
+        if names:
+            self.secret_refs[key] = names
+        else:
+            self.secret_refs.pop(key, None)
+
+
+def _pending(phase: str | None) -> int:
+    return 1 if phase in ("", "Pending") else 0
 
 
 def _context(memo: Any) -> ConnectionContext:
@@ -76,84 +168,219 @@ def _context(memo: Any) -> ConnectionContext:
     return ctx
 
 
-def connection_key(namespace: str, name: str) -> str:
-    """How the store names a connection."""
-    return f"{namespace}/{name}"
+def _strip(obj: Mapping[str, Any]) -> dict[str, Any]:
+    body = dict(obj)
+    meta = dict(body.get("metadata") or {})
+    meta.pop("managedFields", None)
+    body["metadata"] = meta
+    return body
 
 
-async def publish(client: AsyncClient, body: dict[str, Any], conds: readiness.Conditions) -> None:
-    """Post Events and record metrics for the transitions of a status just written."""
+def _secret_names(name: str, spec: CalendarConnectionSpec) -> set[str]:
+    names = set(referenced_secrets(spec))
+    if spec.provider in OAUTH_PROVIDERS:
+        names.add(token_secret_name(name))  # consent and refreshes write it
+    return names
+
+
+# -- watch handlers: caches and the queue, nothing that can fail ------------------------------
+
+
+@kopf.on.event(GROUP, PLURAL)
+def connection_event(event: Mapping[str, Any], memo: Any, **_: Any) -> None:
+    ctx = _context(memo)
+    obj = event.get("object") or {}
+    meta = obj.get("metadata") or {}
+    key = (meta.get("namespace", ""), meta.get("name", ""))
+    if event.get("type") == "DELETED":
+        ctx.connections.pop(key, None)
+        ctx.index_secrets(key, set())
+        ctx.queue.forget(key)
+        ctx.foreign_logged.discard(key)
+        return
+    ctx.connections[key] = _strip(obj)
+    try:
+        spec = CalendarConnectionSpec.model_validate(obj.get("spec") or {})
+    except ValidationError:
+        ctx.index_secrets(key, set())
+    else:
+        ctx.index_secrets(key, _secret_names(key[1], spec))
+    ctx.queue.add(key)
+    metrics.RECONCILE_QUEUE.set(len(ctx.queue))
+
+
+@kopf.on.event(GROUP, SYNC_JOB.plural)
+def syncjob_event(event: Mapping[str, Any], memo: Any, **_: Any) -> None:
+    ctx = _context(memo)
+    obj = event.get("object") or {}
+    namespace = (obj.get("metadata") or {}).get("namespace", "")
+    deleted = event.get("type") == "DELETED"
+    key = ctx.observe_job(namespace, obj, deleted)
+    phase = (obj.get("status") or {}).get("phase") or ""
+    if key is not None and (deleted or phase not in ACTIVE_PHASES):
+        ctx.queue.add(key)  # the connection may be due for its next job now
+
+
+@kopf.on.event("", "v1", "secrets")
+def secret_event(event: Mapping[str, Any], memo: Any, **_: Any) -> None:
+    ctx = _context(memo)
+    obj = event.get("object") or {}
+    meta = obj.get("metadata") or {}
+    namespace, name = meta.get("namespace", ""), meta.get("name", "")
+    holders = ctx.by_secret.get((namespace, name))
+    if not holders:
+        return
+    ctx.secrets.observe(namespace, name, event.get("type"), obj)
+    for connection in sorted(holders):
+        ctx.queue.add((namespace, connection))
+
+
+# -- reconcile --------------------------------------------------------------------------------
+
+
+async def reconcile(ctx: ConnectionContext, key: Key) -> float | None:
+    """Carry out what `policy.decide` says for one connection; return when to look again."""
+    body = ctx.connections.get(key)
+    if body is None or body["metadata"].get("deletionTimestamp"):
+        return None
+    try:
+        again = await _reconcile(ctx, key, body)
+    except Exception:
+        metrics.RECONCILES.labels("error").inc()
+        raise
+    metrics.RECONCILES.labels("ok").inc()
+    metrics.RECONCILE_QUEUE.set(len(ctx.queue))
+    return again
+
+
+async def _reconcile(ctx: ConnectionContext, key: Key, body: dict[str, Any]) -> float | None:
+    namespace, name = key
     meta = body["metadata"]
-    namespace, name = meta["namespace"], meta["name"]
-    metrics.record_conditions(namespace, name, [(c.type, c.status) for c in conds.items])
-    ready_reason = next((c.reason for c in conds.items if c.type == READY), None)
-    for cond in conds.transitions:
-        metrics.CONNECTION_TRANSITIONS.labels(cond.type, cond.status, cond.reason).inc()
-        log.info(
-            "condition %s=%s (%s) on %s/%s", cond.type, cond.status, cond.reason, namespace, name
+    status = body.get("status") or {}
+    now = dt.datetime.now(dt.UTC).replace(microsecond=0)
+    generation = int(meta.get("generation", 0))
+    conds = readiness.Conditions(conditions_from_status(status), generation, now)
+    extra: dict[str, Any] = {}
+    try:
+        spec = CalendarConnectionSpec.model_validate(body.get("spec") or {})
+    except ValidationError as exc:
+        readiness.apply_invalid_spec(conds, f"spec not understood: {exc.errors()[0]['msg']}")
+        await _write(ctx, body, conds, extra)
+        return None
+
+    names = _secret_names(name, spec)
+    secrets = {secret: await ctx.secrets.get(namespace, secret) for secret in sorted(names)}
+    referenced = referenced_secrets(spec)
+    stored, problem = await _token_state(ctx, body, spec)
+    verdict = evaluate(
+        spec,
+        {k: v for k, v in secrets.items() if k in referenced},
+        tokens_stored=stored,
+        token_problem=problem,
+    )
+    plan = policy.decide(
+        policy.Facts(
+            name=name,
+            uid=str(meta["uid"]),
+            generation=generation,
+            spec=spec,
+            status=status,
+            credentials_usable=verdict.ready[0] == "True",
+            credentials=policy.credentials_digest(secrets),
+            active_jobs=ctx.active_jobs(key),
+            queue_pending=ctx.pending_total,
+            store_id=ctx.store_id,
+            now=now,
+            default_poll_interval=ctx.settings.caldav_poll_interval,
+            queue_cap=ctx.settings.queue_cap,
         )
-        # Ready carries the summary: one Event per transition of it, plus one for any other
-        # condition whose reason says something Ready does not.
-        if cond.type == READY or (cond.reason != ready_reason and cond.type != SYNCED):
-            good = cond.status == "True" if cond.type != "Degraded" else cond.status == "False"
-            await kube.post_event(
-                client,
-                body,
-                type="Normal" if good else "Warning",
-                reason=cond.reason,
-                message=f"{cond.type}={cond.status}: {cond.message}",
+    )
+    if plan.foreign_store:
+        if key not in ctx.foreign_logged:
+            ctx.foreign_logged.add(key)
+            metrics.SYNCJOBS_SKIPPED.labels("foreign_store").inc()
+            log.warning(
+                "CalendarConnection %s/%s is bound to event store %s, not to ours (%s): "
+                "leaving it alone",
+                namespace,
+                name,
+                status.get("storeId"),
+                ctx.store_id,
             )
+        return None
+
+    readiness.apply_credentials(conds, verdict, credentials_changed=plan.credentials_changed)
+    if plan.spec_changed:
+        readiness.apply_spec_changed(conds, generation)
+    if plan.queue_full:
+        readiness.apply_queue_full(conds, ctx.pending_total, ctx.settings.queue_cap)
+        metrics.SYNCJOBS_REFUSED.labels("queue_full").inc()
+    else:
+        readiness.apply_queue_room(conds)
+    if plan.bind_store:
+        extra["storeId"] = ctx.store_id
+    if plan.observed_generation is not None:
+        extra["observedGeneration"] = plan.observed_generation
+    if spec.provider in OAUTH_PROVIDERS:
+        extra["authorizationURL"] = consent_link_for(
+            ctx.settings, ctx.vault, body, spec.provider, conds
+        )
+    if not await _write(ctx, body, conds, extra):
+        return CONFLICT_RECHECK  # our copy was stale; the watch brings the fresh one
+    if plan.job is not None:
+        await _create_job(ctx, body, plan.job)
+    return plan.recheck_after
 
 
-def status_patch(conds: readiness.Conditions, **extra: Any) -> dict[str, Any]:
-    return {
-        "observedGeneration": conds.generation,
-        "conditions": [c.to_wire() for c in conds.items],
-        **extra,
-    }
+async def _write(
+    ctx: ConnectionContext,
+    body: dict[str, Any],
+    conds: readiness.Conditions,
+    extra: dict[str, Any],
+) -> bool:
+    """Patch the status when it differs; False when our copy of the object was stale."""
+    status = body.get("status") or {}
+    patch = status_patch(conds, **extra)
+    if all(status.get(k) == v for k, v in patch.items()):
+        return True
+    meta = body["metadata"]
+    try:
+        written = await kube.patch_status_guarded(
+            ctx.client,
+            kube.CalendarConnectionResource,
+            meta["namespace"],
+            meta["name"],
+            meta["resourceVersion"],
+            patch,
+        )
+    except kube.Conflict:
+        return False
+    except ApiError as exc:
+        if exc.status.code == 404:
+            return False
+        raise
+    key = (meta["namespace"], meta["name"])
+    if key in ctx.connections:
+        ctx.connections[key] = _strip(written)
+    await publish(ctx.client, written, conds)
+    return True
 
 
-async def reconcile(
-    ctx: ConnectionContext, namespace: str, name: str, *, credentials_changed: bool = False
-) -> dict[str, Any] | None:
-    """Bring one connection's conditions in line with its spec and Secrets; return the object."""
-    async with ctx.locks[(namespace, name)]:
-        outcome: dict[str, readiness.Conditions] = {}
-
-        async def mutate(body: dict[str, Any]) -> dict[str, Any] | None:
-            if body["metadata"].get("deletionTimestamp"):
-                return None
-            extra: dict[str, Any] = {}
-            conds = readiness.Conditions(
-                conditions_from_status(body.get("status")),
-                int(body["metadata"].get("generation", 0)),
-                dt.datetime.now(dt.UTC).replace(microsecond=0),
-            )
-            try:
-                spec = CalendarConnectionSpec.model_validate(body.get("spec") or {})
-            except ValidationError as exc:
-                readiness.apply_invalid_spec(
-                    conds, f"spec not understood: {exc.errors()[0]['msg']}"
-                )
-            else:
-                secrets = {
-                    secret: await kube.read_secret(ctx.client, namespace, secret)
-                    for secret in sorted(referenced_secrets(spec))
-                }
-                stored, problem = await _token_state(ctx, body, spec)
-                verdict = evaluate(spec, secrets, tokens_stored=stored, token_problem=problem)
-                readiness.apply_credentials(conds, verdict, credentials_changed=credentials_changed)
-                if spec.provider in OAUTH_PROVIDERS:
-                    extra["authorizationURL"] = consent_link_for(
-                        ctx.settings, ctx.vault, body, spec.provider, conds
-                    )
-            outcome["conds"] = conds
-            return status_patch(conds, **extra)
-
-        body = await kube.update_connection_status(ctx.client, namespace, name, mutate)
-        if body is not None and "conds" in outcome:
-            await publish(ctx.client, body, outcome["conds"])
-        return body
+async def _create_job(ctx: ConnectionContext, body: dict[str, Any], job: policy.JobRequest) -> None:
+    meta = body["metadata"]
+    try:
+        created = await kube.create_syncjob(
+            ctx.client,
+            body,
+            name=job.name,
+            mode=job.mode,
+            reason=job.reason,
+            ttl=int(ctx.settings.syncjob_history),
+        )
+    except kube.AlreadyExists:
+        return  # the same decision was carried out before
+    ctx.observe_job(meta["namespace"], created, deleted=False)
+    log.info("created SyncJob %s/%s (%s, %s)", meta["namespace"], job.name, job.mode, job.reason)
 
 
 async def _token_state(
@@ -168,127 +395,7 @@ async def _token_state(
         return False, (exc.reason, str(exc))
 
 
-def consent_link_for(
-    settings: Settings | None,
-    vault: TokenVault | None,
-    body: dict[str, Any],
-    provider: str,
-    conds: readiness.Conditions,
-) -> str | None:
-    """The consent link while the owner has to grant access; None (removed) otherwise."""
-    auth = conds.get("Authenticated")
-    if auth is None or auth.reason not in CONSENT_REASONS:
-        return None
-    if settings is None or vault is None:
-        return None
-    now = time.time()
-    current = (body.get("status") or {}).get("authorizationURL")
-    if isinstance(current, str):
-        expires = parse_qs(urlsplit(current).query).get("exp", ["0"])[0]
-        if (
-            current.startswith(settings.public_gateway_url + "/")
-            and expires.isdigit()
-            and int(expires) > now + settings.consent_link_ttl / 2
-        ):
-            return current  # still fresh: do not rewrite the status on every reconcile
-    meta = body["metadata"]
-    return consent_link(
-        settings.public_gateway_url,
-        vault.keyring,
-        ConnectionRef(meta["namespace"], meta["name"], meta["uid"]),
-        provider,
-        now + settings.consent_link_ttl,
-    )
-
-
-# Provider verdicts after which no sync is attempted until the credentials change: another
-# attempt would only repeat the refused refresh.
-STICKY_AUTH_REASONS = frozenset({"InvalidGrant"})
-
-
-def _credentials_ok(body: dict[str, Any]) -> bool:
-    conds = conditions_from_status(body.get("status"))
-    auth = next((c for c in conds if c.type == "Authenticated"), None)
-    return (
-        auth is not None
-        and auth.reason not in readiness.CREDENTIAL_REASONS
-        and auth.reason not in STICKY_AUTH_REASONS
-    )
-
-
-async def _active_jobs(ctx: ConnectionContext, namespace: str, name: str) -> list[dict[str, Any]]:
-    jobs = await kube.list_syncjobs(ctx.client, namespace, connection=name)
-    return [j for j in jobs if (j.get("status") or {}).get("phase", "") in ACTIVE_PHASES]
-
-
-async def request_sync(
-    ctx: ConnectionContext, body: dict[str, Any], *, mode: str, reason: str, only_if_idle: bool
-) -> dict[str, Any] | None:
-    """Create a SyncJob for the connection unless (with only_if_idle) one is already waiting."""
-    meta = body["metadata"]
-    if only_if_idle and await _active_jobs(ctx, meta["namespace"], meta["name"]):
-        return None
-    job = await kube.create_syncjob(ctx.client, body, mode=mode, reason=reason)
-    log.info("created SyncJob %s (%s, %s)", job["metadata"]["name"], mode, reason)
-    return job
-
-
-async def ensure_first_sync(ctx: ConnectionContext, body: dict[str, Any] | None) -> None:
-    if body is None or not _credentials_ok(body):
-        return
-    if (body.get("status") or {}).get("lastSyncTime"):
-        return
-    if (body.get("spec") or {}).get("suspend"):
-        return
-    meta = body["metadata"]
-    if await kube.list_syncjobs(ctx.client, meta["namespace"], connection=meta["name"]):
-        return  # a first job exists (maybe it failed: the poll timer or a fix retries)
-    await request_sync(ctx, body, mode="full", reason="lifecycle", only_if_idle=False)
-
-
-@kopf.on.resume(GROUP, PLURAL)
-@kopf.on.create(GROUP, PLURAL)
-async def connection_created(namespace: str | None, name: str, memo: Any, **_: Any) -> None:
-    assert namespace is not None  # the kind is namespaced
-    ctx = _context(memo)
-    await ensure_first_sync(ctx, await reconcile(ctx, namespace, name))
-
-
-@kopf.on.update(GROUP, PLURAL, field="spec")
-async def connection_changed(namespace: str | None, name: str, memo: Any, **_: Any) -> None:
-    assert namespace is not None
-    ctx = _context(memo)
-    body = await reconcile(ctx, namespace, name)
-    if body is None or not _credentials_ok(body) or (body.get("spec") or {}).get("suspend"):
-        return
-    # What is mirrored may have changed (URL, calendars, window): re-read everything.
-    await request_sync(ctx, body, mode="full", reason="lifecycle", only_if_idle=False)
-
-
-@kopf.timer(GROUP, PLURAL, interval=POLL_CHECK_SECONDS, initial_delay=POLL_CHECK_SECONDS)
-async def poll_timer(
-    namespace: str | None, name: str, spec: Any, status: Any, memo: Any, **_: Any
-) -> None:
-    """Create an incremental SyncJob when the poll interval has passed since the last sync."""
-    assert namespace is not None
-    ctx = _context(memo)
-    try:
-        parsed = CalendarConnectionSpec.model_validate(dict(spec))
-    except ValidationError:
-        return
-    if parsed.suspend:
-        return
-    last = (status or {}).get("lastSyncTime")
-    body = await kube.get_connection(ctx.client, namespace, name)
-    if body is None or body["metadata"].get("deletionTimestamp") or not _credentials_ok(body):
-        return
-    if not last:
-        await ensure_first_sync(ctx, body)
-        return
-    last_sync = dt.datetime.fromisoformat(str(last).replace("Z", "+00:00"))
-    interval = parsed.sync.poll_interval_seconds
-    if dt.datetime.now(dt.UTC) - last_sync >= dt.timedelta(seconds=interval):
-        await request_sync(ctx, body, mode="incremental", reason="poll", only_if_idle=True)
+# -- deletion ---------------------------------------------------------------------------------
 
 
 @kopf.on.delete(GROUP, PLURAL)
@@ -298,81 +405,59 @@ async def connection_deleted(
     status: Any,
     body: Any,
     memo: Any,
-    logger: Any,
+    retry: int,
     **_: Any,
 ) -> None:
-    """Purge the connection's events from the store, then forget its metric series."""
+    """Purge the connection's events and tokens; give up after `purge_timeout`."""
     assert namespace is not None
     ctx = _context(memo)
-    if ctx.store is not None:
-        purged = await ctx.store.purge_connection(connection_key(namespace, name))
-        logger.info("purged %d events of %s/%s from the store", purged, namespace, name)
-    if ctx.vault is not None:
-        # Garbage collection would remove the owned token Secret too; do not wait for it.
-        await ctx.vault.delete({"metadata": dict(body["metadata"])})
+    raw = {
+        "metadata": dict(body["metadata"]),
+        "apiVersion": body.get("apiVersion"),
+        "kind": body.get("kind"),
+    }
+    bound = (status or {}).get("storeId")
+    try:
+        async with ctx.purge_slots:
+            await _purge(ctx, raw, bound, namespace, name)
+    except Exception as exc:
+        deleted_at = policy.parse_time(body["metadata"].get("deletionTimestamp"))
+        waited = (dt.datetime.now(dt.UTC) - deleted_at).total_seconds() if deleted_at else 0.0
+        if waited < ctx.settings.purge_timeout:
+            raise kopf.TemporaryError(
+                f"cannot purge {namespace}/{name} yet ({type(exc).__name__}: {exc})",
+                delay=min(60.0, 2.0 * 2**retry),
+            ) from exc
+        metrics.PURGES.labels("abandoned").inc()
+        log.error(
+            "giving up purging %s/%s after %.0f s: %s; its data stays in the store",
+            namespace,
+            name,
+            waited,
+            exc,
+        )
+        await kube.post_event(
+            ctx.client,
+            raw,
+            type="Warning",
+            reason="PurgeAbandoned",
+            message=f"could not purge the connection's events and tokens within "
+            f"{ctx.settings.purge_timeout:.0f} s ({exc}); released the finalizer anyway",
+        )
+    else:
+        metrics.PURGES.labels("ok").inc()
     types = [c.type for c in conditions_from_status(status)]
     metrics.forget_connection(namespace, name, types)
-    ctx.locks.pop((namespace, name), None)
 
 
-@kopf.index(GROUP, PLURAL)
-def connections_by_secret(
-    namespace: str | None, name: str, spec: Any, **_: Any
-) -> dict[tuple[str, str], str]:
-    assert namespace is not None
-    try:
-        parsed = CalendarConnectionSpec.model_validate(dict(spec))
-    except ValidationError:
-        return {}
-    secrets = set(referenced_secrets(parsed))
-    if parsed.provider in OAUTH_PROVIDERS:
-        secrets.add(token_secret_name(name))  # consent and refreshes write it
-    return {(namespace, secret): name for secret in secrets}
-
-
-@kopf.on.event("", "v1", "secrets")
-async def secret_changed(
-    namespace: str | None, name: str, memo: Any, type: str | None, **kwargs: Any
+async def _purge(
+    ctx: ConnectionContext, raw: dict[str, Any], bound: Any, namespace: str, name: str
 ) -> None:
-    index: kopf.Index[tuple[str, str], str] = kwargs["connections_by_secret"]
-    if namespace is None:
-        return
-    ctx = _context(memo)
-    for connection in sorted(set(index.get((namespace, name), []))):
-        if type is not None:
-            await _user_token_replaced(ctx, namespace, connection, name)
-        # The initial listing (type None) is not a change of the Secret.
-        body = await reconcile(ctx, namespace, connection, credentials_changed=type is not None)
-        if body is None:
-            continue
-        await ensure_first_sync(ctx, body)
-        if type is not None and _last_sync_failed(body) and _credentials_ok(body):
-            await request_sync(ctx, body, mode="incremental", reason="lifecycle", only_if_idle=True)
-
-
-async def _user_token_replaced(
-    ctx: ConnectionContext, namespace: str, connection: str, secret: str
-) -> None:
-    """A changed spec.oauth.tokenSecretRef Secret replaces the tokens calsync stored."""
-    if ctx.vault is None:
-        return
-    body = await kube.get_connection(ctx.client, namespace, connection)
-    if body is None:
-        return
-    try:
-        spec = CalendarConnectionSpec.model_validate(body.get("spec") or {})
-    except ValidationError:
-        return
-    ref = spec.oauth.token_secret_ref if spec.oauth is not None else None
-    if ref is not None and ref.name == secret:
-        log.info("token Secret %s/%s changed; dropping the stored tokens", namespace, secret)
-        await ctx.vault.delete(body)
-
-
-def _last_sync_failed(body: dict[str, Any]) -> bool:
-    conds = conditions_from_status(body.get("status"))
-    ready = next((c for c in conds if c.type == READY), None)
-    auth = next((c for c in conds if c.type == "Authenticated"), None)
-    return (ready is not None and ready.reason == "SyncFailed") or (
-        auth is not None and auth.reason == "CredentialsUpdated"
-    )
+    if bound in (None, ctx.store_id):
+        purged = await asyncio.wait_for(
+            ctx.store.purge_connection(store_key(raw)), ctx.settings.provider_timeout
+        )
+        log.info("purged %d events of %s/%s from the store", purged, namespace, name)
+    if ctx.vault is not None:
+        # Garbage collection would remove the owned token Secret too; do not wait for it.
+        await asyncio.wait_for(ctx.vault.delete(raw), ctx.settings.provider_timeout)

@@ -153,14 +153,19 @@ async def update_connection_status(
     mutate: Callable[[dict[str, Any]], Awaitable[dict[str, Any] | None]],
     *,
     attempts: int = 5,
+    current: dict[str, Any] | None = None,
 ) -> dict[str, Any] | None:
     """Read-modify-write a connection's status, retrying on conflicts.
 
     `mutate` receives the current object and returns the new status (or None: nothing to
-    write). Returns the object as written, or None when the connection is gone.
+    write). Returns the object as written, or None when the connection is gone. `current` is
+    a copy the caller already holds (from a watch cache): it is tried first, and a conflict
+    falls back to reading the object.
     """
-    for _ in range(attempts):
-        body = await get_connection(client, namespace, name)
+    for attempt in range(attempts):
+        body = current if attempt == 0 and current is not None else None
+        if body is None:
+            body = await get_connection(client, namespace, name)
         if body is None:
             return None
         status = await mutate(body)
@@ -230,19 +235,37 @@ async def list_syncjobs(
     ]
 
 
+class AlreadyExists(RuntimeError):
+    """A create met an object of the same name (the same decision was carried out before)."""
+
+
 async def create_syncjob(
     client: AsyncClient,
     connection: Mapping[str, Any],
     *,
+    name: str,
     mode: str,
     reason: str,
     calendar_id: str = "",
+    ttl: int | None = None,
 ) -> dict[str, Any]:
-    """Create a SyncJob owned by `connection` (so it goes when the connection goes)."""
+    """Create the SyncJob `name`, owned by `connection` (so it goes when the connection goes).
+
+    Names are chosen by the caller from what the job is for, so creating the same job twice
+    raises AlreadyExists instead of queueing a duplicate.
+    """
     meta = connection["metadata"]
+    spec: dict[str, Any] = {
+        "connection": meta["name"],
+        "calendarId": calendar_id,
+        "mode": mode,
+        "reason": reason,
+    }
+    if ttl is not None:
+        spec["ttlSecondsAfterFinished"] = ttl
     job = SyncJobResource(
         metadata=ObjectMeta(
-            generateName=f"{meta['name'][:40]}-{reason}-",
+            name=name,
             namespace=meta["namespace"],
             labels={"calsync.io/connection": meta["name"][:63]},
             ownerReferences=[
@@ -256,14 +279,14 @@ async def create_syncjob(
                 )
             ],
         ),
-        spec={
-            "connection": meta["name"],
-            "calendarId": calendar_id,
-            "mode": mode,
-            "reason": reason,
-        },
+        spec=spec,
     )
-    created = await client.create(job)
+    try:
+        created = await client.create(job)
+    except ApiError as exc:
+        if exc.status.code == 409:
+            raise AlreadyExists(f"SyncJob {meta['namespace']}/{name} exists") from exc
+        raise
     return cast(dict[str, Any], created.to_dict())  # type: ignore[no-untyped-call]
 
 

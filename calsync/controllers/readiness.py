@@ -75,7 +75,7 @@ def derive_ready(conds: Conditions) -> None:
     auth, synced = conds.get(AUTHENTICATED), conds.get(SYNCED)
     if auth is not None and (auth.status == "False" or auth.reason in CREDENTIAL_REASONS):
         conds.set(READY, "False", auth.reason, auth.message)
-    elif synced is not None and synced.status == "False":
+    elif synced is not None and synced.status != "True":
         conds.set(READY, "False", synced.reason, synced.message)
     elif synced is not None and synced.status == "True":
         conds.set(READY, "True", "Synced", synced.message)
@@ -104,6 +104,35 @@ def apply_credentials(conds: Conditions, verdict: Verdict, *, credentials_change
             "the Secret changed since the provider refused it; the next sync checks it again",
         )
     derive_ready(conds)
+
+
+def apply_spec_changed(conds: Conditions, generation: int) -> None:
+    """What is mirrored changed: the last sync no longer describes the spec."""
+    synced = conds.get(SYNCED)
+    if synced is not None and synced.reason == "SpecChanged":
+        return
+    conds.set(
+        SYNCED,
+        "Unknown",
+        "SpecChanged",
+        f"the spec changed (generation {generation}): a full sync is queued to mirror it",
+    )
+    derive_ready(conds)
+
+
+def apply_queue_full(conds: Conditions, pending: int, cap: int) -> None:
+    conds.set(
+        THROTTLED,
+        "True",
+        "QueueFull",
+        f"the sync queue holds {pending} pending jobs (cap {cap}); the next sync waits for room",
+    )
+
+
+def apply_queue_room(conds: Conditions) -> None:
+    throttled = conds.get(THROTTLED)
+    if throttled is not None and throttled.reason == "QueueFull":
+        conds.set(THROTTLED, "False", "WithinBudget", "the sync queue has room again")
 
 
 def apply_invalid_spec(conds: Conditions, message: str) -> None:
@@ -146,11 +175,19 @@ def apply_sync_success(
 def apply_sync_failure(
     conds: Conditions, *, reason: str, message: str, auth: bool, final: bool
 ) -> None:
-    """A failed attempt: auth failures show at once, other errors once retries are spent."""
+    """A failed attempt: auth failures show at once, other errors once retries are spent.
+
+    A connection that has never synced shows every failed attempt at once: there is no good
+    state to keep showing, and "waiting for the first sync" would hide the error.
+    """
+    synced = conds.get(SYNCED)
+    never_synced = synced is None or synced.status != "True"
     if auth:
         conds.set(AUTHENTICATED, "False", reason, message)
     elif final:
         conds.set(SYNCED, "False", "SyncFailed", message)
+    elif never_synced:
+        conds.set(SYNCED, "False", "SyncRetrying", message)
     derive_ready(conds)
 
 

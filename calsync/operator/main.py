@@ -24,14 +24,16 @@ from prometheus_client import start_http_server
 
 from calsync.controllers import connection as connection_controller
 from calsync.controllers import kube
-from calsync.controllers.syncjob import Worker
 from calsync.controllers.tokens import TokenVault, rotate_if_due
 from calsync.observability import metrics
 from calsync.observability.metrics import REGISTRY
+from calsync.operator.leader import LeaderElector, LeadershipLost
+from calsync.scaling.controller import ScalingController
 from calsync.settings import Settings, default_keyring_namespace
 from calsync.store import EventStore, default_store_url
 from calsync.webhook_gateway.app import GatewayContext
 from calsync.webhook_gateway.app import serve as serve_gateway
+from calsync.worker import Worker, WorkerRefused
 
 log = logging.getLogger(__name__)
 
@@ -175,9 +177,9 @@ async def run(
                     f"cannot listen on {settings.bind_address}:{settings.gateway_port} for the "
                     f"gateway: {exc}"
                 ) from exc
+        identity = settings.worker_identity or f"{socket.gethostname()}-{os.getpid()}"
         if worker:
             assert store is not None
-            identity = settings.worker_identity or f"{socket.gethostname()}-{os.getpid()}"
             runner = Worker(
                 client,
                 store,
@@ -186,14 +188,28 @@ async def run(
                 namespaces=settings.namespaces,
                 vault=vault,
             )
+            try:
+                await runner.join()
+            except WorkerRefused as exc:
+                raise StartupError(str(exc)) from exc
+            log.info(
+                "worker %s writes to event store %s (%s)", identity, store.store_id, store.dialect
+            )
             tasks.append(asyncio.create_task(runner.run(), name="worker"))
         if operator:
             assert store is not None
-            if settings.key_rotation_interval:
-                tasks.append(
-                    asyncio.create_task(_rotate_keys_when_due(client, settings), name="keys")
-                )
-            await _run_kopf(settings, client, store, vault, stop_flag)
+            elector = LeaderElector(
+                client,
+                namespace=keyring_namespace(settings),
+                name=settings.operator_lease_name,
+                identity=identity,
+                duration=settings.operator_lease_duration,
+            )
+            await elector.acquire()
+            try:
+                await _lead(settings, client, store, vault, elector, stop_flag)
+            finally:
+                await elector.release()
         else:
             await _wait_for_signal()
     finally:
@@ -207,29 +223,59 @@ async def run(
         await client.close()
 
 
-async def _run_kopf(
+async def _lead(
     settings: Settings,
     client: AsyncClient,
     store: EventStore,
     vault: TokenVault,
+    elector: LeaderElector,
+    stop_flag: threading.Event | None,
+) -> None:
+    """Everything only the elected operator does, until stopped or the Lease is lost."""
+    context = connection_controller.ConnectionContext(
+        client=client, store=store, settings=settings, vault=vault
+    )
+    helpers = [
+        asyncio.create_task(context.queue.run(), name="connection-queue"),
+        asyncio.create_task(elector.hold(), name="operator-lease"),
+    ]
+    if settings.key_rotation_interval:
+        helpers.append(asyncio.create_task(_rotate_keys_when_due(client, settings), name="keys"))
+    if settings.worker_deployment:
+        scaler = ScalingController(client, settings, pending=lambda: context.pending_total)
+        helpers.append(asyncio.create_task(scaler.run(), name="worker-scaler"))
+    log.info("operator bound to event store %s (%s)", store.store_id, store.dialect)
+    operator_task = asyncio.create_task(_run_kopf(settings, context, stop_flag), name="kopf")
+    try:
+        done, _ = await asyncio.wait([operator_task, *helpers], return_when=asyncio.FIRST_COMPLETED)
+        for task in done:
+            if task is not operator_task and task.exception() is not None:
+                exc = task.exception()
+                if isinstance(exc, LeadershipLost):
+                    raise StartupError(str(exc)) from exc
+                raise StartupError(f"{task.get_name()} stopped: {exc}") from exc
+        if operator_task in done:
+            operator_task.result()
+    finally:
+        for task in [operator_task, *helpers]:
+            task.cancel()
+        await asyncio.gather(operator_task, *helpers, return_exceptions=True)
+
+
+async def _run_kopf(
+    settings: Settings,
+    context: connection_controller.ConnectionContext,
     stop_flag: threading.Event | None,
 ) -> None:
     kopf_settings = kopf.OperatorSettings()
     configure_kopf(kopf_settings)
-    memo = kopf.Memo(
-        connections=connection_controller.ConnectionContext(
-            client=client,
-            store=store,
-            default_poll_interval=settings.caldav_poll_interval,
-            settings=settings,
-            vault=vault,
-        )
-    )
+    memo = kopf.Memo(connections=context)
     liveness = (
         f"http://{settings.bind_address}:{settings.health_port}/healthz"
         if settings.health_port
         else None
     )
+    # standalone: one replica acts because only the holder of the operator Lease runs Kopf.
     await kopf.operator(
         settings=kopf_settings,
         memo=memo,

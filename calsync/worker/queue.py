@@ -1,0 +1,140 @@
+"""Which SyncJobs a worker may start now: pure functions of the job cache, the clock and itself.
+
+A job is startable when it is Pending and due (`nextAttemptAt` passed), or Running with a lease
+that lapsed (its worker died). Per connection only the oldest startable job is offered, and
+none while another job of the connection runs with a live lease or runs here: a worker never
+even asks the store for a claim it cannot get. The store's claim is still what makes a run
+exclusive; this only saves requests.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+FINISHED = frozenset({"Succeeded", "Failed", "Superseded"})
+
+
+def parse_ts(value: Any) -> dt.datetime | None:
+    if not value:
+        return None
+    try:
+        parsed = dt.datetime.fromisoformat(str(value).replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    return parsed if parsed.tzinfo is not None else parsed.replace(tzinfo=dt.UTC)
+
+
+def connection_of(job: Mapping[str, Any]) -> tuple[str, str]:
+    return job["metadata"]["namespace"], str((job.get("spec") or {}).get("connection") or "")
+
+
+def phase_of(job: Mapping[str, Any]) -> str:
+    return str((job.get("status") or {}).get("phase") or "Pending")
+
+
+def lease_live(job: Mapping[str, Any], now: dt.datetime) -> bool:
+    lease = parse_ts((job.get("status") or {}).get("leaseExpiresAt"))
+    return lease is not None and lease > now
+
+
+@dataclass
+class Selection:
+    startable: list[dict[str, Any]] = field(default_factory=list)
+    finished: list[dict[str, Any]] = field(default_factory=list)
+    pending: int = 0
+    next_due: dt.datetime | None = None  # earliest nextAttemptAt or lease expiry still ahead
+
+    def due(self, when: dt.datetime) -> None:
+        if self.next_due is None or when < self.next_due:
+            self.next_due = when
+
+
+def _order(job: Mapping[str, Any]) -> tuple[str, str]:
+    meta = job["metadata"]
+    return str(meta.get("creationTimestamp") or ""), str(meta["name"])
+
+
+def select(
+    jobs: Iterable[dict[str, Any]],
+    now: dt.datetime,
+    *,
+    running_here: set[tuple[str, str]],
+    capacity: int,
+) -> Selection:
+    """The jobs to try to start (oldest first, one per connection, at most `capacity`)."""
+    out = Selection()
+    busy = set(running_here)
+    ordered = sorted(jobs, key=_order)
+    for job in ordered:
+        if phase_of(job) == "Running" and lease_live(job, now):
+            busy.add(connection_of(job))
+    for job in ordered:
+        phase = phase_of(job)
+        status = job.get("status") or {}
+        if phase in FINISHED:
+            out.finished.append(job)
+            continue
+        if phase == "Pending":
+            out.pending += 1
+        key = connection_of(job)
+        if key in busy:
+            continue
+        if phase == "Running":
+            if lease_live(job, now):
+                continue
+        else:
+            due = parse_ts(status.get("nextAttemptAt"))
+            if due is not None and due > now:
+                out.due(due)
+                continue
+        busy.add(key)
+        if len(out.startable) < capacity:
+            out.startable.append(job)
+    for job in ordered:
+        if phase_of(job) == "Running" and connection_of(job) not in running_here:
+            lease = parse_ts((job.get("status") or {}).get("leaseExpiresAt"))
+            if lease is not None and lease > now:
+                out.due(lease)
+    return out
+
+
+def covers(running: Mapping[str, Any], pending: Mapping[str, Any]) -> bool:
+    """Whether running `running` makes `pending` pointless."""
+    r, p = running["spec"], pending["spec"]
+    scope = not r.get("calendarId") or r.get("calendarId") == p.get("calendarId")
+    depth = r.get("mode") == "full" or p.get("mode", "incremental") == "incremental"
+    return bool(scope and depth)
+
+
+def superseded_by(
+    claimed: Mapping[str, Any], jobs: Iterable[Mapping[str, Any]], started: dt.datetime
+) -> list[Mapping[str, Any]]:
+    """Pending jobs of the claimed job's connection, created before it started, that it covers.
+
+    Jobs created in the same second as the start may postdate it, so they are left to run.
+    """
+    key = connection_of(claimed)
+    out = []
+    for other in jobs:
+        if other["metadata"]["name"] == claimed["metadata"]["name"] or connection_of(other) != key:
+            continue
+        if phase_of(other) != "Pending":
+            continue
+        created = parse_ts(other["metadata"].get("creationTimestamp"))
+        if created is None or created >= started or not covers(claimed, other):
+            continue
+        out.append(other)
+    return out
+
+
+def expired(job: Mapping[str, Any], now: dt.datetime) -> float | None:
+    """Seconds since the job's TTL ran out (>= 0), or None while it has not (or has none)."""
+    ttl = (job.get("spec") or {}).get("ttlSecondsAfterFinished")
+    completed = parse_ts((job.get("status") or {}).get("completedAt"))
+    if ttl is None or completed is None:
+        return None
+    left = (completed + dt.timedelta(seconds=int(ttl)) - now).total_seconds()
+    return -left if left <= 0 else None

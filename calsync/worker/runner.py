@@ -1,0 +1,632 @@
+"""The SyncJob worker: claim due jobs, run them exclusively and fenced, report, expire.
+
+Where the state comes from: watch-fed caches (`Informer`) of SyncJobs and CalendarConnections
+in every configured namespace; no list per event. A change in either wakes the loop, which asks
+`queue.select` what may start.
+
+How a run is made exclusive: before touching a job the worker claims the connection in the event
+store (`EventStore.claim`, keyed by the connection's UID). The store grants one live claim per
+connection across all processes and hands out a fencing token that every page write of the run
+carries; a write whose token is no longer current is refused inside its own transaction. Only
+then is the job moved to Running with a resourceVersion-guarded patch (409: someone else took
+the job; the store claim is released). While the run lasts the claim is renewed every third of
+the lease; a renewal that fails, or that cannot be confirmed before two thirds of the lease have
+passed, cancels the run before the lease can lapse, so nobody else starts while it still runs.
+A worker frozen past its lease (SIGSTOP) and resumed finds its fence stale: its next page is
+refused, and its result is dropped.
+
+Which connections a worker serves: only those whose `status.storeId` names its own store. A
+worker on another store (a laptop's `calsync run` pointed at a production cluster) leaves them
+alone and says so once per connection in its log and in `calsync_syncjobs_skipped_total`.
+
+Provider budgets are per connection and split between the live workers of the store (found
+through the store's heartbeats), so the fleet as a whole keeps to the configured rates.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+import logging
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+from lightkube import AsyncClient
+from pydantic import ValidationError
+
+from calsync.api import CalendarConnectionSpec, SyncJobSpec
+from calsync.controllers import kube, policy
+from calsync.controllers.credentials import evaluate, referenced_secrets
+from calsync.controllers.oauth_setup import OAUTH_PROVIDERS
+from calsync.controllers.provider_factory import (
+    ProviderDeps,
+    TokensUnreadable,
+    build_provider,
+    stored_tokens,
+)
+from calsync.controllers.status import consent_link_for, store_key
+from calsync.controllers.tokens import StoredTokens, TokenVault, token_secret_name
+from calsync.model import Window
+from calsync.observability import metrics
+from calsync.providers.base import (
+    AuthenticationFailed,
+    InvalidConfiguration,
+    InvalidGrant,
+    ProviderError,
+    RateLimited,
+)
+from calsync.settings import Settings
+from calsync.store import ConnectionPurged, EventStore, Fence, Fenced
+from calsync.sync.budget import Budgets
+from calsync.sync.engine import SyncEngine, SyncResult
+from calsync.worker import queue, reporting
+from calsync.worker.informer import Informer
+
+log = logging.getLogger(__name__)
+
+IDLE_WAKE_SECONDS = 60.0
+BACKOFF_CAP_SECONDS = 300.0
+HEARTBEAT_SECONDS = 10.0
+
+
+class JobFailed(Exception):
+    """A job cannot succeed as it stands (no connection, no credentials): fail it at once."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+class WorkerRefused(RuntimeError):
+    """This worker must not start (another worker already uses the same SQLite store)."""
+
+
+class LostClaim(Exception):
+    """The run no longer holds its connection's claim."""
+
+
+def backoff(attempt: int, base: float) -> float:
+    return float(min(BACKOFF_CAP_SECONDS, base * 2 ** max(0, attempt - 1)))
+
+
+@dataclass
+class Run:
+    job: dict[str, Any]
+    fence: Fence
+    writer: reporting.JobWriter
+    connection: tuple[str, str]
+    task: asyncio.Task[None] | None = None
+    context: reporting.RunContext | None = None
+    stop: str | None = None  # why we cancelled the run ourselves: "lost" or "deleted"
+    secrets: dict[str, Any] = field(default_factory=dict)
+
+
+class Worker:
+    def __init__(
+        self,
+        client: AsyncClient,
+        store: EventStore,
+        settings: Settings,
+        *,
+        identity: str,
+        namespaces: Sequence[str] = (),
+        vault: TokenVault | None = None,
+    ) -> None:
+        self.client = client
+        self.vault = vault
+        # Token refreshes of every OAuth connection share one keep-alive client.
+        self.http = httpx.AsyncClient(timeout=settings.provider_timeout, follow_redirects=False)
+        self.store = store
+        self.settings = settings
+        self.identity = identity
+        self.engine = SyncEngine(store, batch_size=settings.sync_batch_size)
+        self.rates = {
+            "caldav": settings.caldav_rate_limit,
+            "icloud": settings.caldav_rate_limit,
+            "google": settings.google_rate_limit,
+            "microsoft": settings.microsoft_rate_limit,
+        }
+        self.budgets = Budgets(dict(self.rates))
+        self.share = 1
+        self.wake = asyncio.Event()
+        self.jobs = Informer(
+            client,
+            kube.SyncJobResource,
+            namespaces,
+            on_change=lambda kind, obj: self.wake.set(),
+            name="syncjobs",
+        )
+        self.connections = Informer(
+            client,
+            kube.CalendarConnectionResource,
+            namespaces,
+            on_change=self._connection_changed,
+            name="connections",
+        )
+        self.running: dict[tuple[str, str], Run] = {}
+        self.foreign: set[tuple[str, str]] = set()
+        self.members: list[str] = []
+
+    # -- start and loop ------------------------------------------------------------------------
+
+    async def join(self) -> None:
+        """Register with the store; refuse a second worker on a SQLite store."""
+        members = await self.store.heartbeat(self.identity, self.settings.sync_lease, kind="worker")
+        others = [m for m in members if m != self.identity]
+        if self.store.dialect == "sqlite" and others:
+            await self.store.leave(self.identity)
+            raise WorkerRefused(
+                f"another worker ({', '.join(others)}) already uses this SQLite event store; "
+                "SQLite serves one worker only: stop the other one, or use PostgreSQL "
+                "(--store-url postgresql://...) for several workers"
+            )
+        self._members(members)
+
+    def _members(self, members: list[str]) -> None:
+        self.members = members
+        share = max(1, len(members))
+        metrics.WORKERS_LIVE.set(share)
+        if share != self.share:
+            self.share = share
+            self.budgets = Budgets({k: max(1, v // share) for k, v in self.rates.items()})
+            log.info("%d workers share the provider budgets", share)
+
+    async def run(self) -> None:
+        await self.join()
+        tasks = [
+            asyncio.create_task(self.jobs.run(), name="syncjob-informer"),
+            asyncio.create_task(self.connections.run(), name="connection-informer"),
+            asyncio.create_task(self._heartbeat(), name="worker-heartbeat"),
+        ]
+        try:
+            await self.jobs.ready.wait()
+            await self.connections.ready.wait()
+            while True:
+                timeout = IDLE_WAKE_SECONDS
+                try:
+                    due = await self.sweep()
+                except Exception:
+                    log.exception("sweeping SyncJobs failed; trying again")
+                    due = 5.0
+                if due is not None:
+                    timeout = max(0.05, min(timeout, due))
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self.wake.wait(), timeout=timeout)
+                self.wake.clear()
+        finally:
+            runs = list(self.running.values())
+            for run in runs:
+                if run.task is not None:
+                    run.task.cancel()
+            await asyncio.gather(
+                *[r.task for r in runs if r.task is not None], return_exceptions=True
+            )
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            with contextlib.suppress(Exception):
+                await asyncio.shield(self.store.leave(self.identity))
+            await self.http.aclose()
+
+    async def _heartbeat(self) -> None:
+        while True:
+            await asyncio.sleep(HEARTBEAT_SECONDS)
+            try:
+                self._members(
+                    await self.store.heartbeat(
+                        self.identity, self.settings.sync_lease, kind="worker"
+                    )
+                )
+            except Exception as exc:
+                log.warning("worker heartbeat failed: %s", exc)
+
+    def _connection_changed(self, kind: str, obj: dict[str, Any]) -> None:
+        meta = obj.get("metadata") or {}
+        key = (meta.get("namespace", ""), meta.get("name", ""))
+        run = self.running.get(key)
+        if run is not None and (kind == "DELETED" or meta.get("deletionTimestamp")):
+            log.info("connection %s/%s is being deleted: stopping its sync", *key)
+            run.stop = "deleted"
+            if run.task is not None:
+                run.task.cancel()
+        self.wake.set()
+
+    async def sweep(self) -> float | None:
+        """Start what may start, expire what is old; return seconds until something is due."""
+        now = reporting.now()
+        picked = queue.select(
+            self.jobs.values(),
+            now,
+            running_here=set(self.running),
+            capacity=max(0, self.settings.sync_concurrency - len(self.running)),
+        )
+        metrics.SYNCJOBS_PENDING.set(picked.pending)
+        for job in picked.startable:
+            await self._try_start(job, now)
+        metrics.SYNCJOBS_RUNNING.set(len(self.running))
+        due: float | None = None
+        for job in picked.finished:
+            wait = await self._expire(job, now)
+            if wait is not None:
+                due = wait if due is None else min(due, wait)
+        if picked.next_due is not None:
+            wait = max(0.0, (picked.next_due - now).total_seconds())
+            due = wait if due is None else min(due, wait)
+        return due
+
+    # -- claim ---------------------------------------------------------------------------------
+
+    async def _try_start(self, job: dict[str, Any], now: dt.datetime) -> None:
+        key = queue.connection_of(job)
+        body = self.connections.get(*key)
+        if body is None:
+            await self._fail_unclaimed(
+                job, "ConnectionNotFound", f"CalendarConnection {key[1]!r} does not exist"
+            )
+            return
+        if body["metadata"].get("deletionTimestamp"):
+            return  # the purge stops it; owner references remove the job
+        bound = (body.get("status") or {}).get("storeId")
+        if bound != self.store.store_id:
+            if bound and key not in self.foreign:
+                self.foreign.add(key)
+                metrics.SYNCJOBS_SKIPPED.labels("foreign_store").inc()
+                log.warning(
+                    "not running SyncJobs of %s/%s: the connection is bound to event store %s, "
+                    "this worker writes to %s",
+                    key[0],
+                    key[1],
+                    bound,
+                    self.store.store_id,
+                )
+            return  # unbound: the operator binds it first
+        try:
+            fence = await self.store.claim(store_key(body), self.identity, self.settings.sync_lease)
+        except ConnectionPurged:
+            return
+        if fence is None:
+            return  # another worker runs this connection
+        status = job.get("status") or {}
+        patch = {
+            "phase": "Running",
+            "claimedBy": self.identity,
+            "storeId": self.store.store_id,
+            "leaseExpiresAt": reporting.ts(now + dt.timedelta(seconds=self.settings.sync_lease)),
+            "startedAt": reporting.ts(now),
+            "attempts": int(status.get("attempts") or 0) + 1,
+            "nextAttemptAt": None,
+            "conditions": [],
+        }
+        meta = job["metadata"]
+        try:
+            claimed = await kube.patch_status_guarded(
+                self.client,
+                kube.SyncJobResource,
+                meta["namespace"],
+                meta["name"],
+                meta["resourceVersion"],
+                patch,
+            )
+        except (kube.Conflict, Exception) as exc:
+            await self.store.release(fence)
+            if not isinstance(exc, kube.Conflict):
+                log.warning("could not claim SyncJob %s: %s", meta["name"], exc)
+            return
+        self.jobs.put(claimed)
+        await self._supersede(claimed, now)
+        run = Run(claimed, fence, reporting.JobWriter(self.client, claimed, self.identity), key)
+        self.running[key] = run
+        run.task = asyncio.create_task(
+            self._execute(run, body), name=f"syncjob {meta['namespace']}/{meta['name']}"
+        )
+
+    async def _fail_unclaimed(self, job: dict[str, Any], reason: str, message: str) -> None:
+        writer = reporting.JobWriter(self.client, job, self.identity)
+        await writer.finish("Failed", reason, message, error=message)
+        metrics.SYNCJOBS_FINISHED.labels("Failed").inc()
+
+    async def _supersede(self, claimed: dict[str, Any], now: dt.datetime) -> None:
+        started = queue.parse_ts(claimed["status"]["startedAt"]) or now
+        for other in queue.superseded_by(claimed, self.jobs.values(), started):
+            message = f"covered by {claimed['metadata']['name']}"
+            writer = reporting.JobWriter(self.client, dict(other), self.identity)
+            with contextlib.suppress(kube.Conflict):
+                if await writer.finish("Superseded", "Superseded", message, error=message):
+                    metrics.SYNCJOBS_FINISHED.labels("Superseded").inc()
+
+    async def _expire(self, job: dict[str, Any], now: dt.datetime) -> float | None:
+        """Delete a finished job past its TTL: its runner does, or anyone once it is gone."""
+        over = queue.expired(job, now)
+        if over is None:
+            ttl = (job.get("spec") or {}).get("ttlSecondsAfterFinished")
+            completed = queue.parse_ts((job.get("status") or {}).get("completedAt"))
+            if ttl is None or completed is None:
+                return None
+            return (completed + dt.timedelta(seconds=int(ttl)) - now).total_seconds()
+        owner = (job.get("status") or {}).get("claimedBy")
+        mine = owner in (None, self.identity) or owner not in self.members
+        if not mine and over < self.settings.sync_lease:
+            return self.settings.sync_lease - over
+        meta = job["metadata"]
+        await kube.delete_syncjob(self.client, meta["namespace"], meta["name"])
+        return None
+
+    # -- execution -----------------------------------------------------------------------------
+
+    async def _execute(self, run: Run, body: dict[str, Any]) -> None:
+        started = time.monotonic()
+        keeper = asyncio.create_task(self._keep_claim(run, asyncio.current_task()))
+        try:
+            result = await asyncio.wait_for(
+                self._sync(run, body), timeout=self.settings.sync_job_timeout
+            )
+        except asyncio.CancelledError:
+            keeper.cancel()
+            await asyncio.gather(keeper, return_exceptions=True)
+            if run.stop == "lost":
+                metrics.SYNC_RUNS_FENCED.inc()
+                log.warning("stopped SyncJob %s: its claim was lost", run.writer.name)
+                return
+            if run.stop == "deleted":
+                with contextlib.suppress(Exception):
+                    await self.store.release(run.fence)
+                return
+            await asyncio.shield(self._handback(run))
+            raise
+        except Fenced as exc:
+            keeper.cancel()
+            await asyncio.gather(keeper, return_exceptions=True)
+            metrics.SYNC_RUNS_FENCED.inc()
+            log.warning(
+                "SyncJob %s lost its claim mid-run (%s); result dropped", run.writer.name, exc
+            )
+        except Exception as exc:
+            keeper.cancel()
+            await asyncio.gather(keeper, return_exceptions=True)
+            await self._failed(run, exc, time.monotonic() - started)
+        else:
+            keeper.cancel()
+            await asyncio.gather(keeper, return_exceptions=True)
+            await self._succeeded(run, result, time.monotonic() - started)
+        finally:
+            self.running.pop(run.connection, None)
+            self.wake.set()
+
+    async def _handback(self, run: Run) -> None:
+        """The worker stops or the connection goes: release the claim and hand the job back."""
+        with contextlib.suppress(Exception):
+            await self.store.release(run.fence)
+        with contextlib.suppress(Exception):
+            await run.writer.write(
+                {"phase": "Pending", "leaseExpiresAt": None, "error": "worker stopped"}
+            )
+
+    async def _keep_claim(self, run: Run, task: asyncio.Task[Any] | None) -> None:
+        """Renew the store claim and the job's lease; cancel the run when the claim is lost."""
+        lease = self.settings.sync_lease
+        confirmed = time.monotonic()
+        while True:
+            await asyncio.sleep(lease / 3)
+            held: bool | None
+            try:
+                held = await asyncio.wait_for(self.store.renew(run.fence, lease), lease / 3)
+            except Exception as exc:
+                log.warning("could not renew the claim of %s: %s", run.writer.name, exc)
+                held = None
+            if held:
+                confirmed = time.monotonic()
+            elif held is False or time.monotonic() - confirmed >= lease * 2 / 3:
+                # Lost, or not confirmed for so long that the lease may lapse: stop first.
+                run.stop = "lost"
+                if task is not None:
+                    task.cancel()
+                return
+            with contextlib.suppress(Exception):
+                await run.writer.write(
+                    {"leaseExpiresAt": reporting.ts(reporting.now() + dt.timedelta(seconds=lease))}
+                )
+
+    async def _sync(self, run: Run, body: dict[str, Any]) -> SyncResult | None:
+        namespace = run.connection[0]
+        spec = SyncJobSpec.model_validate(run.job["spec"])
+        try:
+            conn = CalendarConnectionSpec.model_validate(body.get("spec") or {})
+        except ValidationError as exc:
+            raise JobFailed("InvalidSpec", f"connection spec not understood: {exc}") from exc
+        if conn.suspend:
+            return None
+        names = referenced_secrets(conn)
+        all_names = set(names)
+        if conn.provider in OAUTH_PROVIDERS:
+            all_names.add(token_secret_name(spec.connection))
+        secrets = {
+            name: await kube.read_secret(self.client, namespace, name) for name in sorted(all_names)
+        }
+        scope = policy.scope_digest(conn)
+        credentials = policy.credentials_digest(secrets)
+        run.context = reporting.RunContext(
+            generation=int(body["metadata"].get("generation", 0)),
+            scope=scope,
+            credentials=credentials,
+            attempt=policy.attempt_digest(scope, credentials),
+            started=queue.parse_ts(run.job["status"].get("startedAt")) or reporting.now(),
+            mode=spec.mode,
+        )
+        referenced = {k: v for k, v in secrets.items() if k in names}
+        stored = (
+            await self._stored_tokens(body, conn, referenced)
+            if conn.provider in OAUTH_PROVIDERS
+            else None
+        )
+        verdict = evaluate(conn, referenced, tokens_stored=stored is not None)
+        if verdict.ready[0] != "True":
+            raise JobFailed(verdict.ready[1], verdict.ready[2])
+        key = store_key(body)
+        provider = await build_provider(
+            conn,
+            referenced,
+            budget=self.budgets.for_connection(key, conn.provider),
+            deps=ProviderDeps(self.settings, self.vault, self.http),
+            body=body,
+            tokens=stored,
+        )
+        window = Window.around(
+            reporting.now(), conn.sync.window.past_days, conn.sync.window.future_days
+        )
+        try:
+            return await self.engine.sync_connection(
+                key,
+                provider,
+                window=window,
+                mode=spec.mode,
+                calendar_id=spec.calendar_id,
+                include=conn.calendars.include,
+                exclude=conn.calendars.exclude,
+                fence=run.fence,
+            )
+        except InvalidGrant:
+            metrics.TOKEN_REFRESHES.labels(conn.provider, "invalid_grant").inc()
+            raise
+        finally:
+            await provider.aclose()
+
+    async def _stored_tokens(
+        self,
+        body: dict[str, Any],
+        conn: CalendarConnectionSpec,
+        secrets: Mapping[str, Mapping[str, bytes] | None],
+    ) -> StoredTokens | None:
+        try:
+            return await stored_tokens(self.vault, body, conn, dict(secrets))
+        except TokensUnreadable as exc:
+            raise JobFailed(exc.reason, str(exc)) from None
+
+    # -- outcomes ------------------------------------------------------------------------------
+
+    async def _succeeded(self, run: Run, result: SyncResult | None, seconds: float) -> None:
+        namespace, name = run.connection
+        done = {"durationSeconds": round(seconds, 3), "error": None}
+        if result is None:
+            await self.store.release(run.fence)
+            await run.writer.finish(
+                "Superseded", "Suspended", "the connection is suspended", **done
+            )
+            metrics.SYNCJOBS_FINISHED.labels("Superseded").inc()
+            return
+        assert run.context is not None
+        counts = {"fetched": result.fetched, "upserted": result.upserted, "deleted": result.deleted}
+        body = self.connections.get(namespace, name)
+        calendars = await self.store.calendars(run.fence.connection)
+        await reporting.report_success(
+            self.client, body, namespace, name, run.context, result, calendars
+        )
+        await self.store.release(run.fence)
+        message = (
+            f"fetched {counts['fetched']}, upserted {counts['upserted']}, "
+            f"deleted {counts['deleted']} events (store {self.store.store_id})"
+        )
+        await run.writer.finish("Succeeded", "Synced", message, counts=counts, **done)
+        metrics.SYNCJOBS_FINISHED.labels("Succeeded").inc()
+        metrics.SYNC_DURATION.observe(seconds)
+        for op in ("fetched", "upserted", "deleted"):
+            metrics.EVENTS_SYNCED.labels(op).inc(counts[op])
+        log.info(
+            "SyncJob %s/%s succeeded: %s",
+            namespace,
+            run.writer.name,
+            counts,
+            extra={"store": self.store.store_id},
+        )
+        if result.duplicates:
+            target = self.connections.get(namespace, name) or body
+            for cal, uid, ids in result.duplicates[:10]:
+                if target is None:
+                    break
+                await kube.post_event(
+                    self.client,
+                    target,
+                    type="Warning",
+                    reason="DuplicateUID",
+                    message=f"UID {uid!r} appears in {len(ids)} resources of calendar {cal}: "
+                    + ", ".join(ids[:3]),
+                )
+
+    async def _failed(self, run: Run, exc: BaseException, seconds: float) -> None:
+        namespace, name = run.connection
+        status = run.job.get("status") or {}
+        attempts = int(status.get("attempts") or 1)
+        message = (
+            f"{type(exc).__name__}: {exc}"
+            if not isinstance(exc, TimeoutError)
+            else f"timed out after {self.settings.sync_job_timeout:.0f} s"
+        )
+        reason = getattr(exc, "reason", "SyncFailed")
+        auth = isinstance(exc, AuthenticationFailed)
+        permanent = (
+            auth
+            or isinstance(exc, JobFailed | InvalidConfiguration)
+            or (isinstance(exc, ProviderError) and not exc.retryable)
+        )
+        throttled = isinstance(exc, RateLimited)
+        final = permanent or (not throttled and attempts >= self.settings.sync_max_retries)
+        if not (isinstance(exc, JobFailed) and exc.reason == "ConnectionNotFound"):
+            provider = ((self.connections.get(namespace, name) or {}).get("spec") or {}).get(
+                "provider"
+            )
+            consent = None
+            if provider in OAUTH_PROVIDERS:
+
+                def consent(body: dict[str, Any], conds: Any) -> str | None:
+                    return consent_link_for(self.settings, self.vault, body, provider, conds)
+
+            await reporting.report_failure(
+                self.client,
+                self.connections.get(namespace, name),
+                namespace,
+                name,
+                run.context,
+                reason=reason,
+                message=message,
+                auth=auth,
+                final=final,
+                throttled=throttled,
+                consent=consent,
+            )
+        await self.store.release(run.fence)
+        done: dict[str, Any] = {"error": message[:2000], "durationSeconds": round(seconds, 3)}
+        if final:
+            await run.writer.finish("Failed", reason, message[:2000], **done)
+            metrics.SYNCJOBS_FINISHED.labels("Failed").inc()
+        else:
+            wait = (
+                float(exc.retry_after or 60.0)
+                if isinstance(exc, RateLimited)
+                else backoff(attempts, self.settings.sync_retry_backoff)
+            )
+            done.update(
+                phase="Pending",
+                leaseExpiresAt=None,
+                nextAttemptAt=reporting.ts(reporting.now() + dt.timedelta(seconds=wait)),
+            )
+            if throttled:
+                done["attempts"] = max(0, attempts - 1)
+            await run.writer.write(done)
+        log.warning(
+            "SyncJob %s/%s attempt %d failed%s: %s",
+            namespace,
+            run.writer.name,
+            attempts,
+            " (final)" if final else "",
+            message,
+        )
+        await kube.post_event(
+            self.client,
+            run.writer.job,
+            type="Warning",
+            reason="SyncFailed" if final else ("Throttled" if throttled else "SyncRetrying"),
+            message=f"attempt {attempts}: {message}",
+        )
