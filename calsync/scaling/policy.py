@@ -187,7 +187,7 @@ def recommend(current: int, pending: int, params: Parameters) -> tuple[int, bool
 
 def scale_up_limit(current: int, history: History, params: Parameters) -> int:
     """Step 3's ceiling: max(2 x n, n + 4) for n the count at the start of the period."""
-    start = current - sum(c.replicas for c in history.changes)
+    start = max(0, current - sum(c.replicas for c in history.changes))
     limit = max(
         math.ceil(start * (100 + params.scale_up_percent) / 100), start + params.scale_up_pods
     )

@@ -200,6 +200,8 @@ def test_recommend_and_limit_helpers() -> None:
     assert scale_up_limit(100, History(), DEFAULTS) == 200
     # Already above what the period allows (someone else scaled up): stay.
     assert scale_up_limit(9, History(changes=(Sample(-1.0, 8),)), DEFAULTS) == 9
+    # Scaled down by hand after our scale-up: the period starts from no fewer than 0.
+    assert scale_up_limit(2, History(changes=(Sample(-1.0, 4),)), DEFAULTS) == 4
 
 
 def test_history_keeps_only_what_the_windows_see() -> None:
