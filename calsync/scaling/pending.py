@@ -4,9 +4,9 @@ Each scope (one configured namespace, or the whole cluster when none is configur
 once, which gives the starting set and a resourceVersion, and then watched from that version.
 Events update the set of pending jobs in place; nothing is listed again until the watch fails
 (a 410 Gone after a long disconnect, a dropped connection lightkube could not resume, a
-transient API error), and then the scope starts over with a fresh list after a short delay. A
-job counts as pending while its status.phase is Pending or not set yet, the same rule the
-workers use.
+transient API error), and then the scope starts over with a fresh list after a short delay
+(doubling, up to 30 s, while the lists fail too). A job counts as pending while its
+status.phase is Pending or not set yet, the same rule the workers use.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import logging
 from collections.abc import Sequence
 from typing import Any
 
-from lightkube import AsyncClient
+from lightkube import ApiError, AsyncClient
 
 from calsync.controllers.kube import SyncJobResource
 
@@ -24,6 +24,7 @@ log = logging.getLogger(__name__)
 
 ALL_NAMESPACES = "*"
 LIST_CHUNK = 500
+MAX_RETRY_DELAY = 30.0
 
 
 def is_pending(status: Any) -> bool:
@@ -76,19 +77,32 @@ class PendingCounter:
                 group.create_task(self._follow(scope), name=f"pending SyncJobs in {scope}")
 
     async def _follow(self, scope: str) -> None:
+        delay = self.retry_delay
         while True:
             try:
                 version = await self._list(scope)
+                delay = self.retry_delay
                 await self._watch(scope, version)
             except asyncio.CancelledError:
                 raise
+            except ApiError as exc:
+                # 410 Gone: the version we resumed from was compacted away (a quiet scope
+                # watched for a long time); listing again is the normal way on.
+                level = logging.DEBUG if exc.status.code == 410 else logging.WARNING
+                log.log(
+                    level,
+                    "SyncJob watch for the scaler ended (%s); listing again",
+                    exc,
+                    extra={"scope": scope},
+                )
             except Exception as exc:
                 log.warning(
                     "SyncJob watch for the scaler ended (%s); listing again",
                     exc,
                     extra={"scope": scope},
                 )
-            await asyncio.sleep(self.retry_delay)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, MAX_RETRY_DELAY)  # lists keep failing: back off
 
     async def _list(self, scope: str) -> str:
         listing = self.client.list(SyncJobResource, namespace=scope, chunk_size=LIST_CHUNK)
