@@ -197,7 +197,16 @@ def build_parser() -> argparse.ArgumentParser:
         help="show a connection's events from the store",
         description="Read events from the event store, recurring series expanded in the range.",
     )
-    ev.add_argument("--connection", required=True, help="NAMESPACE/NAME of the connection")
+    which = ev.add_mutually_exclusive_group(required=True)
+    which.add_argument(
+        "--connection",
+        help="NAMESPACE/NAME of the connection, looked up in the cluster of $KUBECONFIG",
+    )
+    which.add_argument(
+        "--connection-key",
+        metavar="UID",
+        help="the connection's store key (its metadata.uid): read the store without a cluster",
+    )
     ev.add_argument("--calendar", help="only this calendar id")
     ev.add_argument(
         "--from", dest="start", help="range start (ISO date or date-time; default: 365 days ago)"

@@ -1,4 +1,15 @@
-"""`calsync events`: read a connection's events from the store as a table, JSON or iCalendar."""
+"""`calsync events`: read a connection's events from the store as a table, JSON or iCalendar.
+
+The store files events under the connection's Kubernetes ``metadata.uid``, not under its name,
+so ``--connection NAMESPACE/NAME`` first asks the API server (``$KUBECONFIG``, else
+``~/.kube/config``, else the in-cluster account) for the connection. ``--connection-key UID``
+skips that and reads the store directly: for a store copied off a cluster, or one whose cluster
+is gone.
+
+Output goes to a pipe as often as to a terminal; when the reader stops early
+(``calsync events ... | head``) the command ends the way ``cat`` or ``grep`` do, through
+SIGPIPE, with nothing on stderr.
+"""
 
 from __future__ import annotations
 
@@ -6,7 +17,11 @@ import argparse
 import asyncio
 import datetime as dt
 import json
+import os
+import signal
 import sys
+from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 from calsync.store import EventStore, default_store_url
@@ -51,10 +66,89 @@ def occurrence_json(occ: Any) -> dict[str, Any]:
     }
 
 
+API_TIMEOUT_SECONDS = 15.0
+NO_CLUSTER_HINT = "or pass --connection-key UID to read the store without a cluster"
+
+
+class EventsError(Exception):
+    """A one-line reason for the user; ``code`` is the exit status."""
+
+    def __init__(self, message: str, code: int = 1) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+def store_key(body: Mapping[str, Any]) -> str:
+    """The key the store files a connection's events under: its ``metadata.uid``."""
+    return str(body["metadata"]["uid"])
+
+
+def _kube_config() -> Any:
+    """kubectl's order: the first existing file in KUBECONFIG, ~/.kube/config, in-cluster."""
+    from lightkube.config.kubeconfig import KubeConfig
+    from lightkube.core.exceptions import ConfigError
+
+    listed = [p for p in os.environ.get("KUBECONFIG", "").split(os.pathsep) if p]
+    try:
+        if listed:
+            present = [p for p in listed if Path(p).expanduser().is_file()]
+            if not present:
+                raise EventsError(f"kubeconfig {listed[0]} does not exist; {NO_CLUSTER_HINT}")
+            return KubeConfig.from_file(present[0])
+        if Path("~/.kube/config").expanduser().is_file():
+            return KubeConfig.from_file("~/.kube/config")
+        return KubeConfig.from_service_account()
+    except ConfigError as exc:
+        raise EventsError(
+            f"no Kubernetes configuration to look the connection up with ({exc}): set "
+            f"KUBECONFIG, {NO_CLUSTER_HINT}"
+        ) from None
+
+
+async def resolve_connection(namespace: str, name: str) -> str:
+    """The store key of CalendarConnection ``namespace/name``, read from the API server."""
+    import httpx
+    from lightkube import ApiError, AsyncClient
+
+    from calsync.controllers.kube import get_connection
+
+    client = AsyncClient(config=_kube_config(), timeout=httpx.Timeout(API_TIMEOUT_SECONDS))
+    try:
+        body = await get_connection(client, namespace, name)
+    except ApiError as exc:
+        raise EventsError(
+            f"cannot read CalendarConnection {namespace}/{name}: the API server answered "
+            f"{exc.status.code} ({exc.status.message})"
+        ) from None
+    except httpx.HTTPError as exc:
+        raise EventsError(
+            f"cannot reach the Kubernetes API server ({exc or type(exc).__name__}); "
+            f"{NO_CLUSTER_HINT}"
+        ) from None
+    finally:
+        await client.close()
+    if body is None:
+        raise EventsError(f"CalendarConnection {namespace}/{name} not found")
+    return store_key(body)
+
+
+def _namespace_and_name(text: str) -> tuple[str, str]:
+    namespace, _, name = text.partition("/")
+    if not namespace or not name or "/" in name:
+        raise EventsError(f"--connection takes NAMESPACE/NAME, not {text!r}", code=2)
+    return namespace, name
+
+
 async def _show(args: argparse.Namespace) -> int:
-    if "/" not in args.connection:
-        print("calsync: --connection takes NAMESPACE/NAME", file=sys.stderr)
-        return 2
+    try:
+        return await _show_events(args)
+    except EventsError as exc:
+        print(f"calsync: {exc}", file=sys.stderr)
+        return exc.code
+
+
+async def _show_events(args: argparse.Namespace) -> int:
+    target = _namespace_and_name(args.connection) if args.connection else None
     now = dt.datetime.now(dt.UTC)
     try:
         start = parse_when(args.start) if args.start else now - dt.timedelta(days=DEFAULT_PAST_DAYS)
@@ -65,22 +159,27 @@ async def _show(args: argparse.Namespace) -> int:
     if end <= start:
         print("calsync: --to must be after --from", file=sys.stderr)
         return 2
+    if target is not None:
+        key = await resolve_connection(*target)
+        label = args.connection
+    else:
+        key = args.connection_key
+        label = f"connection key {key}"
     store = await EventStore.open(args.store or default_store_url())
     try:
+        stored = [c.id for c in await store.calendars(key)]
+        if not stored and target is None:
+            raise EventsError(f"nothing is stored under {label} in this store")
         if args.format == "ics":
-            calendars = (
-                [args.calendar]
-                if args.calendar
-                else [c.id for c in await store.calendars(args.connection)]
-            )
+            calendars = [args.calendar] if args.calendar else stored
             if not calendars:
-                print(f"calsync: no calendars stored for {args.connection}", file=sys.stderr)
+                print(f"calsync: no calendars stored for {label}", file=sys.stderr)
                 return 1
             for calendar_id in calendars:
-                sys.stdout.write(await store.export_ics(args.connection, calendar_id))
+                sys.stdout.write(await store.export_ics(key, calendar_id))
             return 0
         result = await store.query(
-            args.connection,
+            key,
             calendar_id=args.calendar,
             start=start,
             end=end,
@@ -115,5 +214,21 @@ async def _show(args: argparse.Namespace) -> int:
     return 0
 
 
+def _die_of_sigpipe() -> int:
+    """End as a filter does when its reader is gone: killed by SIGPIPE, silently."""
+    # Python's exit flushes stdout once more; point it at /dev/null so that flush is quiet.
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
+    signal.signal(signal.SIGPIPE, signal.SIG_DFL)
+    os.kill(os.getpid(), signal.SIGPIPE)
+    return 128 + signal.SIGPIPE  # not reached where SIGPIPE kills
+
+
 def show_events(args: argparse.Namespace) -> int:
-    return asyncio.run(_show(args))
+    try:
+        code = asyncio.run(_show(args))
+        sys.stdout.flush()  # inside the try: a reader that left must not surface at exit
+    except BrokenPipeError:
+        return _die_of_sigpipe()
+    return code
