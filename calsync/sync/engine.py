@@ -8,6 +8,10 @@ whole resources. A cursor the provider rejects (expired sync token, 410) makes t
 calendar's cursor and run a full listing, after which whatever the listing did not mention is
 deleted. Resources wholly outside the connection's window are not stored (and are deleted when a
 change moves them out). Malformed resources and duplicate UIDs are reported, never fatal.
+
+A run may carry the `Fence` of its claim on the connection. Every store write of the run then
+carries it too, and the first write after the claim was taken over (or the connection purged)
+raises `Fenced` (`ConnectionPurged`), which ends the run: nothing of it is written from then on.
 """
 
 from __future__ import annotations
@@ -19,15 +23,25 @@ import gc
 import logging
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Literal, TypedDict
 
 from calsync.model import Calendar, ChangePage, Resource, Window
 from calsync.providers.base import CalendarGone, CalendarProvider, CursorInvalid
-from calsync.store import EventStore
+from calsync.store import EventStore, Fence
 
 log = logging.getLogger(__name__)
 
 Mode = Literal["incremental", "full"]
+
+
+class _Fencing(TypedDict, total=False):
+    fence: Fence
+
+
+def _fencing(fence: Fence | None) -> _Fencing:
+    """The keyword arguments that fence a store write. An unfenced run passes none, so it makes
+    the same calls as before fences existed (stores wrapped by tests keep working)."""
+    return {} if fence is None else {"fence": fence}
 
 
 @dataclass
@@ -133,8 +147,12 @@ class SyncEngine:
         calendar_id: str = "",
         include: Sequence[str] = (),
         exclude: Sequence[str] = (),
+        fence: Fence | None = None,
     ) -> SyncResult:
-        """Sync every selected calendar of a connection (or only `calendar_id`)."""
+        """Sync every selected calendar of a connection (or only `calendar_id`).
+
+        With a `fence`, every write is made under it, and `Fenced` ends the run as soon as the
+        claim is lost."""
         with _older_objects_frozen():
             return await self._sync_connection(
                 connection,
@@ -144,6 +162,7 @@ class SyncEngine:
                 calendar_id=calendar_id,
                 include=include,
                 exclude=exclude,
+                fence=fence,
             )
 
     async def _sync_connection(
@@ -156,7 +175,9 @@ class SyncEngine:
         calendar_id: str,
         include: Sequence[str],
         exclude: Sequence[str],
+        fence: Fence | None,
     ) -> SyncResult:
+        fenced = _fencing(fence)
         listed = await provider.list_calendars()
         selected = select_calendars(listed, include, exclude)
         result = SyncResult()
@@ -165,16 +186,20 @@ class SyncEngine:
             wanted = {cal.id for cal in selected}
             for stored in await self.store.calendars(connection):
                 if stored.id not in wanted:
-                    await self.store.remove_calendar(connection, stored.id)
+                    await self.store.remove_calendar(connection, stored.id, **fenced)
                     result.removed_calendars.append(stored.id)
         else:
             selected = [cal for cal in selected if cal.id == calendar_id]
             if not selected:
                 raise CalendarGone(f"calendar {calendar_id!r} is not listed by the provider")
         for calendar in selected:
-            await self.store.upsert_calendar(connection, calendar.id, calendar.name, calendar.color)
+            await self.store.upsert_calendar(
+                connection, calendar.id, calendar.name, calendar.color, **fenced
+            )
             result.calendars.append(
-                await self.sync_calendar(connection, provider, calendar, window=window, mode=mode)
+                await self.sync_calendar(
+                    connection, provider, calendar, window=window, mode=mode, fence=fence
+                )
             )
         if result.removed_calendars or any(c.changed for c in result.calendars):
             for outcome in result.calendars:
@@ -196,11 +221,12 @@ class SyncEngine:
         *,
         window: Window,
         mode: Mode = "incremental",
+        fence: Fence | None = None,
     ) -> CalendarResult:
         cursor = None if mode == "full" else await self.store.get_cursor(connection, calendar.id)
         outcome = CalendarResult(calendar.id, calendar.name)
         try:
-            await self._run(connection, provider, calendar, cursor, window, outcome)
+            await self._run(connection, provider, calendar, cursor, window, outcome, fence)
         except CursorInvalid as exc:
             if cursor is None:
                 raise
@@ -210,9 +236,9 @@ class SyncEngine:
                 calendar.id,
                 exc,
             )
-            await self.store.reset_calendar(connection, calendar.id)
+            await self.store.reset_calendar(connection, calendar.id, **_fencing(fence))
             outcome = CalendarResult(calendar.id, calendar.name, cursor_reset=True)
-            await self._run(connection, provider, calendar, None, window, outcome)
+            await self._run(connection, provider, calendar, None, window, outcome, fence)
         return outcome
 
     async def _run(
@@ -223,6 +249,7 @@ class SyncEngine:
         cursor: str | None,
         window: Window,
         outcome: CalendarResult,
+        fence: Fence | None,
     ) -> None:
         seen: set[str] = set()
 
@@ -242,7 +269,7 @@ class SyncEngine:
                 except StopAsyncIteration:
                     break
                 ahead = None if page.complete else asyncio.ensure_future(anext(pages))
-                await self._apply(connection, calendar, page, window, seen, outcome)
+                await self._apply(connection, calendar, page, window, seen, outcome, fence)
         finally:
             if ahead is not None:
                 ahead.cancel()
@@ -260,6 +287,7 @@ class SyncEngine:
         window: Window,
         seen: set[str],
         outcome: CalendarResult,
+        fence: Fence | None,
     ) -> None:
         kept: list[Resource] = []
         outside: list[str] = []
@@ -275,6 +303,7 @@ class SyncEngine:
             calendar.id,
             dataclasses.replace(page, upserts=kept, deletes=[*page.deletes, *outside]),
             run_seen=seen if page.full else None,
+            **_fencing(fence),
         )
         outcome.pages += 1
         outcome.full = outcome.full or page.full
