@@ -25,6 +25,8 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 
 venv: $(VENV)/.installed
 
+# etcd, kube-apiserver and kube-controller-manager: what a cluster needs. Nothing here uses helm;
+# `calsync devcluster build --with-helm` builds it too.
 controlplane: venv
 	@$(CALSYNC) devcluster build > /dev/null
 

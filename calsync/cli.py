@@ -20,9 +20,11 @@ def _devcluster(args: argparse.Namespace) -> int:
 
     try:
         if args.action == "build":
-            bins = ensure_binaries(helm=True)
-            for path in (bins.etcd, bins.kube_apiserver, bins.kube_controller_manager, bins.helm):
+            bins = ensure_binaries(helm=args.with_helm)
+            for path in (bins.etcd, bins.kube_apiserver, bins.kube_controller_manager):
                 print(path)
+            if args.with_helm:
+                print(bins.helm)
             return 0
         if args.action == "list":
             for cluster in list_clusters():
@@ -130,10 +132,13 @@ def build_parser() -> argparse.ArgumentParser:
         "action",
         choices=["up", "down", "kubeconfig", "list", "build", "helm"],
         help="up: start (no-op when running) and print the kubeconfig path; down: stop and "
-        "remove; kubeconfig: print the path; list: all clusters; build: build the binaries; "
-        "helm: print the cached helm binary's path",
+        "remove; kubeconfig: print the path; list: all clusters; build: build what a cluster "
+        "needs; helm: print the cached helm binary's path, building it when missing",
     )
     dev.add_argument("--name", default="calsync", help="cluster name (default: calsync)")
+    dev.add_argument(
+        "--with-helm", action="store_true", help="build: build helm too (no cluster needs it)"
+    )
     dev.set_defaults(func=_devcluster)
 
     env_note = " Every flag also reads CALSYNC_<NAME>; see the README's settings table."

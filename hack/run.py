@@ -5,6 +5,10 @@ generated demo calendar (a few hundred events: recurring series with exceptions,
 several time zones), runs `calsync run` (operator and worker, SQLite store) against the cluster,
 applies `examples/caldav-demo.yaml` and shows the result. Ctrl-C stops everything this script
 started; a cluster that was already running before is left running.
+
+calsync's log outlives the cluster: it is written to `run_log_path()` (beside the cluster
+folders, not in one, since `devcluster down` removes the cluster's folder), the previous run's
+log is kept next to it, and the path is printed again on the way out.
 """
 
 from __future__ import annotations
@@ -76,6 +80,20 @@ def start_radicale(folder: Path) -> RadicaleServer:
     return server
 
 
+def run_log_path(cluster: str) -> Path:
+    """Where `make run` writes calsync's log for `cluster`: the same path every run."""
+    return state_root().parent / "make-run" / cluster / "calsync.log"
+
+
+def fresh_log(cluster: str) -> Path:
+    """The log path, with the previous run's log moved to `calsync.previous.log`."""
+    log = run_log_path(cluster)
+    log.parent.mkdir(parents=True, exist_ok=True)
+    if log.exists():
+        log.replace(log.with_name("calsync.previous.log"))
+    return log
+
+
 def _port_or_free(preferred: int) -> int:
     """`preferred` when nothing listens on it, else a free port."""
     with socket.socket() as probe:
@@ -97,11 +115,12 @@ def main() -> int:
     env = {**os.environ, "KUBECONFIG": str(kubeconfig)}
     radicale: RadicaleServer | None = None
     operator: subprocess.Popen[bytes] | None = None
+    log: Path | None = None
     try:
         kubectl(env, "apply", "--server-side", "--force-conflicts", "-f", str(ROOT / "crds"))
         kubectl(env, "wait", "--for=condition=Established", "crd", "--all", "--timeout=60s")
         radicale = start_radicale(state_root().parent / "demo" / "radicale")
-        log = cluster.dir / "logs" / "calsync.log"
+        log = fresh_log(args.cluster)
         gateway_port = _port_or_free(8080)
         print(f"starting `calsync run` (log: {log})", file=sys.stderr)
         with log.open("ab") as out:
@@ -161,7 +180,7 @@ def main() -> int:
             flush=True,
         )
         code = operator.wait()
-        print(f"calsync exited with {code}; its log: {log}", file=sys.stderr)
+        print(f"calsync exited with {code}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         return 0
@@ -173,6 +192,8 @@ def main() -> int:
             radicale.stop()
         if not was_running:
             cluster.down()
+        if log is not None:
+            print(f"calsync's log is kept at {log}", file=sys.stderr)
 
 
 if __name__ == "__main__":

@@ -1,10 +1,13 @@
 """Build etcd, kube-apiserver, kube-controller-manager and helm once per version, then reuse them.
 
+A cluster needs only the first three; helm is built when asked for (`calsync devcluster build
+--with-helm`, `calsync devcluster helm`), so `make run` and `make test` never wait for it.
+
 The versions are pinned by the Go modules in `hack/controlplane/{k8s,etcd,helm}`: their go.mod
 files are the single source of truth, read here. Each component is built into a temporary folder
 and renamed into the cache only when the build succeeded, so an interrupted build never leaves a
 half-written binary that a later run would trust. A file lock keeps two concurrent builds (two
-test sessions, `make run` beside `make test`) from racing.
+test sessions, `make run` beside `make test`) from racing; the one that waits says so.
 
 `KUBEBUILDER_ASSETS` (the envtest convention) is honoured: binaries found there are used as they
 are and only the missing ones are built.
@@ -12,7 +15,6 @@ are and only the missing ones are built.
 
 from __future__ import annotations
 
-import fcntl
 import os
 import re
 import shutil
@@ -20,11 +22,11 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
 
+from calsync.devcluster.lock import exclusive_lock
 from calsync.devcluster.paths import cache_root, source_root
 
 MIN_GO = (1, 26)
@@ -115,16 +117,14 @@ def _go() -> str:
     return go
 
 
-@contextmanager
-def _cache_lock() -> Iterator[None]:
-    root = cache_root()
-    root.mkdir(parents=True, exist_ok=True)
-    with (root / ".lock").open("w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(lock, fcntl.LOCK_UN)
+def cache_lock_path() -> Path:
+    return cache_root() / ".lock"
+
+
+def _cache_lock(*, log: bool) -> AbstractContextManager[None]:
+    return exclusive_lock(
+        cache_lock_path(), waiting_for="another build of the control plane", log=log
+    )
 
 
 def component_dir(component: Component, version: str) -> Path:
@@ -142,7 +142,7 @@ def build_component(component: Component, *, log: bool = True) -> Path:
     final = component_dir(component, version)
     if _built(component, version):
         return final / "bin"
-    with _cache_lock():
+    with _cache_lock(log=log):
         if _built(component, version):
             return final / "bin"
         go = _go()

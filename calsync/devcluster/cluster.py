@@ -10,7 +10,6 @@ line names the cluster's folder), so a recycled pid is never signalled.
 from __future__ import annotations
 
 import base64
-import fcntl
 import json
 import os
 import shutil
@@ -20,8 +19,8 @@ import ssl
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager, suppress
+from collections.abc import Callable
+from contextlib import AbstractContextManager, suppress
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -30,6 +29,7 @@ import yaml
 
 from calsync.devcluster import pki
 from calsync.devcluster.build import Binaries, ensure_binaries
+from calsync.devcluster.lock import exclusive_lock
 from calsync.devcluster.paths import state_root
 
 DEFAULT_NAME = "calsync"
@@ -121,15 +121,12 @@ class Cluster:
             and self._ready(state)
         )
 
-    @contextmanager
-    def _lock(self) -> Iterator[None]:
-        self.dir.parent.mkdir(parents=True, exist_ok=True)
-        with (self.dir.parent / f".{self.name}.lock").open("w") as fh:
-            fcntl.flock(fh, fcntl.LOCK_EX)
-            try:
-                yield
-            finally:
-                fcntl.flock(fh, fcntl.LOCK_UN)
+    def _lock(self, *, log: bool) -> AbstractContextManager[None]:
+        return exclusive_lock(
+            self.dir.parent / f".{self.name}.lock",
+            waiting_for=f"another `calsync devcluster up/down` of cluster {self.name!r}",
+            log=log,
+        )
 
     # -- health --------------------------------------------------------------------------------
 
@@ -149,7 +146,7 @@ class Cluster:
 
     def up(self, binaries: Binaries | None = None, *, log: bool = True) -> Path:
         """Start the cluster unless it already runs; return the admin kubeconfig path."""
-        with self._lock():
+        with self._lock(log=log):
             if self.running():
                 if log:
                     print(f"cluster {self.name!r} is already running", file=sys.stderr)
@@ -370,7 +367,7 @@ class Cluster:
 
     def down(self, *, log: bool = True) -> bool:
         """Stop the cluster's processes and remove its state; False when there was nothing."""
-        with self._lock():
+        with self._lock(log=log):
             existed = self.dir.exists()
             self._stop_processes()
             shutil.rmtree(self.dir, ignore_errors=True)

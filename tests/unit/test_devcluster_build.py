@@ -4,15 +4,22 @@ prebuilt or cached binaries are used as they are."""
 
 from __future__ import annotations
 
+import fcntl
+import importlib.util
 import json
 import re
+import threading
 from pathlib import Path
+from types import ModuleType
 
 import pytest
 
+from calsync.cli import main as cli_main
 from calsync.devcluster import build
 from calsync.devcluster.build import COMPONENTS, BuildError, Component, ensure_binaries
 from calsync.devcluster.cluster import Cluster, ClusterError, list_clusters
+from calsync.devcluster.lock import exclusive_lock
+from tests.support import poll
 
 pytestmark = pytest.mark.unit
 
@@ -258,3 +265,104 @@ def test_garbled_state_is_no_state(tmp_path: Path) -> None:
     (cluster.dir / "state.json").write_text('{"unexpected": 1}')
     assert cluster.state() is None
     assert cluster.running() is False
+
+
+# -- what `make run` and `make test` build, and how they wait --------------------------------------
+
+
+def fake_assets(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
+    assets = tmp_path / "assets"
+    for name in ("etcd", "kube-apiserver", "kube-controller-manager"):
+        executable(assets / name)
+    monkeypatch.setenv("KUBEBUILDER_ASSETS", str(assets))
+    return assets
+
+
+def test_devcluster_build_leaves_helm_out_unless_asked(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`make controlplane` (under `make run` and `make test`) runs `calsync devcluster build`:
+    with the cluster's binaries at hand it must not start building helm, which needs Go."""
+    assets = fake_assets(monkeypatch, tmp_path)
+    assert cli_main(["devcluster", "build"]) == 0
+    out, err = capsys.readouterr()
+    assert out.split() == [
+        str(assets / "etcd"),
+        str(assets / "kube-apiserver"),
+        str(assets / "kube-controller-manager"),
+    ]
+    assert "helm" not in out + err
+
+    assert cli_main(["devcluster", "build", "--with-helm"]) == 1  # no Go here to build it
+    assert "find the Go toolchain" in capsys.readouterr().err
+
+
+def test_a_build_that_waits_for_another_says_so_with_the_lock_path(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    version = build.pinned_version(ETCD)
+    lock = build.cache_lock_path()
+    lock.parent.mkdir(parents=True)
+    result: list[Path] = []
+    with lock.open("a+") as other:  # another build holds the lock (flock is per open file)
+        fcntl.flock(other, fcntl.LOCK_EX)
+        other.write("4242\n")
+        other.flush()
+        waiter = threading.Thread(
+            target=lambda: result.append(build.build_component(ETCD, log=True))
+        )
+        waiter.start()
+        said = ""
+
+        def told() -> bool:
+            nonlocal said
+            said += capsys.readouterr().err
+            return "waiting for another build" in said
+
+        poll(told, timeout=30, interval=0.02, what="the waiting message")
+        assert str(lock) in said
+        assert "pid 4242" in said
+        assert waiter.is_alive()
+        # the other build finishes: it leaves the binary in the cache and lets go
+        executable(build.component_dir(ETCD, version) / "bin" / "etcd")
+        fcntl.flock(other, fcntl.LOCK_UN)
+    waiter.join(timeout=30)
+    assert result == [build.component_dir(ETCD, version) / "bin"]  # reused, not built again
+
+
+def test_waiting_for_a_lock_nobody_holds_prints_nothing(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with exclusive_lock(tmp_path / "x.lock", waiting_for="nobody"):
+        assert (tmp_path / "x.lock").read_text().strip().isdigit()  # our pid, for waiters
+    assert capsys.readouterr().err == ""
+    assert (tmp_path / "x.lock").read_text() == ""
+
+
+def load_run_script() -> ModuleType:
+    path = Path(__file__).resolve().parents[2] / "hack" / "run.py"
+    spec = importlib.util.spec_from_file_location("make_run", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_make_runs_log_outlives_the_cluster(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setenv("CALSYNC_DEVCLUSTER_STATE", str(tmp_path / "clusters"))
+    run = load_run_script()
+    cluster = Cluster("calsync")
+    cluster.dir.mkdir(parents=True)
+    log = run.fresh_log("calsync")
+    assert log == run.run_log_path("calsync")
+    assert not log.is_relative_to(cluster.dir)
+    log.write_text("first run\n")
+
+    cluster.down(log=False)  # what Ctrl-C does to a cluster `make run` started
+    assert log.read_text() == "first run\n"
+
+    assert run.fresh_log("calsync") == log  # the same path every run ...
+    assert not log.exists()
+    assert log.with_name("calsync.previous.log").read_text() == "first run\n"  # ... and one back
