@@ -150,7 +150,8 @@ def apply_sync_success(
 ) -> None:
     """A successful sync; `duplicates` None means not re-checked (nothing changed)."""
     conds.set(AUTHENTICATED, "True", "Authenticated", "the provider accepted the credentials")
-    conds.set(SYNCED, "True", "Synced", f"{events} events in {calendars} calendars")
+    counted = f"{events} event{'s' * (events != 1)} in {calendars} calendar{'s' * (calendars != 1)}"
+    conds.set(SYNCED, "True", "Synced", counted)
     if conds.get(THROTTLED) is not None:
         conds.set(THROTTLED, "False", "WithinBudget", "requests are within the budget")
     if duplicates is None and not skipped:

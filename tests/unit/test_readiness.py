@@ -132,3 +132,23 @@ def test_invalid_grant_is_kept_until_the_credentials_change() -> None:
     assert state(conds)["Authenticated"] == ("False", "InvalidGrant")
     readiness.apply_credentials(conds, OK, credentials_changed=True)
     assert state(conds)["Authenticated"] == ("Unknown", "CredentialsUpdated")
+
+
+@pytest.mark.parametrize(
+    ("events", "calendars", "message"),
+    [
+        (1, 1, "1 event in 1 calendar"),
+        (0, 1, "0 events in 1 calendar"),
+        (5, 2, "5 events in 2 calendars"),
+        (0, 0, "0 events in 0 calendars"),
+    ],
+)
+def test_synced_message_counts_in_singular_and_plural(
+    events: int, calendars: int, message: str
+) -> None:
+    conds = fresh()
+    readiness.apply_sync_success(
+        conds, events=events, calendars=calendars, duplicates=[], skipped=[]
+    )
+    synced = conds.get("Synced")
+    assert synced is not None and synced.message == message
