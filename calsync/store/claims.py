@@ -100,11 +100,11 @@ def check_claim(conn: Connection, connection: str, fence: Fence | None) -> None:
     if fence is None:
         return
     if row is None or row.holder != fence.holder or row.token != fence.token:
-        holder = "nobody" if row is None or not row.holder else f"{row.holder!r}"
+        holder = "no holder" if row is None or not row.holder else f"holder {row.holder!r}"
         token = 0 if row is None else row.token
         raise Fenced(
-            f"{fence.holder!r} lost its claim on {connection!r} (its token {fence.token}; "
-            f"now held by {holder}, token {token})"
+            f"{fence.holder!r} lost its claim on {connection!r}: its fence has token "
+            f"{fence.token}, the claim now names {holder} with token {token}"
         )
 
 
