@@ -102,12 +102,34 @@ class Settings(BaseModel):
     keyring_name: str = Field(default="calsync-keyring", description="the keyring Secret")
 
     # Sync queue (seed: SYNC_CONCURRENT_JOBS, SYNC_MAX_RETRIES, SYNC_TIMEOUT_MS, SYNC_BATCH_SIZE)
-    sync_concurrency: int = Field(default=10, ge=1, le=1000)
+    sync_concurrency: int = Field(default=10, ge=1, le=1000, description="jobs per worker")
     sync_max_retries: int = Field(default=5, ge=0, le=100)
     sync_job_timeout: float = Field(default=600.0, gt=0)
     sync_batch_size: int = Field(default=100, ge=1, le=10_000)
-    caldav_poll_interval: float = Field(default=900.0, ge=60.0)
-    syncjob_history: float = Field(default=30 * 86400.0, ge=0)
+    caldav_poll_interval: float = Field(
+        default=900.0,
+        ge=60.0,
+        description="poll interval of connections whose spec.sync.pollInterval is unset",
+    )
+    syncjob_history: float = Field(
+        default=3600.0,
+        ge=0,
+        description="ttlSecondsAfterFinished of the SyncJobs the operator creates",
+    )
+    operator_concurrency: int = Field(
+        default=8, ge=1, le=256, description="connections the operator reconciles at once"
+    )
+    purge_timeout: float = Field(
+        default=300.0,
+        ge=0,
+        description="how long a deleted connection's purge is retried before the finalizer "
+        "lets go (with a Warning Event)",
+    )
+    operator_lease_name: str = Field(
+        default="calsync-operator",
+        description="coordination.k8s.io Lease that elects the one active operator replica",
+    )
+    operator_lease_duration: float = Field(default=15.0, ge=5.0)
 
     # Provider budgets in requests per hour (seed: GOOGLE/MICROSOFT/CALDAV_API_RATE_LIMIT)
     google_rate_limit: int = Field(default=1000, ge=1)
@@ -138,9 +160,8 @@ class Settings(BaseModel):
         default=300.0, ge=0, description="scale down to the highest recommendation of this window"
     )
 
-    # Security and retention (seed: key rotation 90 d, audit retention 90 d)
+    # Security (seed: key rotation 90 d)
     key_rotation_interval: float = Field(default=90 * 86400.0, ge=0)
-    audit_retention: float = Field(default=90 * 86400.0, ge=0)
 
     @field_validator(
         "sync_job_timeout",
@@ -153,7 +174,8 @@ class Settings(BaseModel):
         "webhook_renewal_before_expiry",
         "webhook_log_retention",
         "key_rotation_interval",
-        "audit_retention",
+        "purge_timeout",
+        "operator_lease_duration",
         "consent_link_ttl",
         "consent_flow_ttl",
         "scale_interval",

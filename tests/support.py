@@ -120,13 +120,13 @@ async def until(check: Callable[[], Any], *, within: float = 15.0, what: str = "
 
 
 def stored_events(store: Path, key: str, *args: str) -> list[dict[str, Any]]:
-    """`calsync events --format json` for connection `key` ("namespace/name") of a SQLite
-    store, with `args` (range, filters) passed on."""
+    """`calsync events --format json` for the connection whose store key (its UID) is `key`,
+    read from a SQLite store without a cluster, with `args` (range, filters) passed on."""
     out = subprocess.run(
         [
             str(BIN / "calsync"),
             "events",
-            "--connection",
+            "--connection-key",
             key,
             "--format",
             "json",
@@ -139,3 +139,8 @@ def stored_events(store: Path, key: str, *args: str) -> list[dict[str, Any]]:
         check=True,
     )
     return list(json.loads(out.stdout))
+
+
+def connection_uid(kubectl: Kubectl, namespace: str, name: str) -> str:
+    """The store key of a connection: its metadata.uid."""
+    return str(kubectl.json("get", f"calconn/{name}", "-n", namespace)["metadata"]["uid"])

@@ -401,7 +401,12 @@ class CalendarConnectionStatus(ApiModel):
     """What the operator observed about the connection."""
 
     observed_generation: int | None = Field(
-        default=None, ge=0, description="metadata.generation this status was computed from."
+        default=None,
+        ge=0,
+        description=(
+            "The metadata.generation the store reflects: the one the last sync ran with, or "
+            "a later one whose change needed no sync (owner, poll interval, suspend)."
+        ),
     )
     conditions: ConditionList = Field(
         default_factory=list,
@@ -426,6 +431,45 @@ class CalendarConnectionStatus(ApiModel):
     )
     last_sync_time: Timestamp | None = Field(
         default=None, description="When a sync of this connection last finished successfully."
+    )
+    last_attempt_time: Timestamp | None = Field(
+        default=None,
+        description=(
+            "When the last sync attempt started, successful or not; polls are timed from it."
+        ),
+    )
+    consecutive_failures: int | None = Field(
+        default=None,
+        ge=0,
+        description="Sync jobs that failed since the last success; polls back off with it.",
+    )
+    store_id: str | None = Field(
+        default=None,
+        description=(
+            "Identity of the event store that holds this connection's events. Only workers "
+            "on that store run its SyncJobs."
+        ),
+    )
+    synced_scope: str | None = Field(
+        default=None,
+        description=(
+            "Digest of what the last full sync mirrored (URL, calendars, window); a spec "
+            "change that alters it asks for a full sync, any other change does not."
+        ),
+    )
+    attempted: str | None = Field(
+        default=None,
+        description=(
+            "Digest of the spec scope and credentials the last attempt used; after a failure, "
+            "a change of either makes the next attempt due at once."
+        ),
+    )
+    refused_credentials: str | None = Field(
+        default=None,
+        description=(
+            "Digest of the credentials the provider refused. No sync is attempted until the "
+            "referenced Secrets or the spec change."
+        ),
     )
 
 

@@ -168,7 +168,12 @@ def decide(f: Facts) -> Plan:
     current = attempt_digest(scope, f.credentials)
     changed_since_attempt = attempted is not None and attempted != current
     mode = "full" if scope_changed else "incremental"
-    if last_attempt is None or (scope_changed and not failures) or (failures and changed_since_attempt):
+    immediate = (
+        last_attempt is None
+        or (scope_changed and not failures)
+        or bool(failures and changed_since_attempt)
+    )
+    if immediate or last_attempt is None:
         due = f.now
     else:
         due = last_attempt + dt.timedelta(seconds=poll_delay(interval, failures))

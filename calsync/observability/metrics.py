@@ -88,6 +88,53 @@ KEY_ROTATIONS = Counter(
     registry=REGISTRY,
 )
 
+SYNCJOBS_REFUSED = Counter(
+    "calsync_syncjobs_refused_total",
+    "Sync jobs the operator did not create, by reason (queue_full: the queue cap was reached).",
+    ["reason"],
+    registry=REGISTRY,
+)
+SYNCJOBS_SKIPPED = Counter(
+    "calsync_syncjobs_skipped_total",
+    "SyncJobs a worker would not claim, by reason (foreign_store: the connection is bound to "
+    "another event store).",
+    ["reason"],
+    registry=REGISTRY,
+)
+SYNC_RUNS_FENCED = Counter(
+    "calsync_sync_runs_fenced_total",
+    "Sync runs stopped because they lost the connection's claim (its writes were refused).",
+    registry=REGISTRY,
+)
+PURGES = Counter(
+    "calsync_connection_purges_total",
+    "Deleted connections whose data was purged (ok) or given up on after the purge timeout.",
+    ["result"],
+    registry=REGISTRY,
+)
+RECONCILES = Counter(
+    "calsync_connection_reconciles_total",
+    "Reconciles of CalendarConnections by the operator, by result (ok, error).",
+    ["result"],
+    registry=REGISTRY,
+)
+RECONCILE_QUEUE = Gauge(
+    "calsync_connection_reconcile_queue",
+    "Connections waiting for a reconcile (due now) in the operator.",
+    registry=REGISTRY,
+)
+OPERATOR_LEADER = Gauge(
+    "calsync_operator_leader",
+    "1 while this operator process holds the leader Lease and acts, else 0.",
+    registry=REGISTRY,
+)
+WORKERS_LIVE = Gauge(
+    "calsync_workers_live",
+    "Workers on this event store seen alive by this worker (provider budgets are split by it).",
+    registry=REGISTRY,
+)
+
+
 _STATUSES = ("True", "False", "Unknown")
 
 

@@ -249,12 +249,12 @@ async def _lead(
     try:
         done, _ = await asyncio.wait([operator_task, *helpers], return_when=asyncio.FIRST_COMPLETED)
         for task in done:
-            if task is not operator_task and task.exception() is not None:
+            if task is not operator_task and not task.cancelled() and task.exception():
                 exc = task.exception()
                 if isinstance(exc, LeadershipLost):
                     raise StartupError(str(exc)) from exc
                 raise StartupError(f"{task.get_name()} stopped: {exc}") from exc
-        if operator_task in done:
+        if operator_task in done and not operator_task.cancelled():
             operator_task.result()
     finally:
         for task in [operator_task, *helpers]:

@@ -19,7 +19,7 @@ import httpx
 import pytest
 
 from tests.fixtures.simulators import Simulator
-from tests.support import BIN, Kubectl, Process, condition, poll, stored_events
+from tests.support import BIN, Kubectl, Process, condition, connection_uid, poll, stored_events
 
 pytestmark = pytest.mark.e2e
 
@@ -200,7 +200,7 @@ def test_microsoft_consent_sync_changes_and_resets(
     kubectl("wait", "--for=condition=Ready", "calconn/bob", "-n", namespace, "--timeout=120s")
     obj = kubectl.json("get", "calconn/bob", "-n", namespace)
     assert "authorizationURL" not in obj["status"]
-    key = f"{namespace}/bob"
+    key = connection_uid(kubectl, namespace, "bob")
     assert stored_spans(store_path, key), "nothing synced"
     assert_store_matches_graph(store_path, key, sim, account)
 
@@ -363,7 +363,7 @@ def test_google_consent_sync_changes_and_full_resync(
 ) -> None:
     sim = google_sim
     email, client_id = connect_google(kubectl, namespace, sim, gateway_url, "alice")
-    key = f"{namespace}/alice"
+    key = connection_uid(kubectl, namespace, "alice")
     assert stored_spans(store_path, key)
     assert_store_matches_google(store_path, key, sim, email, client_id)
 

@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from calsync.testing.icalgen import generate_events
-from tests.support import BIN, Kubectl, Process, condition, poll, stored_events
+from tests.support import BIN, Kubectl, Process, condition, connection_uid, poll, stored_events
 
 pytestmark = pytest.mark.e2e
 
@@ -48,6 +48,24 @@ def secret(name: str, username: str, password: str) -> dict[str, Any]:
     }
 
 
+def assert_nothing_stored(store: Path, key: str) -> None:
+    """The store holds nothing at all under `key` (the CLI says so and exits 1)."""
+    done = subprocess.run(
+        [
+            str(BIN / "calsync"),
+            "events",
+            "--connection-key",
+            key,
+            "--store",
+            f"sqlite+aiosqlite:///{store}",
+        ],
+        capture_output=True,
+        text=True,
+    )
+    assert done.returncode == 1, done.stdout
+    assert "nothing is stored" in done.stderr
+
+
 def all_stored_events(store: Path, key: str, *extra: str) -> list[dict[str, Any]]:
     return stored_events(
         store, key, "--from", "2000-01-01", "--to", "2100-01-01", "--include-cancelled", *extra
@@ -69,7 +87,7 @@ def test_connection_syncs_changes_and_purges(
     kubectl.apply(connection("alice", caldav_calendar.url, "dav"), namespace)
     kubectl("wait", "--for=condition=Ready", "calconn/alice", "-n", namespace, "--timeout=120s")
 
-    key = f"{namespace}/alice"
+    key = connection_uid(kubectl, namespace, "alice")
     events = all_stored_events(store_path, key)
     uids = {e["uid"] for e in events}
     assert len(uids) == len(objects)
@@ -79,7 +97,7 @@ def test_connection_syncs_changes_and_purges(
         [
             str(BIN / "calsync"),
             "events",
-            "--connection",
+            "--connection-key",
             key,
             "--format",
             "ics",
@@ -129,7 +147,7 @@ def test_connection_syncs_changes_and_purges(
     assert len({e["uid"] for e in events}) == len(objects)  # -1 deleted, +1 new
 
     kubectl("delete", "calconn/alice", "-n", namespace, "--timeout=60s")
-    assert all_stored_events(store_path, key) == []
+    assert_nothing_stored(store_path, key)
 
 
 def test_wrong_password_is_visible(

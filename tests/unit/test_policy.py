@@ -149,7 +149,9 @@ def test_scope_change_asks_for_a_full_sync_now() -> None:
     assert plan.observed_generation is None  # the worker records it once synced
 
 
-@pytest.mark.parametrize("change", [{"owner": "bob@example.com"}, {"poll": "1h"}, {"suspend": True}])
+@pytest.mark.parametrize(
+    "change", [{"owner": "bob@example.com"}, {"poll": "1h"}, {"suspend": True}]
+)
 def test_other_spec_changes_need_no_sync(change: dict[str, Any]) -> None:
     s = spec()
     status = synced_status(s)
