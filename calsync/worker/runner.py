@@ -102,6 +102,7 @@ class Run:
     task: asyncio.Task[None] | None = None
     context: reporting.RunContext | None = None
     stop: str | None = None  # why we cancelled the run ourselves: "lost" or "deleted"
+    outcome: str = "stopped"  # how the run ended, for the run log line
     secrets: dict[str, Any] = field(default_factory=dict)
 
 
@@ -264,6 +265,11 @@ class Worker:
         key = queue.connection_of(job)
         body = self.connections.get(*key)
         if body is None:
+            # The cache may lag behind a connection created a moment ago: ask once.
+            body = await kube.get_connection(self.client, *key)
+            if body is not None:
+                self.connections.put(body)
+        if body is None:
             await self._fail_unclaimed(
                 job, "ConnectionNotFound", f"CalendarConnection {key[1]!r} does not exist"
             )
@@ -359,6 +365,26 @@ class Worker:
 
     async def _execute(self, run: Run, body: dict[str, Any]) -> None:
         started = time.monotonic()
+        probe = {
+            "run": "start",
+            "connection": run.fence.connection,
+            "job": run.writer.name,
+            "fence": run.fence.token,
+            "store": self.store.store_id,
+        }
+        log.info("SyncJob %s/%s started", run.connection[0], run.writer.name, extra=probe)
+        try:
+            await self._execute_inner(run, body, started)
+        finally:
+            probe["run"] = "end"
+            probe["outcome"] = run.outcome
+            log.info("SyncJob %s/%s ended", run.connection[0], run.writer.name, extra=probe)
+            if run.outcome in ("succeeded", "failed"):
+                # Only now may another run of the connection start.
+                with contextlib.suppress(Exception):
+                    await self.store.release(run.fence)
+
+    async def _execute_inner(self, run: Run, body: dict[str, Any], started: float) -> None:
         keeper = asyncio.create_task(self._keep_claim(run, asyncio.current_task()))
         try:
             result = await asyncio.wait_for(
@@ -367,6 +393,7 @@ class Worker:
         except asyncio.CancelledError:
             keeper.cancel()
             await asyncio.gather(keeper, return_exceptions=True)
+            run.outcome = run.stop or "stopped"
             if run.stop == "lost":
                 metrics.SYNC_RUNS_FENCED.inc()
                 log.warning("stopped SyncJob %s: its claim was lost", run.writer.name)
@@ -381,16 +408,19 @@ class Worker:
             keeper.cancel()
             await asyncio.gather(keeper, return_exceptions=True)
             metrics.SYNC_RUNS_FENCED.inc()
+            run.outcome = "fenced"
             log.warning(
                 "SyncJob %s lost its claim mid-run (%s); result dropped", run.writer.name, exc
             )
         except Exception as exc:
             keeper.cancel()
             await asyncio.gather(keeper, return_exceptions=True)
+            run.outcome = "failed"
             await self._failed(run, exc, time.monotonic() - started)
         else:
             keeper.cancel()
             await asyncio.gather(keeper, return_exceptions=True)
+            run.outcome = "succeeded"
             await self._succeeded(run, result, time.monotonic() - started)
         finally:
             self.running.pop(run.connection, None)
@@ -511,7 +541,6 @@ class Worker:
         namespace, name = run.connection
         done = {"durationSeconds": round(seconds, 3), "error": None}
         if result is None:
-            await self.store.release(run.fence)
             await run.writer.finish(
                 "Superseded", "Suspended", "the connection is suspended", **done
             )
@@ -524,7 +553,6 @@ class Worker:
         await reporting.report_success(
             self.client, body, namespace, name, run.context, result, calendars
         )
-        await self.store.release(run.fence)
         message = (
             f"fetched {counts['fetched']}, upserted {counts['upserted']}, "
             f"deleted {counts['deleted']} events (store {self.store.store_id})"
@@ -596,7 +624,6 @@ class Worker:
                 throttled=throttled,
                 consent=consent,
             )
-        await self.store.release(run.fence)
         done: dict[str, Any] = {"error": message[:2000], "durationSeconds": round(seconds, 3)}
         if final:
             await run.writer.finish("Failed", reason, message[:2000], **done)
