@@ -210,8 +210,8 @@ class SyncSettings(SpecModel):
         json_schema_extra={"default": {}},
         description="Time range of events to mirror.",
     )
-    poll_interval: str = Field(
-        default="15m",
+    poll_interval: str | None = Field(
+        default=None,
         max_length=DURATION_MAX_LENGTH,
         json_schema_extra={
             "x-kubernetes-validations": [
@@ -231,7 +231,8 @@ class SyncSettings(SpecModel):
         },
         description=(
             "How often to look for changes without being told, as a duration such as 90s, "
-            "15m or 1h30m; at least 1m and at most 24h. The only trigger for CalDAV, a "
+            "15m or 1h30m; at least 1m and at most 24h. Unset: the operator's "
+            "CALDAV_POLL_INTERVAL setting (15m by default). The only trigger for CalDAV, a "
             "safety net for push providers."
         ),
     )
@@ -245,7 +246,9 @@ class SyncSettings(SpecModel):
 
     @field_validator("poll_interval")
     @classmethod
-    def _poll_interval_in_range(cls, value: str) -> str:
+    def _poll_interval_in_range(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
         if not re.fullmatch(DURATION_PATTERN, value):
             raise ValueError(MSG_POLL_INTERVAL_FORMAT)
         seconds = parse_duration(value)
@@ -256,8 +259,9 @@ class SyncSettings(SpecModel):
         return value
 
     @property
-    def poll_interval_seconds(self) -> float:
-        return parse_duration(self.poll_interval)
+    def poll_interval_seconds(self) -> float | None:
+        """The spec's poll interval in seconds; None when the operator's default applies."""
+        return parse_duration(self.poll_interval) if self.poll_interval is not None else None
 
 
 _CONNECTION_RULES: list[JsonValue] = [

@@ -53,12 +53,17 @@ class CrdsMissing(RuntimeError):
     """The calsync CRDs are not served by the API server."""
 
 
-async def check_crds(client: AsyncClient) -> None:
-    """Fail with a clear message unless every calsync kind is served (and listable by us)."""
+async def check_crds(client: AsyncClient, namespaces: tuple[str, ...] = ()) -> None:
+    """Fail with a clear message unless every calsync kind is served (and listable by us).
+
+    With `namespaces` the check lists in the first of them only, so namespace-scoped RBAC
+    (a Role per watched namespace) is enough.
+    """
     missing: list[str] = []
+    where = namespaces[0] if namespaces else "*"
     for kind in ALL_KINDS:
         try:
-            async for _ in client.list(_RESOURCES[kind.plural], namespace="*", chunk_size=1):
+            async for _ in client.list(_RESOURCES[kind.plural], namespace=where, chunk_size=1):
                 break
         except ApiError as exc:
             if exc.status.code == 404:

@@ -130,7 +130,7 @@ async def run(
     """Run the Kopf controllers, the SyncJob worker, the gateway, or any of them together."""
     client = _client()
     try:
-        await kube.check_crds(client)
+        await kube.check_crds(client, settings.namespaces)
     except kube.CrdsMissing as exc:
         await client.close()
         raise StartupError(str(exc)) from exc

@@ -106,7 +106,7 @@ def test_minimal_specs_get_documented_defaults() -> None:
     spec = CalendarConnectionSpec.model_validate(
         {"provider": "google", "oauth": {"clientSecretRef": {"name": "google-oauth-client"}}}
     )
-    assert spec.sync.poll_interval == "15m"
+    assert spec.sync.poll_interval is None  # the operator's CALDAV_POLL_INTERVAL applies
     assert spec.sync.push is True
     assert (spec.sync.window.past_days, spec.sync.window.future_days) == (365, 730)
     assert spec.calendars.include == [] and spec.calendars.exclude == []

@@ -192,3 +192,13 @@ def test_credentials_digest_follows_contents_not_order() -> None:
     b = policy.credentials_digest({"t": None, "s": {"password": b"b", "username": b"a"}})
     c = policy.credentials_digest({"s": {"username": b"a", "password": b"c"}, "t": None})
     assert a == b != c
+
+
+def test_unset_poll_interval_uses_the_operator_default() -> None:
+    raw = spec().model_dump(by_alias=True, exclude_none=True)
+    del raw["sync"]["pollInterval"]
+    s = CalendarConnectionSpec.model_validate(raw)
+    assert s.sync.poll_interval_seconds is None
+    status = synced_status(s)
+    plan = policy.decide(facts(s, status=status, default_poll_interval=3600.0))
+    assert plan.recheck_after == pytest.approx(3600 - 60)

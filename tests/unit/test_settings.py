@@ -29,8 +29,10 @@ def test_seed_defaults() -> None:
     assert s.scale_up_queue_depth == 500
     assert s.queue_cap == 5000
     assert s.key_rotation_interval == 90 * DAY
-    assert s.audit_retention == 90 * DAY
-    assert s.syncjob_history == 30 * DAY
+    # Kept in etcd, 30 days of SyncJobs would be millions of objects: one hour (decision 0010).
+    assert s.syncjob_history == 3600.0
+    assert s.purge_timeout == 300.0
+    assert s.operator_concurrency == 8
     assert s.webhook_log_retention == 7 * DAY
 
 
@@ -86,7 +88,7 @@ def test_every_duration_field_parses_go_durations() -> None:
         "webhook_renewal_before_expiry",
         "webhook_log_retention",
         "key_rotation_interval",
-        "audit_retention",
+        "purge_timeout",
     ]
     s = load_settings(environ={env_name(f): "2h" for f in fields})
     for field in fields:
@@ -233,7 +235,7 @@ def test_every_problem_is_reported() -> None:
 
 def test_duration_error_explains_the_expected_form() -> None:
     with pytest.raises(SettingsError, match=r"invalid duration '10 minutes'"):
-        load_settings(environ={"CALSYNC_AUDIT_RETENTION": "10 minutes"})
+        load_settings(environ={"CALSYNC_PURGE_TIMEOUT": "10 minutes"})
 
 
 def test_settings_error_is_a_value_error() -> None:
@@ -256,3 +258,8 @@ def test_unknown_fields_are_rejected_by_the_model() -> None:
 def test_infinite_durations_are_refused() -> None:
     with pytest.raises(SettingsError, match="sync_job_timeout"):
         load_settings(environ={"CALSYNC_SYNC_JOB_TIMEOUT": "inf"})
+
+
+def test_settings_without_an_effect_are_gone() -> None:
+    with pytest.raises(SettingsError, match="audit_retention"):
+        load_settings({"audit_retention": "90d"})
