@@ -1,0 +1,92 @@
+"""Which SyncJobs a worker may start: a pure function of the job cache, the clock and itself."""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+import pytest
+
+from calsync.worker import queue
+
+pytestmark = pytest.mark.unit
+
+NOW = dt.datetime(2026, 12, 5, 12, 0, tzinfo=dt.UTC)
+
+
+def ts(seconds: float) -> str:
+    return (NOW + dt.timedelta(seconds=seconds)).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def job(name: str, conn: str, created: float = -100, **status: Any) -> dict[str, Any]:
+    return {
+        "metadata": {"namespace": "ns", "name": name, "creationTimestamp": ts(created)},
+        "spec": {"connection": conn, "mode": status.pop("mode", "incremental")},
+        "status": status,
+    }
+
+
+def names(jobs: list[dict[str, Any]]) -> list[str]:
+    return [j["metadata"]["name"] for j in jobs]
+
+
+def test_one_job_per_connection_oldest_first() -> None:
+    jobs = [job("b2", "b", -10), job("a1", "a", -50), job("a2", "a", -40), job("b1", "b", -60)]
+    picked = queue.select(jobs, NOW, running_here=set(), capacity=10)
+    assert names(picked.startable) == ["b1", "a1"]
+    assert picked.pending == 4
+
+
+def test_a_live_lease_anywhere_blocks_the_connection() -> None:
+    jobs = [
+        job("a1", "a", -50, phase="Running", leaseExpiresAt=ts(30)),
+        job("a2", "a", -40),
+        job("b1", "b", -30),
+    ]
+    picked = queue.select(jobs, NOW, running_here=set(), capacity=10)
+    assert names(picked.startable) == ["b1"]
+    assert picked.next_due == NOW + dt.timedelta(seconds=30)
+
+
+def test_a_lapsed_lease_is_taken_over() -> None:
+    jobs = [job("a1", "a", -50, phase="Running", leaseExpiresAt=ts(-1))]
+    picked = queue.select(jobs, NOW, running_here=set(), capacity=10)
+    assert names(picked.startable) == ["a1"]
+
+
+def test_running_here_and_capacity_and_back_off() -> None:
+    jobs = [
+        job("a1", "a", -50),
+        job("b1", "b", -40, nextAttemptAt=ts(20)),
+        job("c1", "c", -30),
+        job("d1", "d", -20),
+    ]
+    picked = queue.select(jobs, NOW, running_here={("ns", "a")}, capacity=1)
+    assert names(picked.startable) == ["c1"]
+    assert picked.next_due == NOW + dt.timedelta(seconds=20)
+
+
+def test_finished_jobs_are_listed_for_expiry() -> None:
+    done = job("a1", "a", -50, phase="Succeeded", completedAt=ts(-4000))
+    done["spec"]["ttlSecondsAfterFinished"] = 3600
+    fresh = job("a2", "a", -50, phase="Failed", completedAt=ts(-10))
+    fresh["spec"]["ttlSecondsAfterFinished"] = 3600
+    picked = queue.select([done, fresh], NOW, running_here=set(), capacity=10)
+    assert names(picked.finished) == ["a1", "a2"]
+    assert queue.expired(done, NOW) == pytest.approx(400)
+    assert queue.expired(fresh, NOW) is None
+
+
+def test_supersede_only_covered_jobs_created_before_the_start() -> None:
+    claimed = job("a1", "a", -50, phase="Running", startedAt=ts(-5), mode="full")
+    older = job("a0", "a", -60)
+    same_second = job("a2", "a", -5)
+    later = job("a3", "a", 10)
+    other = job("b1", "b", -60)
+    out = queue.superseded_by(
+        claimed, [claimed, older, same_second, later, other], NOW - dt.timedelta(seconds=5)
+    )
+    assert names(out) == ["a0"]
+    incremental = job("a1", "a", -50, phase="Running", mode="incremental")
+    full_pending = job("a0", "a", -60, mode="full")
+    assert queue.superseded_by(incremental, [full_pending], NOW) == []
