@@ -283,7 +283,9 @@ def test_microsoft_throttling_storm_converges_within_four_requests(
         oauth_connection("storm", "microsoft", address, "ms-client", token="ms-token"), namespace
     )
     kubectl("wait", "--for=condition=Ready", "calconn/storm", "-n", namespace, "--timeout=120s")
-    assert_store_matches_graph(store_path, f"{namespace}/storm", sim, account)
+    assert_store_matches_graph(
+        store_path, connection_uid(kubectl, namespace, "storm"), sim, account
+    )
     counters = sim.admin("GET", "counters")
     assert counters["faults_served"] >= 6
     assert max(counters["peak_concurrency"].values()) <= 4, counters["peak_concurrency"]
@@ -437,7 +439,9 @@ def test_refused_refresh_token_stops_syncing_until_consent(
         timeout=120,
         what="Ready again after consent",
     )
-    assert_store_matches_google(store_path, f"{namespace}/carol", sim, email, client_id)
+    assert_store_matches_google(
+        store_path, connection_uid(kubectl, namespace, "carol"), sim, email, client_id
+    )
 
 
 def test_key_rotation_keeps_connections_working(
@@ -470,7 +474,9 @@ def test_key_rotation_keeps_connections_working(
     sim.admin("POST", "tokens/expire", {"user": email})
     done = finished(kubectl, namespace, sync_now(kubectl, namespace, "dave"))
     assert done["phase"] == "Succeeded", done
-    assert_store_matches_google(store_path, f"{namespace}/dave", sim, email, client_id)
+    assert_store_matches_google(
+        store_path, connection_uid(kubectl, namespace, "dave"), sim, email, client_id
+    )
 
 
 # -- Secrets stay secret -------------------------------------------------------------------------
