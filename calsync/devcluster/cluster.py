@@ -376,6 +376,30 @@ class Cluster:
             print(f"cluster {self.name!r} {what}", file=sys.stderr)
         return existed
 
+    def restart_apiserver(self) -> None:
+        """Kill the kube-apiserver (SIGKILL: a graceful stop drains watches for minutes) and
+        start it again with the same arguments; return once it is ready. An API server outage
+        for tests: etcd keeps the data and the port stays the same."""
+        with self._lock(log=False):
+            state = self.state()
+            pid = state.pids.get("kube-apiserver") if state else None
+            if state is None or pid is None or not self._ours(pid):
+                raise ClusterError(f"cluster {self.name!r} has no running kube-apiserver")
+            argv = Path(f"/proc/{pid}/cmdline").read_bytes().decode().split("\0")
+            with suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+            old = self._procs.pop("kube-apiserver", None)
+            if old is not None:
+                old.wait(timeout=_STOP_TIMEOUT)
+            deadline = time.monotonic() + _STOP_TIMEOUT
+            while time.monotonic() < deadline and self._ours(pid):
+                time.sleep(0.1)
+            state.pids["kube-apiserver"] = self._spawn(
+                "kube-apiserver", [a for a in argv if a], self.dir / "logs"
+            )
+            self._save(state)
+            self._poll("kube-apiserver", lambda: self._ready(state))
+
     def _stop_processes(self) -> None:
         state = self.state()
         known = list(state.pids.values()) if state else []
