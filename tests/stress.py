@@ -290,13 +290,19 @@ def _utc(value: Any) -> dt.datetime | None:
     raise TypeError(f"not a time: {value!r}")
 
 
+def _rid(value: Any) -> str:
+    """A recurrence id in one comparable form: UTC ISO 8601, or "" for none."""
+    moment = _utc(value) if value else None
+    return moment.isoformat() if moment is not None else ""
+
+
 async def stored_components(store: EventStore, key: str) -> list[Row]:
     """The store's rows of a connection as they are (masters, overrides, single events):
     (provider id, uid, recurrence id, summary, start, end), sorted, cancelled ones too."""
     found = await store.query(key, expand=False, include_cancelled=True, limit=1_000_000)
     assert not found.truncated
     return sorted(
-        (o.provider_id, o.uid, _utc(o.recurrence_id), o.summary, o.start, o.end)
+        (o.provider_id, o.uid, _rid(o.recurrence_id), o.summary, o.start, o.end)
         for o in found.occurrences
     )
 
@@ -362,7 +368,7 @@ def caldav_components(url: str, auth: tuple[str, str]) -> list[Row]:
                 (
                     href,
                     str(comp["UID"]),
-                    _utc(rid.dt) if rid is not None else None,
+                    _rid(rid.dt if rid is not None else None),
                     str(comp.get("SUMMARY", "")),
                     _utc(comp["DTSTART"].dt),
                     _utc(end.dt) if end is not None else None,
