@@ -69,6 +69,9 @@ from calsync.worker.informer import Informer
 log = logging.getLogger(__name__)
 
 IDLE_WAKE_SECONDS = 60.0
+# A claim the store refused (the previous holder's lease outlives the job's, which is written
+# in whole seconds, or a race with another worker) is tried again this soon, not at idle wake.
+CLAIM_RETRY_SECONDS = 1.0
 BACKOFF_CAP_SECONDS = 300.0
 HEARTBEAT_SECONDS = 10.0
 
@@ -246,10 +249,11 @@ class Worker:
             capacity=max(0, self.settings.sync_concurrency - len(self.running)),
         )
         metrics.SYNCJOBS_PENDING.set(picked.pending)
-        for job in picked.startable:
-            await self._try_start(job, now)
-        metrics.SYNCJOBS_RUNNING.set(len(self.running))
         due: float | None = None
+        for job in picked.startable:
+            if await self._try_start(job, now):
+                due = CLAIM_RETRY_SECONDS
+        metrics.SYNCJOBS_RUNNING.set(len(self.running))
         for job in picked.finished:
             wait = await self._expire(job, now)
             if wait is not None:
@@ -261,7 +265,8 @@ class Worker:
 
     # -- claim ---------------------------------------------------------------------------------
 
-    async def _try_start(self, job: dict[str, Any], now: dt.datetime) -> None:
+    async def _try_start(self, job: dict[str, Any], now: dt.datetime) -> bool:
+        """Claim and start `job`; True when the store refused the claim: try again soon."""
         key = queue.connection_of(job)
         body = self.connections.get(*key)
         if body is None:
@@ -273,9 +278,9 @@ class Worker:
             await self._fail_unclaimed(
                 job, "ConnectionNotFound", f"CalendarConnection {key[1]!r} does not exist"
             )
-            return
+            return False
         if body["metadata"].get("deletionTimestamp"):
-            return  # the purge stops it; owner references remove the job
+            return False  # the purge stops it; owner references remove the job
         bound = (body.get("status") or {}).get("storeId")
         if bound != self.store.store_id:
             if bound and key not in self.foreign:
@@ -289,13 +294,13 @@ class Worker:
                     bound,
                     self.store.store_id,
                 )
-            return  # unbound: the operator binds it first
+            return False  # unbound: the operator binds it first
         try:
             fence = await self.store.claim(store_key(body), self.identity, self.settings.sync_lease)
         except ConnectionPurged:
-            return
+            return False
         if fence is None:
-            return  # another worker runs this connection
+            return True  # another claim on the connection is live (it may be lapsing)
         status = job.get("status") or {}
         patch = {
             "phase": "Running",
@@ -321,7 +326,7 @@ class Worker:
             await self.store.release(fence)
             if not isinstance(exc, kube.Conflict):
                 log.warning("could not claim SyncJob %s: %s", meta["name"], exc)
-            return
+            return False
         self.jobs.put(claimed)
         await self._supersede(claimed, now)
         run = Run(claimed, fence, reporting.JobWriter(self.client, claimed, self.identity), key)
@@ -329,6 +334,7 @@ class Worker:
         run.task = asyncio.create_task(
             self._execute(run, body), name=f"syncjob {meta['namespace']}/{meta['name']}"
         )
+        return False
 
     async def _fail_unclaimed(self, job: dict[str, Any], reason: str, message: str) -> None:
         writer = reporting.JobWriter(self.client, job, self.identity)
