@@ -565,3 +565,39 @@ def stored_pairs_of(store_url: str, keys: Iterable[str]) -> dict[str, set[tuple[
             await store.close()
 
     return asyncio.run(read())
+
+
+def stored_count(store_url: str, key: str) -> int:
+    """How many events the store holds for the connection whose UID is `key`."""
+    from calsync.store import EventStore
+
+    async def count() -> int:
+        store = await EventStore.open(store_url)
+        try:
+            return await store.count_events(key)
+        finally:
+            await store.close()
+
+    return asyncio.run(count())
+
+
+def advisory_locks(store_url: str) -> list[dict[str, Any]]:
+    """PostgreSQL's advisory locks with their sessions' state (for failure messages)."""
+    import asyncpg  # type: ignore[import-untyped]
+    from sqlalchemy.engine import make_url
+
+    url = make_url(store_url).set(drivername="postgresql").render_as_string(False)
+
+    async def read() -> list[dict[str, Any]]:
+        conn = await asyncpg.connect(url)
+        try:
+            rows = await conn.fetch(
+                "SELECT l.pid, l.mode, l.granted, a.state, a.wait_event_type, "
+                "left(a.query, 120) AS query FROM pg_locks l "
+                "JOIN pg_stat_activity a ON a.pid = l.pid WHERE l.locktype = 'advisory'"
+            )
+            return [dict(r) for r in rows]
+        finally:
+            await conn.close()
+
+    return asyncio.run(read())
