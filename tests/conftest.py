@@ -58,6 +58,40 @@ def crds(kubectl: Kubectl) -> list[str]:
     return names
 
 
+@pytest.fixture(scope="session")
+def quiet_kubectl() -> Iterator[Kubectl]:
+    """kubectl for a second API server on which no session-wide `calsync run` operates.
+
+    For tests that start operators and workers of their own (the fleet, chaos and scaling
+    tests): the session's `operator` watches the whole main cluster and would bind their
+    connections to its own store and run their jobs. `CALSYNC_E2E_KUBECONFIG` does not apply
+    here: this cluster is always local.
+    """
+    from calsync.devcluster import Cluster
+
+    cluster = Cluster(f"e2e-quiet-{os.getpid()}")
+    path = cluster.up(log=False)
+    quiet = Kubectl(path)
+    try:
+        quiet("apply", "--server-side", "--force-conflicts", "-f", str(ROOT / "crds"))
+        names = [
+            yaml.safe_load(p.read_text())["metadata"]["name"]
+            for p in sorted((ROOT / "crds").glob("*.yaml"))
+        ]
+        quiet("wait", "--for=condition=Established", "--timeout=60s", *[f"crd/{n}" for n in names])
+        yield quiet
+    finally:
+        cluster.down(log=False)
+
+
+@pytest.fixture
+def quiet_namespace(quiet_kubectl: Kubectl) -> Iterator[str]:
+    name = f"t-{uuid.uuid4().hex[:10]}"
+    quiet_kubectl("create", "namespace", name)
+    yield name
+    quiet_kubectl("delete", "namespace", name, "--wait=false", check=False)
+
+
 @pytest.fixture
 def namespace(kubectl: Kubectl, crds: list[str]) -> Iterator[str]:
     name = f"t-{uuid.uuid4().hex[:10]}"

@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -38,9 +37,22 @@ JOBS = 2000
 CONCURRENCY = 20
 
 
+# These tests count pending SyncJobs: they run on the quiet cluster, where no session operator
+# takes the jobs they create.
 @pytest.fixture
-async def client(kubeconfig: Path) -> AsyncIterator[AsyncClient]:
-    c = AsyncClient(config=KubeConfig.from_file(kubeconfig), field_manager="calsync-test")
+def kubectl(quiet_kubectl: Kubectl) -> Kubectl:
+    return quiet_kubectl
+
+
+@pytest.fixture
+def namespace(quiet_namespace: str) -> str:
+    return quiet_namespace
+
+
+@pytest.fixture
+async def client(quiet_kubectl: Kubectl) -> AsyncIterator[AsyncClient]:
+    config = KubeConfig.from_file(quiet_kubectl.kubeconfig)
+    c = AsyncClient(config=config, field_manager="calsync-test")
     yield c
     await c.close()
 
