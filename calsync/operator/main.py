@@ -60,6 +60,11 @@ def configure_kopf(settings: kopf.OperatorSettings) -> None:
     settings.watching.client_timeout = 330
     # Namespaces appear and go: with cluster-wide watching there is nothing to scan.
     settings.scanning.disabled = True
+    # Kopf logs every handled watch event at INFO ("Handler 'secret_event' succeeded"): one
+    # line per Secret and SyncJob change in the cluster. Keep its failures, drop the chatter,
+    # unless the operator runs at DEBUG.
+    if logging.getLogger().getEffectiveLevel() > logging.DEBUG:
+        logging.getLogger("kopf.objects").setLevel(logging.WARNING)
 
 
 class StartupError(RuntimeError):
