@@ -45,14 +45,18 @@ from tests.queue_fleet import (
     advisory_locks,
     apply_all,
     by_connection,
+    condition_of,
     connection_manifest,
     create_all,
     env_int,
+    failed_logins,
     fence_regressions,
+    holds,
     is_ready,
     items,
     job_finished,
     new_calendar,
+    nothing_stored,
     overlaps,
     secret_manifest,
     simple_events,
@@ -60,6 +64,7 @@ from tests.queue_fleet import (
     stored_pairs,
     stored_pairs_of,
     syncjob_manifest,
+    wait_healthy,
 )
 from tests.support import ROOT, Kubectl, poll
 
@@ -69,6 +74,11 @@ CONNECTIONS = env_int("CALSYNC_FLEET_CONNECTIONS", 50)
 JOBS_PER_CONNECTION = env_int("CALSYNC_FLEET_JOBS_PER_CONNECTION", 10)
 EVENTS_PER_CALENDAR = env_int("CALSYNC_FLEET_EVENTS", 5)
 SLOW_EVENTS = env_int("CALSYNC_FLEET_SLOW_EVENTS", 1500)
+# Longer than one poll interval of the refused connection (1m, the minimum) after its attempt.
+HOLD = env_int("CALSYNC_FLEET_HOLD", 70)
+RECREATE_EVENTS = env_int("CALSYNC_FLEET_RECREATE_EVENTS", 800)
+REPLICA_CONNECTIONS = env_int("CALSYNC_FLEET_REPLICA_CONNECTIONS", 20)
+STRAY_CONNECTIONS = env_int("CALSYNC_FLEET_STRAY_CONNECTIONS", 8)
 WORKERS = 3
 
 NOW = dt.datetime.now(dt.UTC).replace(minute=0, second=0, microsecond=0)
@@ -289,3 +299,250 @@ def test_a_worker_frozen_past_its_lease_writes_nothing(
     status = kc.json("get", f"sj/{run.job}", "-n", ns)["status"]
     assert (status["phase"], status["claimedBy"]) == ("Succeeded", other.identity)
     print(f"\nfrozen at {at_freeze}/{SLOW_EVENTS} events; its run ended {ended[0].outcome}")
+
+
+# -- 3. refused password ------------------------------------------------------------------------
+
+
+def test_a_refused_password_is_tried_once_until_the_secret_changes(
+    kc: Kubectl, ns: str, fleet: Fleet, radicale: RadicaleServer, pg: str
+) -> None:
+    fleet.operator()
+    worker = fleet.worker("worker")
+    user, password = f"carol-{uuid.uuid4().hex[:6]}", uuid.uuid4().hex
+    radicale.add_user(user, password)
+    cal = new_calendar(radicale, user, password, "refused")
+    cal.seed(simple_events("refused", 3, NOW))
+    apply_all(
+        kc,
+        ns,
+        [
+            secret_manifest("dav", user, "not-the-password"),
+            connection_manifest("carol", cal.url, "dav", poll_interval="1m"),
+        ],
+    )
+
+    def refused() -> dict | None:
+        ready = condition_of(kc.json("get", "calconn/carol", "-n", ns), "Ready")
+        if (
+            ready
+            and ready["status"] == "False"
+            and "no sync is attempted until" in ready["message"]
+        ):
+            return ready
+        return None
+
+    ready = poll(refused, timeout=120, what="Ready=False saying no sync is attempted")
+    assert "Secret" in ready["message"] and "spec" in ready["message"], ready
+    body = kc.json("get", "calconn/carol", "-n", ns)
+    key, generation = body["metadata"]["uid"], body["metadata"]["generation"]
+
+    def attempts() -> tuple[int, int, int]:
+        runs = [r for r in worker.runs() if r.connection == key]
+        return len(runs), failed_logins(radicale, user), len(items(kc, ns, "sj"))
+
+    first = poll(lambda: (a := attempts())[0] and a, what="the worker's run")
+    assert first[0] == 1 and first[1] >= 1 and first[2] == 1, first
+    # One poll interval (1m, the shortest allowed) and then some: no job, no request.
+    holds(
+        lambda: attempts() == first and refused(),
+        seconds=HOLD,
+        what="one attempt and Ready=False",
+    )
+
+    apply_all(kc, ns, [secret_manifest("dav", user, password)])
+    poll(
+        lambda: is_ready(kc.json("get", "calconn/carol", "-n", ns)),
+        timeout=120,
+        what="Ready=True after the Secret was fixed",
+    )
+    assert kc.json("get", "calconn/carol", "-n", ns)["metadata"]["generation"] == generation
+    assert failed_logins(radicale, user) == first[1]
+    assert stored_pairs(pg, key) == cal.truth()
+    print(f"\nrefused requests at Radicale: {first[1]}; runs until fixed: {first[0]}")
+
+
+# -- 4. delete during a sync, re-create with the same name --------------------------------------
+
+
+def test_a_recreated_connection_never_shows_the_old_ones_events(
+    kc: Kubectl, ns: str, fleet: Fleet, radicale: RadicaleServer, pg: str
+) -> None:
+    fleet.extra.update(CALSYNC_SYNC_BATCH_SIZE="10")
+    fleet.operator()
+    worker = fleet.worker("worker")
+    cal = new_calendar(radicale, "alice", USERS["alice"], "recreated")
+    cal.seed(simple_events("old", RECREATE_EVENTS, NOW))
+    apply_all(
+        kc,
+        ns,
+        [
+            secret_manifest("dav", "alice", USERS["alice"]),
+            connection_manifest("dora", cal.url, "dav"),
+        ],
+    )
+    old = poll(lambda: items(kc, ns, "calconn")[0]["metadata"]["uid"], what="the connection")
+    poll(lambda: [r for r in worker.runs() if r.connection == old], what="its first run")
+    poll(lambda: stored_count(pg, old) > 0, timeout=120, interval=0.1, what="a first page")
+    kc("delete", "calconn/dora", "-n", ns, "--wait=false")
+    poll(
+        lambda: kc("get", "calconn/dora", "-n", ns, check=False).returncode != 0,
+        timeout=120,
+        what="the connection gone",
+    )
+    assert nothing_stored(pg, old)
+    interrupted = poll(
+        lambda: [r for r in worker.runs() if r.connection == old and r.end is not None],
+        what="the interrupted run's end line",
+    )
+
+    # The calendar changes before the connection comes back under the same name.
+    names = sorted(cal.files)
+    cal.delete(names[::10])
+    cal.put({n: cal.files[n].replace("SUMMARY:old", "SUMMARY:new") for n in names[5::10]})
+    cal.put(simple_events("added", 5, NOW))
+    apply_all(kc, ns, [connection_manifest("dora", cal.url, "dav")])
+    body = poll(
+        lambda: (b := kc.json("get", "calconn/dora", "-n", ns)) and is_ready(b) and b,
+        timeout=180,
+        what="the new connection Ready",
+    )
+    new = body["metadata"]["uid"]
+    assert new != old
+    assert stored_pairs(pg, new) == cal.truth()
+    assert nothing_stored(pg, old)
+    print(f"\nthe deleted connection's run ended {interrupted[0].outcome}")
+
+
+# -- 5. two operator replicas -------------------------------------------------------------------
+
+
+def test_one_operator_acts_and_a_standby_takes_over(
+    kc: Kubectl, ns: str, fleet: Fleet, radicale: RadicaleServer, pg: str
+) -> None:
+    fleet.extra.update(CALSYNC_OPERATOR_LEASE_DURATION="6")
+    first = fleet.operator("operator-1")
+    second = fleet.start("operator", "operator-2")
+    poll(
+        lambda: second.fail_if_exited() or any("standing by" in m for m in second.messages()),
+        timeout=60,
+        what="operator-2 standing by",
+    )
+    fleet.worker("worker")
+
+    def holder() -> str:
+        lease = kc.json("get", f"lease/{fleet.lease_name}", "-n", ns)
+        return str((lease.get("spec") or {}).get("holderIdentity") or "")
+
+    assert holder() == first.identity
+    calendars = {}
+    for i in range(REPLICA_CONNECTIONS):
+        cal = new_calendar(radicale, "alice", USERS["alice"], f"replica{i:02d}")
+        cal.seed(simple_events(f"r{i:02d}", 3, NOW))
+        calendars[f"conn-{i:02d}"] = cal
+    apply_all(
+        kc,
+        ns,
+        [secret_manifest("dav", "alice", USERS["alice"])]
+        + [connection_manifest(name, cal.url, "dav") for name, cal in calendars.items()],
+    )
+    wait_all_ready(kc, ns, REPLICA_CONNECTIONS)
+
+    def jobs_per_connection() -> dict[str, list[str]]:
+        out: dict[str, list[str]] = collections.defaultdict(list)
+        for job in items(kc, ns, "sj"):
+            out[job["spec"]["connection"]].append(job["spec"].get("mode", ""))
+        return dict(out)
+
+    assert jobs_per_connection() == {name: ["full"] for name in calendars}
+    assert holder() == first.identity
+    assert not any("acting as the operator" in m for m in second.messages())
+
+    first.kill()
+    poll(lambda: holder() == second.identity, timeout=60, what="operator-2 holding the Lease")
+    wait_healthy(second)
+    late = new_calendar(radicale, "alice", USERS["alice"], "late")
+    late.seed(simple_events("late", 3, NOW))
+    apply_all(kc, ns, [connection_manifest("late", late.url, "dav")])
+    conns = wait_all_ready(kc, ns, REPLICA_CONNECTIONS + 1)
+    assert jobs_per_connection() == {name: ["full"] for name in [*calendars, "late"]}
+    keys = {c["metadata"]["name"]: c["metadata"]["uid"] for c in conns}
+    assert stored_pairs(pg, keys["late"]) == late.truth()
+
+
+# -- 6. a stray process on another store --------------------------------------------------------
+
+
+def test_a_stray_process_on_another_store_leaves_the_fleet_alone(
+    kc: Kubectl, ns: str, fleet: Fleet, radicale: RadicaleServer, pg: str, tmp_path: Path
+) -> None:
+    operator = fleet.operator()
+    fleet.worker("worker-1")
+    fleet.worker("worker-2")
+    store_id = operator.store_id()
+    calendars = {}
+    for i in range(STRAY_CONNECTIONS):
+        cal = new_calendar(radicale, "alice", USERS["alice"], f"stray{i:02d}")
+        cal.seed(simple_events(f"s{i:02d}", 4, NOW))
+        calendars[f"conn-{i:02d}"] = cal
+    apply_all(
+        kc,
+        ns,
+        [secret_manifest("dav", "alice", USERS["alice"])]
+        + [connection_manifest(name, cal.url, "dav") for name, cal in calendars.items()],
+    )
+    conns = wait_all_ready(kc, ns, STRAY_CONNECTIONS)
+    keys = {c["metadata"]["name"]: c["metadata"]["uid"] for c in conns}
+    assert {c["status"]["storeId"] for c in conns} == {store_id}
+
+    # A laptop's `calsync run` with its own SQLite file and its own operator Lease.
+    sqlite = f"sqlite+aiosqlite:///{tmp_path / 'stray.db'}"
+    stray = fleet.start(
+        "run", "stray", CALSYNC_STORE_URL=sqlite, CALSYNC_OPERATOR_LEASE_NAME="stray-operator"
+    )
+    wait_healthy(stray)
+    stray_store = stray.store_id()
+    assert stray_store and stray_store != store_id
+
+    for name, cal in calendars.items():
+        cal.put(simple_events(f"{name}-more", 2, NOW))
+    create_all(
+        kc,
+        ns,
+        [syncjob_manifest(f"{name}-m{j}", name) for name in calendars for j in range(2)],
+    )
+
+    def all_finished() -> list[dict] | None:
+        jobs = items(kc, ns, "sj")
+        return jobs if all(job_finished(j) for j in jobs) else None
+
+    jobs = poll(all_finished, timeout=300, interval=2, what="every SyncJob finished")
+    assert len(jobs) == 3 * STRAY_CONNECTIONS
+    assert not [j for j in jobs if j["status"].get("claimedBy") == stray.identity]
+    assert {j["status"].get("storeId") for j in jobs} == {store_id}
+    stored = stored_pairs_of(pg, keys.values())
+    for name, cal in calendars.items():
+        assert stored[keys[name]] == cal.truth(), name
+    assert not any(stored_pairs_of(sqlite, keys.values()).values())
+
+    def said_once() -> bool:
+        messages = stray.messages()
+        for name in calendars:
+            worker_lines = [
+                m for m in messages if m.startswith(f"not running SyncJobs of {ns}/{name}:")
+            ]
+            operator_lines = [
+                m for m in messages if m.startswith(f"CalendarConnection {ns}/{name} is bound")
+            ]
+            if len(worker_lines) != 1 or len(operator_lines) > 1:
+                return False
+        return True
+
+    assert said_once(), "\n".join(m for m in stray.messages() if "bound" in m)
+    assert (stray.metric("calsync_syncjobs_skipped_total") or 0) >= STRAY_CONNECTIONS
+
+    # Both operators handle the deletions (one finalizer name); the fleet's store is purged.
+    kc("delete", "calconn", "--all", "-n", ns, "--timeout=120s")
+    assert not items(kc, ns, "calconn")
+    leftover = {k: v for k, v in stored_pairs_of(pg, keys.values()).items() if v}
+    assert not leftover, f"not purged: {sorted(leftover)}"
