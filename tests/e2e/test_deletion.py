@@ -92,11 +92,11 @@ def test_delete_lets_go_of_a_connection_whose_store_is_down(
 
     _admin(postgres_server.url, f'ALTER DATABASE "{database}" WITH ALLOW_CONNECTIONS false')
     try:
-        _admin(
-            postgres_server.url,
-            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
-            f"WHERE datname = '{database}' AND pid <> pg_backend_pid()",
+        terminate = (
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "  # noqa: S608 - our own name
+            f"WHERE datname = '{database}' AND pid <> pg_backend_pid()"
         )
+        _admin(postgres_server.url, terminate)
         kubectl("delete", "calconn/alice", "-n", namespace, "--wait=false")
 
         def gone() -> bool:
