@@ -29,6 +29,8 @@ import asyncio
 import contextlib
 import datetime as dt
 import logging
+import os
+import socket
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -90,6 +92,24 @@ class WorkerRefused(RuntimeError):
 
 class LostClaim(Exception):
     """The run no longer holds its connection's claim."""
+
+
+def _dead_local_process(identity: str) -> bool:
+    """Whether `identity` (hostname-pid, the default) names a process of this host that is gone.
+
+    A worker killed a moment ago leaves a heartbeat that is still live; on SQLite, whose file
+    only processes of this host share, that must not keep its successor from starting.
+    """
+    host, _, pid = identity.rpartition("-")
+    if host != socket.gethostname() or not pid.isdigit():
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    return False
 
 
 def backoff(attempt: int, base: float) -> float:
@@ -160,7 +180,7 @@ class Worker:
     async def join(self) -> None:
         """Register with the store; refuse a second worker on a SQLite store."""
         members = await self.store.heartbeat(self.identity, self.settings.sync_lease, kind="worker")
-        others = [m for m in members if m != self.identity]
+        others = [m for m in members if m != self.identity and not _dead_local_process(m)]
         if self.store.dialect == "sqlite" and others:
             await self.store.leave(self.identity)
             raise WorkerRefused(
