@@ -19,6 +19,7 @@ import json
 import os
 import random
 import signal
+import threading
 import uuid
 import xml.etree.ElementTree as ET
 from collections.abc import Awaitable, Callable, Iterator
@@ -586,6 +587,31 @@ def graph_occurrences(
 
 
 # -- sockets -------------------------------------------------------------------------------------
+
+
+class PeakSampler:
+    """Samples `measure()` in a thread and keeps the highest value seen per phase."""
+
+    def __init__(self, measure: Callable[[], int], every: float = 0.2) -> None:
+        self.measure = measure
+        self.every = every
+        self.phase = "start"
+        self.peaks: dict[str, int] = {}
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True, name="peak-sampler")
+
+    def _run(self) -> None:
+        while not self._done.wait(self.every):
+            value = self.measure()
+            self.peaks[self.phase] = max(self.peaks.get(self.phase, 0), value)
+
+    def __enter__(self) -> PeakSampler:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self._done.set()
+        self._thread.join()
 
 
 def connections_to(pid: int, port: int) -> int:

@@ -28,7 +28,6 @@ import datetime as dt
 import json
 import os
 import subprocess
-import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -43,6 +42,7 @@ from calsync.testing.radicale import RadicaleServer, put_event
 from tests.fixtures.radicale import USERS
 from tests.stress import (
     Fleet,
+    PeakSampler,
     caldav_components,
     caldav_connection,
     connections_to,
@@ -148,42 +148,34 @@ def test_namespace_deleted_while_another_fills(
         fleet.start_worker(0)
         kubectl("create", "namespace", old)
         kubectl("create", "namespace", new)
+        assert fleet.operator is not None
+        operator_pid = fleet.operator.proc.pid
+        with PeakSampler(lambda: connections_to(operator_pid, state.apiserver_port)) as sockets:
+            sockets.phase = "first"
+            began = time.monotonic()
+            create_all(kubectl, old, connection_set(urls))
+            olds = wait_ready(kubectl, old, fleet, f"{CONNECTIONS} connections Ready in {old}")
+            figures["first_ready_seconds"] = round(time.monotonic() - began, 1)
+            old_uids = sorted(o["metadata"]["uid"] for o in olds.values())
+            before = scrape(fleet.operator_metrics)
 
-        began = time.monotonic()
-        create_all(kubectl, old, connection_set(urls))
-        olds = wait_ready(kubectl, old, fleet, f"{CONNECTIONS} connections Ready in {old}")
-        figures["first_ready_seconds"] = round(time.monotonic() - began, 1)
-        old_uids = sorted(o["metadata"]["uid"] for o in olds.values())
-        before = scrape(fleet.operator_metrics)
+            # The storm: the old namespace goes while the new one fills.
+            sockets.phase = "storm"
+            began = time.monotonic()
+            kubectl("delete", "namespace", old, "--wait=false")
+            create_all(kubectl, new, connection_set(urls))
+            news = wait_ready(kubectl, new, fleet, f"{CONNECTIONS} connections Ready in {new}")
+            figures["second_ready_seconds"] = round(time.monotonic() - began, 1)
 
-        # The storm: the old namespace goes while the new one fills.
-        operator_pid = fleet.operator.proc.pid if fleet.operator else 0
-        peak = [0]
-        done = threading.Event()
+            def old_gone() -> bool:
+                assert not fleet.supervise(), f"a component exited: {fleet.exits}"
+                result = kubectl("get", "namespace", old, check=False)
+                return result.returncode != 0 and "NotFound" in result.stderr
 
-        def sample() -> None:
-            while not done.wait(0.2):
-                peak[0] = max(peak[0], connections_to(operator_pid, state.apiserver_port))
-
-        sampler = threading.Thread(target=sample, daemon=True)
-        sampler.start()
-        began = time.monotonic()
-        kubectl("delete", "namespace", old, "--wait=false")
-        create_all(kubectl, new, connection_set(urls))
-        news = wait_ready(kubectl, new, fleet, f"{CONNECTIONS} connections Ready in {new}")
-        figures["second_ready_seconds"] = round(time.monotonic() - began, 1)
-
-        def old_gone() -> bool:
-            assert not fleet.supervise(), f"a component exited: {fleet.exits}"
-            result = kubectl("get", "namespace", old, check=False)
-            return result.returncode != 0 and "NotFound" in result.stderr
-
-        poll(old_gone, timeout=DEADLINE, interval=3, what=f"namespace {old} to be gone")
-        figures["old_namespace_gone_seconds"] = round(time.monotonic() - began, 1)
-        done.set()
-        sampler.join()
-        figures["peak_operator_connections_to_apiserver"] = peak[0]
-        after = scrape(fleet.operator_metrics)
+            poll(old_gone, timeout=DEADLINE, interval=3, what=f"namespace {old} to be gone")
+            figures["old_namespace_gone_seconds"] = round(time.monotonic() - began, 1)
+            after = scrape(fleet.operator_metrics)
+        figures["peak_operator_connections_to_apiserver"] = sockets.peaks
 
         # Every old connection purged; every new one holds exactly its calendar.
         new_keys = {o["metadata"]["uid"]: o["spec"]["caldav"]["url"] for o in news.values()}
