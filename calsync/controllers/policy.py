@@ -9,8 +9,9 @@ again, and what the status should say. Nothing here does I/O, so every rule has 
 The rules:
 - A connection bound to another store (`status.storeId`) is not ours: nothing happens.
 - Suspended, credentials missing, or credentials the provider refused (`status.refusedCredentials`
-  equals the digest of the current Secrets): no job, and no timer either; a change of the spec or
-  of a referenced Secret brings the connection back here.
+  equals the digest of the current Secrets) with nothing attempted changed since (the scope and
+  the Secrets, `status.attempted`): no job, and no timer either; a change of the spec or of a
+  referenced Secret brings the connection back here, and a changed scope or Secret is tried once.
 - While a job of the connection is pending or running: nothing (its end brings us back).
 - What is mirrored (`scope`: provider, URL, calendars, window) differs from what the last full
   sync mirrored: a `full` job now. Any other spec change (owner, poll interval, suspend) needs no
@@ -156,7 +157,10 @@ def decide(f: Facts) -> Plan:
         return Plan(why="suspended", **common)
     if not f.credentials_usable:
         return Plan(why="credentials incomplete", **common)
-    if refused is not None and refused == f.credentials:
+    attempted = status.get("attempted")
+    current = attempt_digest(scope, f.credentials)
+    changed_since_attempt = attempted is not None and attempted != current
+    if refused is not None and refused == f.credentials and not changed_since_attempt:
         return Plan(why="credentials refused", **common)
     if f.active_jobs:
         return Plan(why="a job is pending or running", **common)
@@ -164,9 +168,6 @@ def decide(f: Facts) -> Plan:
     interval = f.spec.sync.poll_interval_seconds or f.default_poll_interval
     failures = int(status.get("consecutiveFailures") or 0)
     last_attempt = parse_time(status.get("lastAttemptTime"))
-    attempted = status.get("attempted")
-    current = attempt_digest(scope, f.credentials)
-    changed_since_attempt = attempted is not None and attempted != current
     mode = "full" if scope_changed else "incremental"
     immediate = (
         last_attempt is None
