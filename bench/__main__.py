@@ -13,6 +13,8 @@ BENCHMARKS = (
     "caldav_sync",
     "google_sync",
     "microsoft_sync",
+    "syncjob_throughput",
+    "idle_cost",
 )
 
 
