@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import collections
 import datetime as dt
+import json
 import os
 import uuid
 from collections.abc import Iterator
@@ -304,7 +305,7 @@ def test_a_worker_frozen_past_its_lease_writes_nothing(
 # -- 3. refused password ------------------------------------------------------------------------
 
 
-def test_a_refused_password_is_tried_once_until_the_secret_changes(
+def test_a_refused_password_is_tried_once_until_the_secret_or_scope_changes(
     kc: Kubectl, ns: str, fleet: Fleet, radicale: RadicaleServer, pg: str
 ) -> None:
     fleet.operator()
@@ -350,16 +351,31 @@ def test_a_refused_password_is_tried_once_until_the_secret_changes(
         what="one attempt and Ready=False",
     )
 
+    # A change of what is mirrored (here the window) is worth one attempt more, and one only.
+    window = {"spec": {"sync": {"window": {"pastDays": 300, "futureDays": 700}}}}
+    kc("patch", "calconn/carol", "-n", ns, "--type=merge", "-p", json.dumps(window))
+
+    def refused_again() -> tuple[int, int, int] | None:
+        ready = refused()
+        ended = [r for r in worker.runs() if r.connection == key and r.end is not None]
+        if len(ended) == 2 and ready and ready["observedGeneration"] == generation + 1:
+            return attempts()
+        return None
+
+    second = poll(refused_again, timeout=120, what="a second refused attempt")
+    assert second == (2, 2 * first[1], 2), (first, second)
+
     apply_all(kc, ns, [secret_manifest("dav", user, password)])
     poll(
         lambda: is_ready(kc.json("get", "calconn/carol", "-n", ns)),
         timeout=120,
         what="Ready=True after the Secret was fixed",
     )
-    assert kc.json("get", "calconn/carol", "-n", ns)["metadata"]["generation"] == generation
-    assert failed_logins(radicale, user) == first[1]
+    assert kc.json("get", "calconn/carol", "-n", ns)["metadata"]["generation"] == generation + 1
+    assert failed_logins(radicale, user) == second[1]
+    assert len([r for r in worker.runs() if r.connection == key]) == 3
     assert stored_pairs(pg, key) == cal.truth()
-    print(f"\nrefused requests at Radicale: {first[1]}; runs until fixed: {first[0]}")
+    print(f"\nrefused requests at Radicale per attempt: {first[1]}")
 
 
 # -- 4. delete during a sync, re-create with the same name --------------------------------------
