@@ -160,11 +160,13 @@ class Component:
                 total = (total or 0.0) + float(line.rsplit(" ", 1)[1])
         return total
 
-    def fail_if_exited(self) -> None:
+    def alive_or_fail(self) -> bool:
+        """True while the process runs; a test failure with its output once it has exited."""
         if not self.alive:
             pytest.fail(
                 f"{self.label} exited with {self.process.proc.returncode}:\n{self.output()[-4000:]}"
             )
+        return True
 
     def pause(self) -> None:
         os.kill(self.pid, signal.SIGSTOP)
@@ -241,7 +243,7 @@ class Fleet:
         """A worker, once it has joined its store."""
         component = self.start("worker", label, **overrides)
         poll(
-            lambda: component.fail_if_exited() or component.store_id(),
+            lambda: component.alive_or_fail() and component.store_id(),
             timeout=90,
             what=f"{label} joined its store",
         )
@@ -266,7 +268,7 @@ class Fleet:
 
 def wait_healthy(component: Component, timeout: float = 90) -> None:
     def healthy() -> bool:
-        component.fail_if_exited()
+        component.alive_or_fail()
         try:
             url = f"http://127.0.0.1:{component.health_port}/healthz"
             return httpx.get(url, timeout=2).status_code == 200
@@ -623,3 +625,47 @@ def failed_logins(server: RadicaleServer, user: str) -> int:
     return sum(
         1 for line in text.splitlines() if "Failed login attempt" in line and repr(user) in line
     )
+
+
+# Sessions holding or asking for an advisory lock: the store's claim lock ("clms") and page lock
+# ("cals") are both transaction-scoped, so a holder is inside a write transaction.
+_ADVISORY = """
+SELECT count(*) FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid
+WHERE l.locktype = 'advisory' AND a.datname = current_database() AND a.pid <> pg_backend_pid()
+"""
+
+
+def freeze(component: Component, store_url: str, *, inside_write: bool, within: float = 60) -> int:
+    """SIGSTOP `component` while it is inside a store write (it holds an advisory lock) or
+    outside any (it holds none); return the number of tries. Only `component` may be writing:
+    whoever holds a lock is taken to be it. Fails when no such moment came `within` seconds."""
+    import asyncpg
+    from sqlalchemy.engine import make_url
+
+    url = make_url(store_url).set(drivername="postgresql").render_as_string(False)
+
+    async def attempt() -> int:
+        conn = await asyncpg.connect(url)
+        try:
+            deadline = time.monotonic() + within
+            tries = 0
+            while time.monotonic() < deadline:
+                if inside_write and not await conn.fetchval(_ADVISORY):
+                    await asyncio.sleep(0.001)
+                    continue
+                tries += 1
+                component.pause()
+                # A lock request already sent is answered within milliseconds: ask twice.
+                first = bool(await conn.fetchval(_ADVISORY))
+                await asyncio.sleep(0.05)
+                second = bool(await conn.fetchval(_ADVISORY))
+                if (first and second) if inside_write else not (first or second):
+                    return tries
+                component.resume()
+                await asyncio.sleep(0.02)
+            where = "inside" if inside_write else "outside"
+            pytest.fail(f"could not freeze {component.label} {where} a store write")
+        finally:
+            await conn.close()
+
+    return asyncio.run(attempt())
