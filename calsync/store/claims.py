@@ -45,10 +45,12 @@ from sqlalchemy import (
     literal,
     or_,
     select,
+    text,
     update,
 )
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from calsync.store.connect import writer
@@ -75,6 +77,19 @@ class Fenced(RuntimeError):
 
 class ConnectionPurged(Fenced):
     """The connection was purged: it can never be claimed or written again."""
+
+
+CLAIM_LOCK_WAIT_MS = 2000
+
+
+class _LockBusy(Exception):
+    """The connection's lock stayed taken for CLAIM_LOCK_WAIT_MS: treat it as held."""
+
+
+def _lock_timed_out(exc: DBAPIError) -> bool:
+    """Whether PostgreSQL gave up waiting for a lock (SQLSTATE 55P03, lock_not_available)."""
+    code = getattr(exc.orig, "sqlstate", None) or getattr(exc.orig, "pgcode", None)
+    return code == "55P03" or "lock timeout" in str(exc)
 
 
 def connection_lock(connection: str, *, shared: bool) -> ColumnElement[Any]:
@@ -155,7 +170,12 @@ class Leases:
     async def claim(self, connection: str, holder: str, ttl: float) -> Fence | None:
         if not holder:
             raise ValueError("a claim needs a holder")
-        lease = _seconds(ttl)
+        try:
+            return await self._claim(connection, holder, _seconds(ttl))
+        except _LockBusy:
+            return None
+
+    async def _claim(self, connection: str, holder: str, lease: dt.timedelta) -> Fence | None:
         table = connection_claims
         async with self._writer.begin() as conn:
             if self._postgres:
@@ -172,7 +192,18 @@ class Leases:
                 )
                 if busy is not None:
                     return None
-            await self._lock(conn, connection)
+                # A holder stopped inside a page transaction (SIGSTOP) keeps the lock until the
+                # server ends its session (idle_in_transaction_session_timeout, see connect.py);
+                # a claim must not wait that long inside a worker's sweep: it is refused.
+                await conn.execute(text(f"SET LOCAL lock_timeout = '{CLAIM_LOCK_WAIT_MS}ms'"))
+                try:
+                    await self._lock(conn, connection)
+                except DBAPIError as exc:
+                    if _lock_timed_out(exc):
+                        raise _LockBusy from exc
+                    raise
+            else:
+                await self._lock(conn, connection)
             now, until = self._at(dt.timedelta(0), lease)
             stmt = self._insert(table).values(
                 connection=connection, holder=holder, token=1, expires_at=until

@@ -44,6 +44,9 @@ SQLITE_PRAGMAS = (
 )
 
 
+IDLE_IN_TRANSACTION_MS = "30000"
+
+
 def create_store_engine(url: str | URL, **options: Any) -> AsyncEngine:
     """An async engine for a store URL (plain forms accepted, see `async_url`)."""
     parsed = async_url(url)
@@ -52,7 +55,13 @@ def create_store_engine(url: str | URL, **options: Any) -> AsyncEngine:
         _configure_sqlite(engine.sync_engine)
         return engine
     options.setdefault("pool_pre_ping", True)
-    return create_async_engine(parsed, **options)
+    # A client stopped inside a transaction (a worker frozen by SIGSTOP) would keep its locks
+    # for ever; the server ends such a session after this long and the locks go with it.
+    connect_args = dict(options.pop("connect_args", {}))
+    server_settings = dict(connect_args.get("server_settings", {}))
+    server_settings.setdefault("idle_in_transaction_session_timeout", IDLE_IN_TRANSACTION_MS)
+    connect_args["server_settings"] = server_settings
+    return create_async_engine(parsed, connect_args=connect_args, **options)
 
 
 def writer(engine: AsyncEngine) -> AsyncEngine:

@@ -614,3 +614,29 @@ def test_without_claims_the_same_check_finds_overlaps(postgres_url: str, tmp_pat
     url = make_url(postgres_url).set(drivername="postgresql+asyncpg").render_as_string(False)
     ops, _ = _run_contenders(url, tmp_path / "holds.jsonl", 100, fenced=False)
     assert overlapping(holds_from(ops))
+
+
+async def test_a_holder_stopped_inside_a_write_does_not_hang_a_claim(postgres_url: str) -> None:
+    """A worker frozen (SIGSTOP) mid-transaction keeps the connection's lock; another worker's
+    claim is refused after a short wait instead of waiting with it, and succeeds once the
+    frozen session is gone."""
+    from calsync.store.claims import connection_lock
+
+    url = make_url(postgres_url).set(drivername="postgresql+asyncpg").render_as_string(False)
+    async with await EventStore.open(url) as store:
+        frozen = await store.claim(CONN, "worker-a", SHORT)
+        assert frozen is not None
+        await taken_over(store, CONN, "worker-c")  # the lease lapses and someone takes over...
+        await store.release((await store.claim(CONN, "worker-c", LONG)) or frozen)
+        holder = await store.engine.connect()
+        transaction = await holder.begin()
+        # ...while the frozen worker sits inside a page transaction holding the shared lock.
+        await holder.execute(sa.select(connection_lock(CONN, shared=True)))
+        try:
+            refused = await asyncio.wait_for(store.claim(CONN, "worker-b", LONG), 30)
+            assert refused is None
+        finally:
+            await transaction.rollback()
+            await holder.close()
+        granted = await store.claim(CONN, "worker-b", LONG)
+        assert granted is not None and granted.holder == "worker-b"
