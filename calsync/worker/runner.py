@@ -218,8 +218,11 @@ class Worker:
                     due = 5.0
                 if due is not None:
                     timeout = max(0.05, min(timeout, due))
+                # Not asyncio.wait_for: on Python 3.11 it swallows a cancellation that arrives
+                # while the wake event is set, and a stopping worker went on claiming jobs.
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self.wake.wait(), timeout=timeout)
+                    async with asyncio.timeout(timeout):
+                        await self.wake.wait()
                 self.wake.clear()
         finally:
             runs = list(self.running.values())
