@@ -444,8 +444,19 @@ class Worker:
         except Exception as exc:
             keeper.cancel()
             await asyncio.gather(keeper, return_exceptions=True)
-            run.outcome = "failed"
-            await self._failed(run, exc, time.monotonic() - started)
+            if await self._claim_passed_on(run):
+                # Its failure (e.g. the server ended the session of a worker frozen inside a
+                # write) concerns a job and a connection that are the new holder's now.
+                metrics.SYNC_RUNS_FENCED.inc()
+                run.outcome = "lost"
+                log.warning(
+                    "SyncJob %s failed after losing its claim (%s); result dropped",
+                    run.writer.name,
+                    exc,
+                )
+            else:
+                run.outcome = "failed"
+                await self._failed(run, exc, time.monotonic() - started)
         else:
             keeper.cancel()
             await asyncio.gather(keeper, return_exceptions=True)
@@ -454,6 +465,13 @@ class Worker:
         finally:
             self.running.pop(run.connection, None)
             self.wake.set()
+
+    async def _claim_passed_on(self, run: Run) -> bool:
+        """Whether the store says the run's claim is gone (taken over, released or purged)."""
+        try:
+            return not await self.store.renew(run.fence, self.settings.sync_lease)
+        except Exception:
+            return False  # the store cannot tell: report the failure as usual
 
     async def _handback(self, run: Run) -> None:
         """The worker stops or the connection goes: release the claim and hand the job back."""
