@@ -1,25 +1,32 @@
 """The sync queue as a fleet: operators and workers as separate processes on one PostgreSQL store.
 
 Every test starts real `calsync operator` / `calsync worker` (and once `calsync run`) processes
-against a real kube-apiserver, a real PostgreSQL database of its own and real Radicale
-calendars, then checks what the design promises a fleet: at most one run per connection at any
-moment (read from the workers' `run=start|end` log lines), fenced writes of a worker frozen past
-its lease, no retry of refused credentials, no old events under a re-created name, one active
-operator, and a stray process on another store leaving the fleet's work alone.
+against a real kube-apiserver, a PostgreSQL database of its own and real Radicale calendars,
+then checks what the design promises a fleet: at most one run per connection at any moment
+(read from the workers' `run=start|end` log lines) and fence tokens in claim order; nothing
+written by a worker frozen (SIGSTOP) past its lease, whether frozen between two store writes or
+inside one (where it must not stall anyone else either); one attempt with refused credentials
+until the Secret or the mirrored scope changes; no old events under a re-created name; one
+active operator and a standby that takes over; a stray process on another store that leaves
+the fleet's work alone.
 
 The module runs its own control plane (a second `calsync devcluster`, removed at the end): the
 session's `operator` fixture watches the whole cluster and would bind these tests' connections
 to its SQLite store. With `CALSYNC_E2E_KUBECONFIG` the tests use that cluster instead, which
 must then run no calsync operator of its own.
 
-Sizes are module constants that the environment can raise. The defaults keep the module at a
-few minutes on a two-core machine; the full-size run of the exclusivity test is
+Sizes are module constants; the environment overrides them (`CALSYNC_FLEET_CONNECTIONS`,
+`CALSYNC_FLEET_JOBS_PER_CONNECTION`, `CALSYNC_FLEET_EVENTS`, `CALSYNC_FLEET_SLOW_EVENTS`,
+`CALSYNC_FLEET_RECREATE_EVENTS`, `CALSYNC_FLEET_REPLICA_CONNECTIONS`,
+`CALSYNC_FLEET_STRAY_CONNECTIONS`, and `CALSYNC_FLEET_HOLD`, the seconds a refused connection
+is watched for a second attempt). The defaults are the full size of the exclusivity test (50
+connections, 10 manual SyncJobs each): the module takes about six minutes on a two-core
+machine. A quicker run:
 
-    CALSYNC_FLEET_CONNECTIONS=50 CALSYNC_FLEET_JOBS_PER_CONNECTION=10 \\
+    CALSYNC_FLEET_CONNECTIONS=10 CALSYNC_FLEET_HOLD=20 \\
         .venv/bin/pytest tests/e2e/test_fleet.py -m e2e
 
-(`CALSYNC_FLEET_SLOW_EVENTS` sizes the calendar that is frozen mid-run, `CALSYNC_FLEET_HOLD` the
-seconds a refused connection is watched for a second attempt.)
+A larger one: `CALSYNC_FLEET_CONNECTIONS=200 CALSYNC_FLEET_JOBS_PER_CONNECTION=20`.
 """
 
 from __future__ import annotations
@@ -213,8 +220,14 @@ def test_runs_of_a_connection_never_overlap(
         expected = 1 if phase == "Succeeded" else 0
         assert successes.get(name, 0) == expected, (name, phase, job["status"])
 
+    for job in jobs:
+        complete = condition_of(job, "Complete")
+        if job["status"]["phase"] in ("Succeeded", "Superseded"):
+            assert complete and complete["status"] == "True", job["status"]
+
     spread = collections.Counter(r.worker for r in runs)
     print(f"\nphases {dict(phases)}; runs per worker {dict(spread)}; runs {len(runs)}")
+    assert len(spread) == WORKERS, spread
 
     # What the fleet stored is what the calendars hold.
     stored = stored_pairs_of(pg, keys.values())
@@ -253,7 +266,8 @@ def test_a_worker_frozen_past_its_lease_writes_nothing(
 
     frozen, run = poll(started, timeout=120, what="a run of the connection")
     # Freeze it once it has stored a page, so it holds pages it has not written yet, between
-    # two page transactions (frozen inside one, it stalls the takeover: see the last test).
+    # two page transactions (frozen inside one it keeps a lock until the server ends its
+    # session: the last test).
     poll(lambda: stored_count(pg, key) > 0, timeout=120, interval=0.1, what="a first page")
     freeze(frozen, pg, inside_write=False)
     at_freeze = stored_count(pg, key)
@@ -413,6 +427,10 @@ def test_a_recreated_connection_never_shows_the_old_ones_events(
     interrupted = poll(
         lambda: [r for r in worker.runs() if r.connection == old and r.end is not None],
         what="the interrupted run's end line",
+    )
+    assert interrupted[0].outcome != "succeeded", (
+        f"the sync ended before the deletion: raise CALSYNC_FLEET_RECREATE_EVENTS "
+        f"({RECREATE_EVENTS})"
     )
 
     # The calendar changes before the connection comes back under the same name.
