@@ -188,6 +188,20 @@ class Fleet:
         self.start_worker(slot, wait=False)
         return slot
 
+    def busy_workers(self) -> list[int]:
+        """Slots whose current worker is in the middle of a run (by its run log lines)."""
+        busy = []
+        for slot, proc in sorted(self.workers.items()):
+            open_runs: set[str] = set()
+            for line in proc.output().splitlines():
+                if '"run": "start"' in line:
+                    open_runs.add(json.loads(line)["job"])
+                elif '"run": "end"' in line:
+                    open_runs.discard(json.loads(line)["job"])
+            if open_runs:
+                busy.append(slot)
+        return busy
+
     def supervise(self) -> list[Exit]:
         """Start again every component that exited on its own, as its Deployment would."""
         found = []

@@ -8,7 +8,8 @@ simulator (with pre-provisioned refresh tokens in Secrets). Once all are Ready, 
 
 - a background thread keeps changing the providers' data (adds, changes and deletes events,
   moves occurrences of series) and now and then creates a manual SyncJob;
-- every `KILL_EVERY` seconds a random worker is killed with SIGKILL and a new one started;
+- every `KILL_EVERY` seconds a random worker (one in the middle of a run, when there is one) is
+  killed with SIGKILL and a new one started;
 - half way through, the kube-apiserver is killed and started again;
 - whatever exits on its own is started again, as its Deployment would (and recorded).
 
@@ -487,10 +488,14 @@ def test_store_converges_through_worker_kills_and_an_apiserver_restart(
         changer.start()
         asker.start()
         next_kill = chaos_began + KILL_EVERY
+        killer = random.Random(seed + 2)
+        mid_run = 0
         while (now := time.monotonic()) < chaos_began + CHAOS_SECONDS:
             fleet.supervise()
             if now >= next_kill:
-                fleet.kill_worker()
+                busy = fleet.busy_workers()  # rather one that is in the middle of a run
+                fleet.kill_worker(killer.choice(busy) if busy else None)
+                mid_run += bool(busy)
                 next_kill += KILL_EVERY
             if not restarter.is_alive() and not restarts and now >= chaos_began + CHAOS_SECONDS / 2:
                 restarter.start()
@@ -502,6 +507,7 @@ def test_store_converges_through_worker_kills_and_an_apiserver_restart(
         assert not problems, f"changing the providers' data failed: {problems}"
         figures |= {
             "kills": fleet.kills,
+            "kills_mid_run": mid_run,
             "apiserver_restarts": len(restarts),
             "apiserver_restart_seconds": restarts,
             "changes": dict(sorted(world.changes.items())),
