@@ -152,3 +152,30 @@ def test_synced_message_counts_in_singular_and_plural(
     )
     synced = conds.get("Synced")
     assert synced is not None and synced.message == message
+
+
+def test_a_never_synced_connection_shows_each_failed_attempt_at_once() -> None:
+    conds = fresh()
+    readiness.apply_credentials(conds, OK, credentials_changed=False)
+    readiness.apply_sync_failure(
+        conds, reason="ProviderError", message="connection refused", auth=False, final=False
+    )
+    assert state(conds)["Ready"] == ("False", "SyncRetrying")
+    assert conds.get("Ready") is not None and "connection refused" in conds.get("Ready").message  # type: ignore[union-attr]
+
+
+def test_a_spec_change_makes_ready_false_until_the_next_sync() -> None:
+    conds = fresh()
+    readiness.apply_sync_success(conds, events=3, calendars=1, duplicates=[], skipped=[])
+    readiness.apply_spec_changed(conds, 2)
+    assert state(conds)["Ready"] == ("False", "SpecChanged")
+    readiness.apply_sync_success(conds, events=3, calendars=1, duplicates=[], skipped=[])
+    assert state(conds)["Ready"] == ("True", "Synced")
+
+
+def test_a_full_queue_throttles_and_room_recovers() -> None:
+    conds = fresh()
+    readiness.apply_queue_full(conds, 5000, 5000)
+    assert state(conds)["Throttled"] == ("True", "QueueFull")
+    readiness.apply_queue_room(conds)
+    assert state(conds)["Throttled"] == ("False", "WithinBudget")
