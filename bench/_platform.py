@@ -342,11 +342,13 @@ def start_radicale(folder: Path, calendars: int, events: int) -> tuple[Any, list
 
     server = RadicaleServer(folder)
     server.add_user(RADICALE_USER, RADICALE_PASSWORD)
+    # Around today, so that the events fall inside the connections' sync window.
+    today = dt.datetime.now(dt.UTC).replace(hour=0, minute=0, second=0, microsecond=0)
     for i in range(calendars):
         server.seed_collection_files(
             RADICALE_USER,
             f"cal-{i}",
-            generate_events(events, seed=i, prefix=f"c{i}"),
+            generate_events(events, seed=i, prefix=f"c{i}", start=today),
             name=f"Calendar {i}",
         )
     server.start()  # the port is known from here on
