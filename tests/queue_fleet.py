@@ -256,6 +256,11 @@ class Fleet:
         return component
 
     def stop(self) -> dict[str, int]:
+        """Stop every process (all asked at once, then each waited for); their exit codes."""
+        for component in self.components:
+            if component.alive:
+                component.resume()  # a stopped process cannot act on SIGTERM
+                component.process.proc.terminate()
         return {c.label: c.stop() for c in self.components}
 
     def runs(self) -> list[Run]:
