@@ -7,6 +7,7 @@ lightkube with generic resources for our kinds.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import datetime as dt
 import logging
@@ -63,8 +64,7 @@ async def check_crds(client: AsyncClient, namespaces: tuple[str, ...] = ()) -> N
     where = namespaces[0] if namespaces else "*"
     for kind in ALL_KINDS:
         try:
-            async for _ in client.list(_RESOURCES[kind.plural], namespace=where, chunk_size=1):
-                break
+            await _list_one(client, kind.plural, where)
         except ApiError as exc:
             if exc.status.code == 404:
                 missing.append(f"{kind.plural}.{GROUP}")
@@ -86,6 +86,25 @@ async def check_crds(client: AsyncClient, namespaces: tuple[str, ...] = ()) -> N
             f"{GROUP}/{VERSION}): install them with `kubectl apply -f crds/` or the Helm chart, "
             "then start the operator again"
         )
+
+
+STARTING_RETRIES = 15
+
+
+async def _list_one(client: AsyncClient, plural: str, namespace: str) -> None:
+    """List at most one object of a kind; a server that is still starting (it answers 503
+    until it has installed every path, or 429/5xx) is asked again for a few seconds."""
+    for attempt in range(STARTING_RETRIES + 1):
+        try:
+            async for _ in client.list(_RESOURCES[plural], namespace=namespace, chunk_size=1):
+                break
+            return
+        except ApiError as exc:
+            code = exc.status.code or 0
+            if attempt == STARTING_RETRIES or not (code == 429 or code >= 500):
+                raise
+            log.info("the API server is not ready yet (%s); asking again", exc.status.message)
+        await asyncio.sleep(1.0)
 
 
 async def read_secret(client: AsyncClient, namespace: str, name: str) -> Mapping[str, bytes] | None:
