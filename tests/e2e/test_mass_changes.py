@@ -6,8 +6,13 @@ namespace is deleted while as many new connections are created in a second names
 generous deadline every new connection must be Ready with exactly its calendar's events in the
 store, the old namespace must be gone (no finalizer left hanging), every old connection must be
 purged from the store, the operator must log no `PoolTimeout`, and its reconciles must not fail
-(`calsync_connection_reconciles_total{result="error"}`). The peak number of connections the
-operator holds open to the API server during the storm is measured from /proc and reported.
+(`calsync_connection_reconciles_total{result="error"}`).
+
+The peak number of TCP connections the operator holds open to the API server (read from /proc)
+is reported for both phases but not asserted: the work queue bounds calsync's own calls, but
+Kopf handles every object in a worker of its own and talks to the API server through an aiohttp
+connector without a limit, so adding or deleting 300 objects at once opens well over a hundred
+connections (more than lightkube's pool of 100 could hold, so they are Kopf's).
 
 The test runs its own control plane, so no other operator acts on its objects. Sizes come from
 the environment; the defaults are the full size (300 + 300), which takes about 3 minutes on a
@@ -215,8 +220,8 @@ def test_namespace_deleted_while_another_fills(
         lines = list(fleet.log_lines("operator"))
         figures["operator_warnings"] = sum(1 for line in lines if line.get("level") == "warning")
         figures["operator_errors"] = sum(1 for line in lines if line.get("level") == "error")
-        operator_log = "".join(p.read_text(errors="replace") for p in fleet.every_log)
-        figures["pool_timeouts"] = operator_log.count("PoolTimeout")
+        logs = "".join(p.read_text(errors="replace") for p in fleet.every_log)
+        figures["pool_timeouts"] = logs.count("PoolTimeout")
     finally:
         figures["exit_codes"] = fleet.stop()
         report = tmp_path / "figures.json"
