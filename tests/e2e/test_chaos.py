@@ -13,6 +13,9 @@ simulator (with pre-provisioned refresh tokens in Secrets). Once all are Ready, 
 - half way through, the kube-apiserver is killed and started again;
 - whatever exits on its own is started again, as its Deployment would (and recorded).
 
+A component may stop by itself, saying why (the operator when the loaded API server does not
+renew its Lease in time, a worker that starts while the API server is down); it must not crash.
+
 Then the data stops changing, one final `full` SyncJob per connection is created, and the test
 waits until every SyncJob has finished. Afterwards no job may be stuck (each is Succeeded,
 Superseded or Failed, and each Failed one says why), no two runs of a connection may have held
@@ -443,7 +446,7 @@ def test_store_converges_through_worker_kills_and_an_apiserver_restart(
         create_all(kubectl, namespace, objects)
 
         def all_ready() -> dict[str, Any] | None:
-            assert not fleet.supervise(), f"a component exited: {fleet.exits}"
+            fleet.supervise()
             ready, items = ready_names(kubectl, namespace)
             return items if len(ready) == len(connections) else None
 
@@ -607,15 +610,6 @@ def test_store_converges_through_worker_kills_and_an_apiserver_restart(
         wrong, rows = with_store(postgres_url, compare)
         figures["rows_compared"] = rows
         figures["connections_differing"] = len(wrong)
-        figures["unexpected_exits"] = [
-            {
-                "component": e.component,
-                "code": e.code,
-                "log": str(e.log),
-                "last": e.tail.splitlines()[-1:],
-            }
-            for e in fleet.exits
-        ]
         errors = Counter(
             line["message"].splitlines()[0][:120]
             for line in fleet.log_lines()
@@ -623,12 +617,20 @@ def test_store_converges_through_worker_kills_and_an_apiserver_restart(
         )
         figures["error_log_lines"] = dict(errors.most_common(10))
         figures["total_seconds"] = round(time.monotonic() - began, 1)
+        # A component may stop on its own (the operator when it cannot renew its Lease in time,
+        # anything that starts while the API server is down), saying why; it must not crash.
+        crashes = [e for e in fleet.exits if e.code != 2 or "cannot start" not in e.tail]
+        assert not crashes, f"components that crashed: {crashes}"
         assert not failed_finals, f"final full syncs that did not succeed: {failed_finals}"
         assert not wrong, f"{len(wrong)} connections differ from their provider:\n" + "\n".join(
             wrong[:5]
         )
     finally:
         figures["exit_codes"] = fleet.stop()
+        figures["unexpected_exits"] = [
+            {"component": e.component, "code": e.code, "log": str(e.log), "last": e.tail[-300:]}
+            for e in fleet.exits
+        ]
         microsoft_sim.admin("POST", "throttle", {"latency": 0})
         microsoft_sim.admin("POST", "delta/page-size", {"max": paging["max"]})
         report.write_text(json.dumps(figures, indent=2, default=str))
