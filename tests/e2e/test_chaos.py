@@ -10,7 +10,8 @@ simulator (with pre-provisioned refresh tokens in Secrets). Once all are Ready, 
   moves occurrences of series) and now and then creates a manual SyncJob;
 - every `KILL_EVERY` seconds a random worker (one in the middle of a run, when there is one) is
   killed with SIGKILL and a new one started;
-- half way through, the kube-apiserver is killed and started again;
+- half way through, the kube-apiserver is killed and started again; from then on one worker
+  is spared, and it must go on running jobs after the restart;
 - whatever exits on its own is started again, as its Deployment would (and recorded).
 
 A component may stop by itself, saying why (the operator when the loaded API server does not
@@ -88,7 +89,7 @@ from tests.stress import (
 from tests.stress import (
     graph_occurrences as graph_truth,
 )
-from tests.support import Kubectl, poll
+from tests.support import Kubectl, Process, poll
 
 pytestmark = pytest.mark.e2e
 
@@ -480,11 +481,17 @@ def test_store_converges_through_worker_kills_and_an_apiserver_restart(
         changer = threading.Thread(target=keep_changing, name="changer", daemon=True)
         asker = threading.Thread(target=keep_asking, name="asker", daemon=True)
         restarts: list[float] = []
+        restarted_at: list[dt.datetime] = []
 
         def restart() -> None:
             t0 = time.monotonic()
-            control_plane.restart_apiserver()
+            try:
+                control_plane.restart_apiserver()
+            except Exception as exc:
+                problems.append(f"restarting the API server: {type(exc).__name__}: {exc}")
+                return
             restarts.append(round(time.monotonic() - t0, 1))
+            restarted_at.append(dt.datetime.now(dt.UTC))
 
         restarter = threading.Thread(target=restart, name="apiserver-restart", daemon=True)
         chaos_began = time.monotonic()
@@ -493,14 +500,21 @@ def test_store_converges_through_worker_kills_and_an_apiserver_restart(
         next_kill = chaos_began + KILL_EVERY
         killer = random.Random(seed + 2)
         mid_run = 0
+        # Worker 0 as it is when the API server restarts is spared from then on: one worker
+        # must live through the restart and go on working.
+        survivor: Process | None = None
         while (now := time.monotonic()) < chaos_began + CHAOS_SECONDS:
             fleet.supervise()
             if now >= next_kill:
-                busy = fleet.busy_workers()  # rather one that is in the middle of a run
-                fleet.kill_worker(killer.choice(busy) if busy else None)
-                mid_run += bool(busy)
                 next_kill += KILL_EVERY
-            if not restarter.is_alive() and not restarts and now >= chaos_began + CHAOS_SECONDS / 2:
+                spared = {0} if survivor is not None else set()
+                busy = [s for s in fleet.busy_workers() if s not in spared]
+                idle = [s for s in sorted(fleet.workers) if s not in spared]
+                if busy or idle:  # rather one that is in the middle of a run
+                    fleet.kill_worker(killer.choice(busy or idle))
+                    mid_run += bool(busy)
+            if survivor is None and now >= chaos_began + CHAOS_SECONDS / 2:
+                survivor = fleet.workers[0]
                 restarter.start()
             stop.wait(0.25)
         stop.set()
@@ -558,6 +572,18 @@ def test_store_converges_through_worker_kills_and_an_apiserver_restart(
             for f in finals
             if phase(everything[f]) == "Failed"  # Superseded: a full run started after it
         }
+
+        # The worker that lived through the API server restart went on running jobs.
+        assert survivor is not None and restarted_at
+        assert fleet.workers[0] is survivor and survivor.proc.poll() is None, fleet.exits
+        after = [
+            line
+            for line in survivor.output().splitlines()
+            if '"run": "start"' in line
+            and dt.datetime.fromisoformat(json.loads(line)["time"]) > restarted_at[0]
+        ]
+        figures["survivor_runs_after_restart"] = len(after)
+        assert after, "the worker that lived through the API server restart ran nothing after it"
 
         # Runs: never two with the same fence token on one connection.
         starts = [line for line in fleet.log_lines("worker") if line.get("run") == "start"]
