@@ -211,7 +211,10 @@ async def report_failure(
         else:
             shown = message
             if auth:
-                shown += "; no sync is attempted until a referenced Secret or the spec changes"
+                shown += (
+                    "; no sync is attempted until a referenced Secret changes or the spec "
+                    "changes what is mirrored (URL, calendars, window)"
+                )
             readiness.apply_sync_failure(
                 conds, reason=reason, message=shown, auth=auth, final=final
             )
