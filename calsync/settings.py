@@ -129,7 +129,12 @@ class Settings(BaseModel):
         default="calsync-operator",
         description="coordination.k8s.io Lease that elects the one active operator replica",
     )
-    operator_lease_duration: float = Field(default=15.0, ge=5.0)
+    operator_lease_duration: float = Field(
+        default=30.0,
+        ge=5.0,
+        description="how long a silent leader keeps the operator Lease; a standby takes over "
+        "after it",
+    )
 
     # Provider budgets in requests per hour (seed: GOOGLE/MICROSOFT/CALDAV_API_RATE_LIMIT)
     google_rate_limit: int = Field(default=1000, ge=1)

@@ -34,7 +34,7 @@ from calsync.api import CalendarConnectionSpec
 from calsync.api.conditions import conditions_from_status
 from calsync.api.meta import CALENDAR_CONNECTION, GROUP, SYNC_JOB
 from calsync.controllers import kube, policy, readiness
-from calsync.controllers.credentials import evaluate, referenced_secrets
+from calsync.controllers.credentials import Verdict, evaluate, referenced_secrets
 from calsync.controllers.oauth_setup import OAUTH_PROVIDERS
 from calsync.controllers.status import consent_link_for, publish, status_patch, store_key
 from calsync.controllers.tokens import TokenStoreError, TokenVault, token_secret_name
@@ -48,6 +48,7 @@ log = logging.getLogger(__name__)
 PLURAL = CALENDAR_CONNECTION.plural
 ACTIVE_PHASES = frozenset({"", "Pending", "Running"})
 CONFLICT_RECHECK = 1.0
+WRITE_ATTEMPTS = 3
 
 Key = tuple[str, str]  # (namespace, name)
 
@@ -278,15 +279,72 @@ async def _reconcile(ctx: ConnectionContext, key: Key, body: dict[str, Any]) -> 
         tokens_stored=stored,
         token_problem=problem,
     )
+    digest = policy.credentials_digest(secrets)
+    current = body
+    for _ in range(WRITE_ATTEMPTS):
+        plan, conds, patch = _plan(ctx, key, current, spec, verdict, digest, now)
+        if plan.foreign_store:
+            _say_foreign(ctx, key, current)
+            return None
+        if patch is None:
+            break
+        meta = current["metadata"]
+        try:
+            written = await kube.patch_status_guarded(
+                ctx.client,
+                kube.CalendarConnectionResource,
+                namespace,
+                name,
+                meta["resourceVersion"],
+                patch,
+            )
+        except kube.Conflict:
+            # Our copy is stale (Kopf's own patches, a worker's report): decide again from
+            # the object as it is now instead of waiting for the watch to bring it.
+            fresh = await kube.get_connection(ctx.client, namespace, name)
+            if fresh is None or fresh["metadata"].get("deletionTimestamp"):
+                return None
+            if int(fresh["metadata"].get("generation", 0)) != generation:
+                return 0.0  # the spec changed too: start over with it
+            current = _strip(fresh)
+            continue
+        except ApiError as exc:
+            if exc.status.code == 404:
+                return None
+            raise
+        if key in ctx.connections:
+            ctx.connections[key] = _strip(written)
+        await publish(ctx.client, written, conds)
+        break
+    else:
+        return CONFLICT_RECHECK
+    if plan.job is not None:
+        await _create_job(ctx, current, plan.job)
+    return plan.recheck_after
+
+
+def _plan(
+    ctx: ConnectionContext,
+    key: Key,
+    body: dict[str, Any],
+    spec: CalendarConnectionSpec,
+    verdict: Verdict,
+    digest: str,
+    now: dt.datetime,
+) -> tuple[policy.Plan, readiness.Conditions, dict[str, Any] | None]:
+    """The plan for `body` and the status patch it needs (None: the status is right)."""
+    meta = body["metadata"]
+    status = body.get("status") or {}
+    generation = int(meta.get("generation", 0))
     plan = policy.decide(
         policy.Facts(
-            name=name,
+            name=key[1],
             uid=str(meta["uid"]),
             generation=generation,
             spec=spec,
             status=status,
             credentials_usable=verdict.ready[0] == "True",
-            credentials=policy.credentials_digest(secrets),
+            credentials=digest,
             active_jobs=ctx.active_jobs(key),
             queue_pending=ctx.pending_total,
             store_id=ctx.store_id,
@@ -295,20 +353,9 @@ async def _reconcile(ctx: ConnectionContext, key: Key, body: dict[str, Any]) -> 
             queue_cap=ctx.settings.queue_cap,
         )
     )
+    conds = readiness.Conditions(conditions_from_status(status), generation, now)
     if plan.foreign_store:
-        if key not in ctx.foreign_logged:
-            ctx.foreign_logged.add(key)
-            metrics.SYNCJOBS_SKIPPED.labels("foreign_store").inc()
-            log.warning(
-                "CalendarConnection %s/%s is bound to event store %s, not to ours (%s): "
-                "leaving it alone",
-                namespace,
-                name,
-                status.get("storeId"),
-                ctx.store_id,
-            )
-        return None
-
+        return plan, conds, None
     readiness.apply_credentials(conds, verdict, credentials_changed=plan.credentials_changed)
     if plan.spec_changed:
         readiness.apply_spec_changed(conds, generation)
@@ -317,6 +364,7 @@ async def _reconcile(ctx: ConnectionContext, key: Key, body: dict[str, Any]) -> 
         metrics.SYNCJOBS_REFUSED.labels("queue_full").inc()
     else:
         readiness.apply_queue_room(conds)
+    extra: dict[str, Any] = {}
     if plan.bind_store:
         extra["storeId"] = ctx.store_id
     if plan.observed_generation is not None:
@@ -325,11 +373,24 @@ async def _reconcile(ctx: ConnectionContext, key: Key, body: dict[str, Any]) -> 
         extra["authorizationURL"] = consent_link_for(
             ctx.settings, ctx.vault, body, spec.provider, conds
         )
-    if not await _write(ctx, body, conds, extra):
-        return CONFLICT_RECHECK  # our copy was stale; the watch brings the fresh one
-    if plan.job is not None:
-        await _create_job(ctx, body, plan.job)
-    return plan.recheck_after
+    patch = status_patch(conds, **extra)
+    if all(status.get(k) == v for k, v in patch.items()):
+        return plan, conds, None
+    return plan, conds, patch
+
+
+def _say_foreign(ctx: ConnectionContext, key: Key, body: dict[str, Any]) -> None:
+    if key in ctx.foreign_logged:
+        return
+    ctx.foreign_logged.add(key)
+    metrics.SYNCJOBS_SKIPPED.labels("foreign_store").inc()
+    log.warning(
+        "CalendarConnection %s/%s is bound to event store %s, not to ours (%s): leaving it alone",
+        key[0],
+        key[1],
+        (body.get("status") or {}).get("storeId"),
+        ctx.store_id,
+    )
 
 
 async def _write(

@@ -369,7 +369,9 @@ class Cluster:
         """Stop the cluster's processes and remove its state; False when there was nothing."""
         with self._lock(log=log):
             existed = self.dir.exists()
-            self._stop_processes()
+            # Its state is removed next, so nothing is lost by not waiting for a graceful stop
+            # (kube-apiserver drains its watches for a long time on SIGTERM).
+            self._stop_processes(graceful=False)
             shutil.rmtree(self.dir, ignore_errors=True)
         if log:
             what = "stopped and removed" if existed else "was not running"
@@ -400,7 +402,7 @@ class Cluster:
             self._save(state)
             self._poll("kube-apiserver", lambda: self._ready(state))
 
-    def _stop_processes(self) -> None:
+    def _stop_processes(self, *, graceful: bool = True) -> None:
         state = self.state()
         known = list(state.pids.values()) if state else []
         ours = [pid for pid in reversed(known) if self._ours(pid)]
@@ -408,7 +410,7 @@ class Cluster:
         ours += [p.pid for p in self._procs.values() if p.poll() is None and p.pid not in ours]
         for pid in ours:
             with suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGTERM)
+                os.kill(pid, signal.SIGTERM if graceful else signal.SIGKILL)
         deadline = time.monotonic() + _STOP_TIMEOUT
         while time.monotonic() < deadline and any(self._alive(pid) for pid in ours):
             time.sleep(0.1)

@@ -21,6 +21,7 @@ from lightkube.models.meta_v1 import ObjectMeta
 from lightkube.resources.coordination_v1 import Lease
 
 from calsync.observability import metrics
+from calsync.worker.runner import dead_local_process
 
 log = logging.getLogger(__name__)
 
@@ -80,6 +81,9 @@ class LeaderElector:
         renewed = spec.renewTime
         duration = spec.leaseDurationSeconds or int(self.duration)
         expired = renewed is None or renewed + dt.timedelta(seconds=duration) < now
+        # A holder that was a process of this host and is gone (killed, crashed) cannot renew:
+        # no need to wait out its lease.
+        expired = expired or (holder is not None and dead_local_process(holder))
         if holder not in (None, "", self.identity) and not expired:
             if self._waiting_logged != holder:
                 self._waiting_logged = holder
@@ -114,7 +118,7 @@ class LeaderElector:
                     log.info("acting as the operator (Lease %s/%s)", self.namespace, self.name)
                     return
             except Exception as exc:
-                log.warning("leader election failed: %s", exc)
+                log.warning("leader election failed: %s", str(exc) or type(exc).__name__)
             await asyncio.sleep(self.duration / 3)
 
     async def hold(self) -> None:
@@ -125,7 +129,9 @@ class LeaderElector:
             try:
                 held = await asyncio.wait_for(self.try_acquire(), self.duration / 3)
             except Exception as exc:
-                log.warning("renewing the operator Lease failed: %s", exc)
+                log.warning(
+                    "renewing the operator Lease failed: %s", str(exc) or type(exc).__name__
+                )
                 held = None
             loop_now = asyncio.get_running_loop().time()
             if held:

@@ -32,7 +32,7 @@ import logging
 import os
 import socket
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -94,7 +94,7 @@ class LostClaim(Exception):
     """The run no longer holds its connection's claim."""
 
 
-def _dead_local_process(identity: str) -> bool:
+def dead_local_process(identity: str) -> bool:
     """Whether `identity` (hostname-pid, the default) names a process of this host that is gone.
 
     A worker killed a moment ago leaves a heartbeat that is still live; on SQLite, whose file
@@ -180,7 +180,7 @@ class Worker:
     async def join(self) -> None:
         """Register with the store; refuse a second worker on a SQLite store."""
         members = await self.store.heartbeat(self.identity, self.settings.sync_lease, kind="worker")
-        others = [m for m in members if m != self.identity and not _dead_local_process(m)]
+        others = [m for m in members if m != self.identity and not dead_local_process(m)]
         if self.store.dialect == "sqlite" and others:
             await self.store.leave(self.identity)
             raise WorkerRefused(
@@ -456,15 +456,34 @@ class Worker:
                 )
             else:
                 run.outcome = "failed"
-                await self._failed(run, exc, time.monotonic() - started)
+                await self._report(self._failed(run, exc, time.monotonic() - started), run)
         else:
             keeper.cancel()
             await asyncio.gather(keeper, return_exceptions=True)
             run.outcome = "succeeded"
-            await self._succeeded(run, result, time.monotonic() - started)
+            await self._report(self._succeeded(run, result, time.monotonic() - started), run)
         finally:
             self.running.pop(run.connection, None)
             self.wake.set()
+
+    async def _report(self, reporting_done: Awaitable[None], run: Run) -> None:
+        """Report a run's end; when that fails (the API server is away), say so and go on.
+
+        The job stays Running until its lease lapses and then runs again: the store is right
+        either way, and the next run reports.
+        """
+        try:
+            await reporting_done
+        except Exception as exc:
+            run.outcome = "unreported"
+            log.warning(
+                "could not report the end of SyncJob %s/%s (%s: %s); it runs again once its "
+                "lease lapses",
+                run.connection[0],
+                run.writer.name,
+                type(exc).__name__,
+                exc,
+            )
 
     async def _claim_passed_on(self, run: Run) -> bool:
         """Whether the store says the run's claim is gone (taken over, released or purged)."""
