@@ -14,17 +14,13 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from calsync.controllers.policy import parse_time
+
 FINISHED = frozenset({"Succeeded", "Failed", "Superseded"})
 
 
-def parse_ts(value: Any) -> dt.datetime | None:
-    if not value:
-        return None
-    try:
-        parsed = dt.datetime.fromisoformat(str(value).replace("Z", "+00:00"))
-    except ValueError:
-        return None
-    return parsed if parsed.tzinfo is not None else parsed.replace(tzinfo=dt.UTC)
+# A status timestamp as an aware datetime (None when absent or unreadable).
+parse_ts = parse_time
 
 
 def connection_of(job: Mapping[str, Any]) -> tuple[str, str]:

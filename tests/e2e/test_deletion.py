@@ -16,35 +16,12 @@ from typing import Any
 import pytest
 from sqlalchemy.engine import make_url
 
+from tests.e2e.test_sync import connection as caldav_connection
+from tests.e2e.test_sync import secret as caldav_secret
 from tests.fixtures.postgres import PostgresServer, _admin
 from tests.support import Kubectl, Process, free_port, poll
 
 pytestmark = pytest.mark.e2e
-
-
-def caldav_connection(name: str, url: str, secret: str) -> dict[str, Any]:
-    return {
-        "apiVersion": "calsync.io/v1alpha1",
-        "kind": "CalendarConnection",
-        "metadata": {"name": name},
-        "spec": {
-            "provider": "caldav",
-            "caldav": {
-                "url": url,
-                "allowInsecureHTTP": True,
-                "credentialsSecretRef": {"name": secret},
-            },
-        },
-    }
-
-
-def caldav_secret(name: str, user: str, password: str) -> dict[str, Any]:
-    return {
-        "apiVersion": "v1",
-        "kind": "Secret",
-        "metadata": {"name": name},
-        "stringData": {"username": user, "password": password},
-    }
 
 
 @pytest.fixture
