@@ -520,6 +520,8 @@ class Platform:
         if self.radicale is not None:
             self.radicale.stop()
         self.postgres.stop()
+        if os.environ.get("BENCH_KEEP") and self.cluster.audit_log.exists():
+            shutil.copy2(self.cluster.audit_log, self.tmp / "audit.log")
         try:
             self.cluster.down(log=False)
         except Exception as exc:
