@@ -1,7 +1,7 @@
 """One active operator: leader election on a coordination.k8s.io Lease.
 
 Every operator replica tries to hold the Lease `operator_lease_name` in the operator's namespace;
-only the holder runs the controllers. The holder renews every third of the lease duration; a
+only the holder runs the controllers. The holder renews every sixth of the lease duration; a
 replica whose holder stopped renewing takes the Lease over once it has expired. All writes are
 guarded by the Lease's resourceVersion, so two replicas cannot both believe they won. A leader
 that cannot renew within the duration stops acting (the process exits and is restarted), as
@@ -50,9 +50,22 @@ class LeaderElector:
         self.identity = identity
         self.duration = duration
         self._waiting_logged: str | None = None
+        self._held: Lease | None = None
 
     async def try_acquire(self) -> bool:
         """One attempt to take or renew the Lease; True when this replica holds it now."""
+        held = self._held
+        if held is not None and held.spec is not None:
+            # Renewing the copy we last wrote costs one request; a 409 means someone else
+            # wrote it since, and the full check below reads it again.
+            held.spec.renewTime = _now()
+            try:
+                self._held = await self.client.replace(held)
+                return True
+            except ApiError as exc:
+                self._held = None
+                if exc.status.code != 409:
+                    raise
         now = _now()
         try:
             lease = await self.client.get(Lease, self.name, namespace=self.namespace)
@@ -70,7 +83,7 @@ class LeaderElector:
                 ),
             )
             try:
-                await self.client.create(fresh)
+                self._held = await self.client.create(fresh)
             except ApiError as err:
                 if err.status.code == 409:
                     return False
@@ -102,7 +115,7 @@ class LeaderElector:
         spec.leaseDurationSeconds = max(1, int(self.duration))
         lease.spec = spec
         try:
-            await self.client.replace(lease)
+            self._held = await self.client.replace(lease)
         except ApiError as exc:
             if exc.status.code == 409:
                 return False
@@ -124,10 +137,13 @@ class LeaderElector:
     async def hold(self) -> None:
         """Renew until cancelled; raise LeadershipLost when the Lease slips away."""
         confirmed = asyncio.get_running_loop().time()
+        # Renew every sixth of the duration, each try bounded by as much: a slow or failed
+        # renewal is tried again several times before the two-thirds deadline passes.
+        step = self.duration / 6
         while True:
-            await asyncio.sleep(self.duration / 3)
+            await asyncio.sleep(step)
             try:
-                held = await asyncio.wait_for(self.try_acquire(), self.duration / 3)
+                held = await asyncio.wait_for(self.try_acquire(), step)
             except Exception as exc:
                 log.warning(
                     "renewing the operator Lease failed: %s", str(exc) or type(exc).__name__
@@ -144,6 +160,7 @@ class LeaderElector:
 
     async def release(self) -> None:
         """Hand the Lease over at once on a clean stop."""
+        self._held = None
         try:
             lease = await self.client.get(Lease, self.name, namespace=self.namespace)
             if lease.spec is not None and lease.spec.holderIdentity == self.identity:

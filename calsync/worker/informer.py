@@ -70,6 +70,10 @@ class Informer:
             return
         self._objects[key] = obj
 
+    def forget(self, namespace: str, name: str) -> None:
+        """Drop an object we just deleted, ahead of its watch event."""
+        self._objects.pop((namespace, name), None)
+
     async def run(self) -> None:
         tasks = [
             asyncio.create_task(self._follow(ns), name=f"{self._name}-{ns}")

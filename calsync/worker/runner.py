@@ -32,6 +32,7 @@ import logging
 import os
 import socket
 import time
+import zlib
 from collections.abc import Awaitable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -382,12 +383,19 @@ class Worker:
             if ttl is None or completed is None:
                 return None
             return (completed + dt.timedelta(seconds=int(ttl)) - now).total_seconds()
-        owner = (job.get("status") or {}).get("claimedBy")
-        mine = owner in (None, self.identity) or owner not in self.members
-        if not mine and over < self.settings.sync_lease:
-            return self.settings.sync_lease - over
         meta = job["metadata"]
+        owner = (job.get("status") or {}).get("claimedBy")
+        if owner is None or owner not in self.members:
+            # Nobody ran it (Superseded before it started), or its runner is gone: one worker,
+            # picked by the job's name, deletes it, so the fleet sends one DELETE, not one each.
+            members = sorted(self.members) or [self.identity]
+            owner = members[zlib.crc32(str(meta["name"]).encode()) % len(members)]
+        if owner != self.identity and over < self.settings.sync_lease:
+            return self.settings.sync_lease - over  # its worker's turn first
         await kube.delete_syncjob(self.client, meta["namespace"], meta["name"])
+        # Out of the cache at once: a sweep before the watch reports the deletion would
+        # otherwise send the DELETE again.
+        self.jobs.forget(meta["namespace"], meta["name"])
         return None
 
     # -- execution -----------------------------------------------------------------------------
