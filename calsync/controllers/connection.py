@@ -59,11 +59,20 @@ class SecretCache:
     def __init__(self, client: AsyncClient) -> None:
         self._client = client
         self._data: dict[Key, Mapping[str, bytes] | None] = {}
+        self._reading: dict[Key, asyncio.Task[Mapping[str, bytes] | None]] = {}
 
     async def get(self, namespace: str, name: str) -> Mapping[str, bytes] | None:
         key = (namespace, name)
-        if key not in self._data:
-            self._data[key] = await kube.read_secret(self._client, namespace, name)
+        if key in self._data:
+            return self._data[key]
+        # Reconciles of connections sharing a Secret miss together: one read serves them all.
+        reading = self._reading.get(key)
+        if reading is None:
+            reading = asyncio.create_task(kube.read_secret(self._client, namespace, name))
+            self._reading[key] = reading
+            reading.add_done_callback(lambda _: self._reading.pop(key, None))
+        data = await asyncio.shield(reading)
+        self._data.setdefault(key, data)
         return self._data[key]
 
     def observe(self, namespace: str, name: str, kind: str | None, obj: Mapping[str, Any]) -> None:
@@ -91,7 +100,6 @@ class ConnectionContext:
     connections: dict[Key, dict[str, Any]] = field(default_factory=dict)
     # Jobs by connection: {(namespace, connection): {job name: phase}}.
     jobs: dict[Key, dict[str, str]] = field(default_factory=lambda: defaultdict(dict))
-    job_owner: dict[Key, str] = field(default_factory=dict)  # (namespace, job) -> connection
     by_secret: dict[Key, set[str]] = field(default_factory=lambda: defaultdict(set))
     secret_refs: dict[Key, set[str]] = field(default_factory=dict)  # connection -> Secrets
     pending_total: int = 0
@@ -126,14 +134,12 @@ class ConnectionContext:
         before = jobs.get(name)
         if deleted:
             jobs.pop(name, None)
-            self.job_owner.pop((namespace, name), None)
             if not jobs:
                 self.jobs.pop(key, None)
             after = None
         else:
             after = str((obj.get("status") or {}).get("phase") or "")
             jobs[name] = after
-            self.job_owner[(namespace, name)] = connection
         self.pending_total += _pending(after) - _pending(before)
         metrics.SYNCJOBS_PENDING.set(self.pending_total)
         return key

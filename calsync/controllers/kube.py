@@ -249,16 +249,6 @@ async def post_event(
         log.warning("could not post Event %s on %s: %s", reason, meta.get("name"), exc)
 
 
-async def list_syncjobs(
-    client: AsyncClient, namespace: str = "*", *, connection: str | None = None
-) -> list[dict[str, Any]]:
-    fields: dict[str, Any] | None = {"spec.connection": connection} if connection else None
-    return [
-        cast(dict[str, Any], obj.to_dict())  # type: ignore[no-untyped-call]
-        async for obj in client.list(SyncJobResource, namespace=namespace, fields=fields)
-    ]
-
-
 class AlreadyExists(RuntimeError):
     """A create met an object of the same name (the same decision was carried out before)."""
 

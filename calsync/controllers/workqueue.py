@@ -56,7 +56,6 @@ class WorkQueue(Generic[K]):
         self._seq = 0
         self._failures: dict[K, int] = {}
         self._wake = asyncio.Event()
-        self.handled = 0
 
     # -- feeding -----------------------------------------------------------------------------
 
@@ -151,7 +150,6 @@ class WorkQueue(Generic[K]):
                 if again is not None:
                     self.add_after(key, again)
             finally:
-                self.handled += 1
                 self._active.discard(key)
                 if key in self._again:
                     self._again.discard(key)

@@ -50,7 +50,6 @@ class Informer:
         self._objects: dict[Key, dict[str, Any]] = {}
         self._synced: set[str] = set()
         self.ready = asyncio.Event()
-        self.requests = 0  # lists and watch (re)starts, for the idle-cost benchmark
 
     def get(self, namespace: str, name: str) -> dict[str, Any] | None:
         return self._objects.get((namespace, name))
@@ -105,7 +104,6 @@ class Informer:
             await asyncio.sleep(RETRY_SECONDS)
 
     async def _list(self, namespace: str) -> str:
-        self.requests += 1
         listing = self._client.list(self._resource, namespace=namespace, chunk_size=500)
         fresh: dict[Key, dict[str, Any]] = {}
         async for obj in listing:
@@ -126,7 +124,6 @@ class Informer:
         return version
 
     async def _watch(self, namespace: str, version: str) -> str:
-        self.requests += 1
         async for kind, obj in self._client.watch(
             self._resource,
             namespace=namespace,
