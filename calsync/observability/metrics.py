@@ -27,7 +27,8 @@ CONNECTION_TRANSITIONS = Counter(
 
 SYNCJOBS_PENDING = Gauge(
     "calsync_syncjobs_pending",
-    "SyncJobs waiting for a worker (as seen by this worker's last sweep); scale workers on it.",
+    "SyncJobs waiting for a worker, as this process's SyncJob watch sees them (operator and "
+    "workers alike); scale workers on its maximum.",
     registry=REGISTRY,
 )
 SYNCJOBS_RUNNING = Gauge(
