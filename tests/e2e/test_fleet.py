@@ -10,10 +10,9 @@ until the Secret or the mirrored scope changes; no old events under a re-created
 active operator and a standby that takes over; a stray process on another store that leaves
 the fleet's work alone.
 
-The module runs its own control plane (a second `calsync devcluster`, removed at the end): the
-session's `operator` fixture watches the whole cluster and would bind these tests' connections
-to its SQLite store. With `CALSYNC_E2E_KUBECONFIG` the tests use that cluster instead, which
-must then run no calsync operator of its own.
+The tests run on the session's quiet cluster (`quiet_kubectl` in tests/conftest.py): the
+session's `operator` fixture watches the whole main cluster and would bind these tests'
+connections to its SQLite store. Every process here watches its test's namespace only.
 
 Sizes are module constants; the environment overrides them (`CALSYNC_FLEET_CONNECTIONS`,
 `CALSYNC_FLEET_JOBS_PER_CONNECTION`, `CALSYNC_FLEET_EVENTS`, `CALSYNC_FLEET_SLOW_EVENTS`,
@@ -34,17 +33,14 @@ from __future__ import annotations
 import collections
 import datetime as dt
 import json
-import os
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 from sqlalchemy.engine import make_url
 
-from calsync.devcluster import Cluster
 from calsync.testing.radicale import RadicaleServer
 from tests.fixtures.radicale import USERS
 from tests.queue_fleet import (
@@ -76,7 +72,7 @@ from tests.queue_fleet import (
     syncjob_manifest,
     wait_healthy,
 )
-from tests.support import ROOT, Kubectl, poll
+from tests.support import Kubectl, poll
 
 pytestmark = pytest.mark.e2e
 
@@ -97,29 +93,10 @@ NOW = dt.datetime.now(dt.UTC).replace(minute=0, second=0, microsecond=0)
 # -- fixtures -----------------------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def fleet_kubeconfig(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
-    existing = os.environ.get("CALSYNC_E2E_KUBECONFIG")
-    if existing:
-        yield Path(existing)
-        return
-    cluster = Cluster(f"fleet-{os.getpid()}", tmp_path_factory.mktemp("fleet-cluster"))
-    try:
-        yield cluster.up(log=False)
-    finally:
-        cluster.down(log=False)
-
-
-@pytest.fixture(scope="module")
-def kc(fleet_kubeconfig: Path) -> Kubectl:
-    kubectl = Kubectl(fleet_kubeconfig)
-    kubectl("apply", "--server-side", "--force-conflicts", "-f", str(ROOT / "crds"))
-    names = [
-        yaml.safe_load(p.read_text())["metadata"]["name"]
-        for p in sorted((ROOT / "crds").glob("*.yaml"))
-    ]
-    kubectl("wait", "--for=condition=Established", "--timeout=60s", *[f"crd/{n}" for n in names])
-    return kubectl
+@pytest.fixture
+def kc(quiet_kubectl: Kubectl) -> Kubectl:
+    """The quiet cluster: no session-wide operator there binds these tests' connections."""
+    return quiet_kubectl
 
 
 @pytest.fixture
