@@ -20,7 +20,7 @@ from calsync.controllers.oauth_setup import OAUTH_PROVIDERS, OAuthSetupError, co
 from calsync.controllers.tokens import StoredTokens, TokenStoreError, TokenVault
 from calsync.observability import metrics
 from calsync.providers.base import CalendarProvider, InvalidConfiguration
-from calsync.providers.caldav import CalDAVProvider
+from calsync.providers.caldav import CalDAVProvider, DavTransports
 from calsync.providers.google import GoogleProvider
 from calsync.providers.microsoft import MicrosoftProvider
 from calsync.providers.oauth import RefreshingTokens, TokenSet
@@ -45,6 +45,9 @@ class ProviderDeps:
     settings: Settings
     vault: TokenVault | None = None
     http: httpx.AsyncClient | None = None  # for token refreshes; shared by all connections
+    # Connection pools shared by the CalDAV and iCloud providers (None: each builds its own).
+    # The owner closes them after the last provider using them.
+    dav_transports: DavTransports | None = None
 
 
 async def stored_tokens(
@@ -99,6 +102,7 @@ async def build_provider(
             allow_private_addresses=settings.allow_private_addresses,
             rate_limiter=budget,
             timeout=settings.provider_timeout,
+            transports=deps.dav_transports,
         )
     if spec.provider in OAUTH_PROVIDERS:
         if body is None or deps.http is None:

@@ -352,3 +352,86 @@ async def test_rebinding_between_check_and_connect_is_caught(
     async with CalDAVProvider("https://dav.rebind.example/", "alice", "pw") as dav:
         with pytest.raises(InvalidConfiguration, match="loopback"):
             await dav.list_calendars()
+
+
+async def test_shared_transports_keep_the_connect_time_guard(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import socket
+
+    from calsync.security.urlguard import GuardedNetworkBackend
+
+    # The name passes the URL check, then rebinds to loopback before the connection: through
+    # the shared pools, https and plain http alike never get a connection.
+    answers: list[list[str]] = []
+
+    def getaddrinfo(host: str, port: int, *args: Any, **kwargs: Any) -> list[tuple[Any, ...]]:
+        addresses = answers.pop(0) if len(answers) > 1 else answers[0]
+        return [(socket.AF_INET, socket.SOCK_STREAM, 6, "", (a, port)) for a in addresses]
+
+    monkeypatch.setattr(socket, "getaddrinfo", getaddrinfo)
+    async with http.DavTransports() as shared:
+        for url in ("https://dav.rebind.example/", "http://dav.rebind.example/"):
+            answers[:] = [["93.184.215.14"], ["127.0.0.1"]]
+            async with CalDAVProvider(
+                url, "alice", "pw", allow_insecure_http=True, transports=shared
+            ) as dav:
+                with pytest.raises(InvalidConfiguration, match="loopback"):
+                    await dav.list_calendars()
+        # A loopback start URL is refused before any pool is involved.
+        async with CalDAVProvider("https://127.0.0.1:1/", "alice", "pw", transports=shared) as dav:
+            with pytest.raises(InvalidConfiguration, match="loopback"):
+                await dav.list_calendars()
+
+        # Guarded sessions got guarded pools only; sessions allowed private addresses get
+        # pools of their own, so a guarded session never reuses their connections.
+        assert set(shared._pools) == {(True, True), (False, True)}
+        tls = shared._pools[(True, True)]
+        assert isinstance(tls, http._LazyTLSTransport) and tls._inner is not None
+        for pool in (tls._inner, shared._pools[(False, True)]):
+            assert isinstance(pool, httpx.AsyncHTTPTransport)
+            assert isinstance(pool._pool._network_backend, GuardedNetworkBackend)
+        unguarded = shared._pool(tls=False, guarded=False)
+        assert isinstance(unguarded, httpx.AsyncHTTPTransport)
+        assert not isinstance(unguarded._pool._network_backend, GuardedNetworkBackend)
+        assert unguarded is not shared._pools[(False, True)]
+
+
+def test_a_session_takes_a_transport_or_shared_transports_not_both() -> None:
+    with pytest.raises(ValueError, match="not both"):
+        CalDAVProvider(
+            SERVER,
+            "alice",
+            "pw",
+            transport=httpx.MockTransport(lambda request: httpx.Response(500)),
+            transports=http.DavTransports(),
+        )
+
+
+@pytest.mark.parametrize("kind", ["caldav", "icloud"])
+async def test_build_provider_lends_the_shared_transports(kind: str) -> None:
+    from calsync.api import CalendarConnectionSpec
+    from calsync.controllers.provider_factory import ProviderDeps, build_provider
+    from calsync.settings import Settings
+
+    spec = CalendarConnectionSpec.model_validate(
+        {
+            "provider": kind,
+            "caldav": {
+                "url": "https://cloud.example.com/",
+                "credentialsSecretRef": {"name": "account"},
+            },
+        }
+    )
+    secrets = {"account": {"username": b"alice", "password": b"pw"}}
+    async with http.DavTransports() as shared:
+        for transports in (shared, None):
+            deps = ProviderDeps(Settings(), dav_transports=transports)
+            dav = await build_provider(spec, secrets, budget=None, deps=deps)
+            assert isinstance(dav, CalDAVProvider)
+            transport = dav._http._client._transport
+            if transports is None:
+                assert isinstance(transport, httpx.AsyncHTTPTransport)
+            else:
+                assert isinstance(transport, http._Borrowed) and transport._owner is shared
+            await dav.aclose()

@@ -1,5 +1,9 @@
 """The CalDAV provider's HTTP layer: one keep-alive client, guarded, budgeted, authenticated.
 
+A session builds its own connection pools unless it is handed a `DavTransports`: a process
+running many sync runs (the worker) keeps one of those, so runs against the same server reuse
+its keep-alive connections instead of each opening (and tearing down) its own.
+
 Every request passes the same gate: the URL guard (scheme, SSRF) before it and at connect
 time, the connection's request budget, credentials only for the configured host and the hosts
 its redirects led to, Basic auth switched to Digest when the server asks for Digest, redirects
@@ -64,14 +68,16 @@ def _ssl_context() -> ssl.SSLContext:
 _LIMITS: Final = httpx.Limits(max_connections=8, max_keepalive_connections=8)
 
 
-def _transport(*, tls: bool, guarded: bool) -> httpx.AsyncHTTPTransport:
+def _transport(
+    *, tls: bool, guarded: bool, limits: httpx.Limits = _LIMITS
+) -> httpx.AsyncHTTPTransport:
     transport = httpx.AsyncHTTPTransport(
         # The plain transport only ever carries http:// URLs (https has its own mount).
         verify=_ssl_context() if tls else False,
         http1=True,
         http2=False,
         retries=0,
-        limits=_LIMITS,
+        limits=limits,
     )
     if guarded:
         pool = getattr(transport, "_pool", None)
@@ -88,18 +94,88 @@ class _LazyTLSTransport(httpx.AsyncBaseTransport):
     """The https transport, built on the first https request: its CA bundle costs ~20 ms,
     which a plain-http (local) server never needs."""
 
-    def __init__(self, *, guarded: bool) -> None:
+    def __init__(self, *, guarded: bool, limits: httpx.Limits = _LIMITS) -> None:
         self._guarded = guarded
+        self._limits = limits
         self._inner: httpx.AsyncHTTPTransport | None = None
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         if self._inner is None:
-            self._inner = _transport(tls=True, guarded=self._guarded)
+            self._inner = _transport(tls=True, guarded=self._guarded, limits=self._limits)
         return await self._inner.handle_async_request(request)
 
     async def aclose(self) -> None:
         if self._inner is not None:
             await self._inner.aclose()
+
+
+class DavTransports:
+    """Connection pools shared by many `DavSession`s of one process (and one event loop).
+
+    One plain-http and one (lazily built) https transport per address-guard setting, each
+    built on first use. Credentials travel per request on each session's own client, and
+    redirects and the credentials scope stay per session, so sessions of different accounts
+    can share these pools safely. A session's `aclose()` leaves the pools open: the owner
+    closes them with `aclose()` once no session uses them; requests after that fail with a
+    (retryable) connection error.
+    """
+
+    def __init__(self, *, max_keepalive_connections: int = 64) -> None:
+        # Every session sends one request at a time, so the number of concurrent runs bounds
+        # the connections: no cap here (a run must never wait on another's), only on idle ones.
+        self._limits = httpx.Limits(
+            max_connections=None, max_keepalive_connections=max_keepalive_connections
+        )
+        self._pools: dict[tuple[bool, bool], httpx.AsyncBaseTransport] = {}
+        self.closed = False
+
+    def _pool(self, *, tls: bool, guarded: bool) -> httpx.AsyncBaseTransport:
+        key = (tls, guarded)
+        pool = self._pools.get(key)
+        if pool is None:
+            if tls:
+                pool = _LazyTLSTransport(guarded=guarded, limits=self._limits)
+            else:
+                pool = _transport(tls=False, guarded=guarded, limits=self._limits)
+            self._pools[key] = pool
+        return pool
+
+    def _lend(self, *, guarded: bool) -> tuple[httpx.AsyncBaseTransport, httpx.AsyncBaseTransport]:
+        """One session's view of the pools, (plain, https): closing it leaves them open."""
+        plain = _Borrowed(self, tls=False, guarded=guarded)
+        return plain, _Borrowed(self, tls=True, guarded=guarded)
+
+    async def aclose(self) -> None:
+        self.closed = True
+        pools, self._pools = self._pools, {}
+        for pool in pools.values():
+            await pool.aclose()
+
+    async def __aenter__(self) -> DavTransports:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()
+
+
+class _Borrowed(httpx.AsyncBaseTransport):
+    """A shared pool as one session's client sees it: closing the client leaves it open."""
+
+    def __init__(self, owner: DavTransports, *, tls: bool, guarded: bool) -> None:
+        self._owner = owner
+        self._tls = tls
+        self._guarded = guarded
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        if self._owner.closed:  # e.g. a run still going while the worker shuts down
+            raise httpx.ConnectError(
+                "the shared CalDAV connection pools are closed", request=request
+            )
+        pool = self._owner._pool(tls=self._tls, guarded=self._guarded)
+        return await pool.handle_async_request(request)
+
+    async def aclose(self) -> None:
+        pass  # the pools belong to the DavTransports
 
 
 def _loopback(url: str) -> bool:
@@ -150,7 +226,10 @@ class DavSession:
         timeout: float,
         transport: httpx.AsyncBaseTransport | None,
         rate_limiter: RequestBudget | None,
+        transports: DavTransports | None = None,
     ) -> None:
+        """`transport` replaces the network (tests); else `transports` lends shared pools;
+        else the session builds its own, closed with it."""
         self.icloud = icloud
         self.allow_private = allow_private_addresses
         self.allow_insecure_http = allow_insecure_http
@@ -161,12 +240,17 @@ class DavSession:
         self._budget = rate_limiter
         self._trusted: set[tuple[str, str, int]] = set()
         mounts: dict[str, httpx.AsyncBaseTransport] = {}
+        if transport is not None and transports is not None:
+            raise ValueError("pass a transport or shared transports, not both")
         if transport is None:
             # Explicit transports also mean no proxy from the environment: every connection
             # must go through the address guard.
             guarded = not allow_private_addresses
-            transport = _transport(tls=False, guarded=guarded)
-            mounts["https://"] = _LazyTLSTransport(guarded=guarded)
+            if transports is not None:
+                transport, mounts["https://"] = transports._lend(guarded=guarded)
+            else:
+                transport = _transport(tls=False, guarded=guarded)
+                mounts["https://"] = _LazyTLSTransport(guarded=guarded)
         self._client = httpx.AsyncClient(
             transport=transport,
             mounts=mounts,

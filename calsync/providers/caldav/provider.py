@@ -74,7 +74,7 @@ from calsync.providers.base import (
 )
 from calsync.providers.budget import RequestBudget
 from calsync.providers.caldav import xml
-from calsync.providers.caldav.http import DavSession, Reply
+from calsync.providers.caldav.http import DavSession, DavTransports, Reply
 from calsync.providers.ical import MalformedCalendarData, parse_resource
 
 log = logging.getLogger(__name__)
@@ -169,7 +169,9 @@ class CalDAVProvider:
     `allow_insecure_http`; loopback and private addresses need `allow_private_addresses`.
     `rate_limiter.acquire()` is awaited before every request. `transport` replaces the network
     (tests; the URL guard still checks every URL, but the connect-time re-check is part of the
-    default transport only). `use_sync_collection=False` forces the ctag/etag fallback ladder.
+    default transport only). `transports` lends connection pools shared with other providers
+    of the process, which closing this one leaves open (the default: pools of its own).
+    `use_sync_collection=False` forces the ctag/etag fallback ladder.
     """
 
     def __init__(
@@ -185,6 +187,7 @@ class CalDAVProvider:
         timeout: float = 30.0,
         transport: httpx.AsyncBaseTransport | None = None,
         use_sync_collection: bool = True,
+        transports: DavTransports | None = None,
     ) -> None:
         url = (url or "").strip() or (ICLOUD_URL if icloud else "")
         if not url:
@@ -202,6 +205,7 @@ class CalDAVProvider:
             timeout=timeout,
             transport=transport,
             rate_limiter=rate_limiter,
+            transports=transports,
         )
         self._http.trust(url)
         self._single: str | None = None  # the configured URL is itself a calendar
