@@ -11,7 +11,7 @@ several workers share the store.
 The store knows nothing of Kubernetes or of providers: it stores `calsync.model` objects.
 """
 
-from calsync.store.claims import ConnectionPurged, Fence, Fenced
+from calsync.store.claims import ConnectionPurged, Fence, Fenced, JobDone
 from calsync.store.event_store import DEFAULT_LIMIT, DEFAULT_SERIES_LIMIT, EventStore
 from calsync.store.migrations import SchemaTooNew
 from calsync.store.results import ApplyResult, CalendarRow, Occurrence, QueryResult
@@ -26,6 +26,7 @@ __all__ = [
     "EventStore",
     "Fence",
     "Fenced",
+    "JobDone",
     "Occurrence",
     "QueryResult",
     "SchemaTooNew",

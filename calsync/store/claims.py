@@ -79,6 +79,10 @@ class ConnectionPurged(Fenced):
     """The connection was purged: it can never be claimed or written again."""
 
 
+class JobDone(RuntimeError):
+    """A claim named the job last finished on the connection: it must not run again."""
+
+
 CLAIM_LOCK_WAIT_MS = 2000
 
 
@@ -167,15 +171,19 @@ class Leases:
 
     # -- claims ----------------------------------------------------------------------------
 
-    async def claim(self, connection: str, holder: str, ttl: float) -> Fence | None:
+    async def claim(
+        self, connection: str, holder: str, ttl: float, job: str | None = None
+    ) -> Fence | None:
         if not holder:
             raise ValueError("a claim needs a holder")
         try:
-            return await self._claim(connection, holder, _seconds(ttl))
+            return await self._claim(connection, holder, _seconds(ttl), job)
         except _LockBusy:
             return None
 
-    async def _claim(self, connection: str, holder: str, lease: dt.timedelta) -> Fence | None:
+    async def _claim(
+        self, connection: str, holder: str, lease: dt.timedelta, job: str | None
+    ) -> Fence | None:
         table = connection_claims
         async with self._writer.begin() as conn:
             if self._postgres:
@@ -218,16 +226,23 @@ class Leases:
                 where=and_(
                     table.c.purged_at.is_(None),
                     or_(table.c.expires_at <= now, table.c.holder == stmt.excluded.holder),
+                    *([or_(table.c.done_job.is_(None), table.c.done_job != job)] if job else []),
                 ),
             ).returning(table.c.token)
             token = (await conn.execute(stmt)).scalar()
             if token is not None:
                 return Fence(connection, holder, int(token))
-            purged = await conn.scalar(
-                select(table.c.purged_at).where(table.c.connection == connection)
-            )
-        if purged is not None:
+            row = (
+                await conn.execute(
+                    select(table.c.purged_at, table.c.done_job).where(
+                        table.c.connection == connection
+                    )
+                )
+            ).first()
+        if row is not None and row.purged_at is not None:
             raise ConnectionPurged(f"connection {connection!r} was purged")
+        if row is not None and job and row.done_job == job:
+            raise JobDone(f"job {job!r} already finished on connection {connection!r}")
         return None
 
     def _matching(self, fence: Fence) -> list[ColumnElement[bool]]:
@@ -247,13 +262,14 @@ class Leases:
             )
         return result.rowcount == 1
 
-    async def release(self, fence: Fence) -> None:
+    async def release(self, fence: Fence, done_job: str | None = None) -> None:
         (now,) = self._at(dt.timedelta(0))
+        values: dict[str, Any] = {"holder": "", "expires_at": now}
+        if done_job:
+            values["done_job"] = done_job
         async with self._writer.begin() as conn:
             await conn.execute(
-                update(connection_claims)
-                .where(*self._matching(fence))
-                .values(holder="", expires_at=now)
+                update(connection_claims).where(*self._matching(fence)).values(**values)
             )
 
     async def live_claims(self) -> dict[str, tuple[str, dt.datetime]]:

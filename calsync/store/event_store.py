@@ -441,27 +441,31 @@ class EventStore:
 
     # -- claims and members ----------------------------------------------------------------
 
-    async def claim(self, connection: str, holder: str, ttl: float) -> Fence | None:
+    async def claim(
+        self, connection: str, holder: str, ttl: float, *, job: str | None = None
+    ) -> Fence | None:
         """Take the connection for `holder` for `ttl` seconds, atomically; None if taken.
 
         The claim succeeds when nobody holds the connection, when its holder's lease has run
         out, or when `holder` already holds it; each success adds one to the connection's token
         (the first gives 1), so every fence handed out before is stale from then on. While
         another holder's lease is live the answer is None. A purged connection raises
-        `ConnectionPurged`."""
-        return await self._leases.claim(connection, holder, ttl)
+        `ConnectionPurged`. A claim naming `job`, the job last released as done on this
+        connection (see `release`), raises `JobDone`: that job must not run twice."""
+        return await self._leases.claim(connection, holder, ttl, job)
 
     async def renew(self, fence: Fence, ttl: float) -> bool:
         """Extend the lease to `ttl` seconds from now; False when the fence has lost the claim
         (taken over, released or purged), in which case nothing changes."""
         return await self._leases.renew(fence, ttl)
 
-    async def release(self, fence: Fence) -> None:
+    async def release(self, fence: Fence, *, done_job: str | None = None) -> None:
         """End the lease now, if the fence still holds it; another holder can claim at once.
 
         The token stays, so the fence (and any older one) stays stale: renewing it returns
-        False and writes with it raise `Fenced`."""
-        await self._leases.release(fence)
+        False and writes with it raise `Fenced`. `done_job` records the job the run finished
+        for good, so a later claim naming it is refused (`JobDone`)."""
+        await self._leases.release(fence, done_job)
 
     async def claims(self) -> dict[str, tuple[str, dt.datetime]]:
         """The live claims: connection -> (holder, lease expiry)."""

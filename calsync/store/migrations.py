@@ -36,6 +36,7 @@ from sqlalchemy import (
     func,
     insert,
     select,
+    text,
     true,
 )
 from sqlalchemy.engine import Connection
@@ -181,9 +182,16 @@ def _v2_claims(connection: Connection) -> None:
     connection.execute(insert(meta).values(key="store_id", value=uuid.uuid4().hex))
 
 
+def _v3_done_job(connection: Connection) -> None:
+    # The last job a holder finished on the connection: a claim for that same job is refused,
+    # so a worker whose cache still shows it pending cannot run it a second time.
+    connection.execute(text("ALTER TABLE connection_claims ADD COLUMN done_job TEXT"))
+
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "calendars, resources and events", _v1_initial),
     Migration(2, "store identity, connection claims and members", _v2_claims),
+    Migration(3, "the last job finished on each claimed connection", _v3_done_job),
 )
 
 

@@ -201,6 +201,7 @@ connection_claims = Table(
     Column("token", BigInteger, nullable=False),
     Column("expires_at", UtcDateTime, nullable=False),
     Column("purged_at", UtcDateTime),
+    Column("done_job", Text),  # the last job finished under a claim (migration 3)
     PrimaryKeyConstraint("connection", name="connection_claims_pkey"),
 )
 

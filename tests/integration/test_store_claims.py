@@ -27,7 +27,7 @@ from sqlalchemy.engine import make_url
 
 from calsync.model import Calendar, ChangePage, Resource, Window
 from calsync.providers.base import KnownEtags
-from calsync.store import ConnectionPurged, EventStore, Fence, Fenced
+from calsync.store import ConnectionPurged, EventStore, Fence, Fenced, JobDone
 from calsync.store import schema as store_schema
 from calsync.sync.engine import SyncEngine
 from tests.integration.ical_helpers import single
@@ -246,6 +246,26 @@ async def test_a_released_fence_is_dead_even_before_anyone_claims(store: EventSt
     with pytest.raises(Fenced):
         await store.set_cursor(CONN, CAL, "v1", fence=fence)
     assert await store.claims() == {}
+
+
+async def test_a_job_released_as_done_is_never_claimed_again(store: EventStore) -> None:
+    # Worker A finishes job j1 and releases; worker B, whose cache still shows j1 pending,
+    # must not run it a second time. Other jobs of the connection run as usual.
+    first = await store.claim(CONN, "worker-a", LONG, job="j1")
+    assert first is not None
+    await store.release(first, done_job="j1")
+    with pytest.raises(JobDone, match="j1"):
+        await store.claim(CONN, "worker-b", LONG, job="j1")
+    assert await store.claims() == {}
+    second = await store.claim(CONN, "worker-b", LONG, job="j2")
+    assert second == Fence(CONN, "worker-b", 2)
+    # A run that ends without finishing its job (a retry later) leaves it claimable.
+    await store.release(second)
+    third = await store.claim(CONN, "worker-a", LONG, job="j2")
+    assert third is not None
+    # A claim that names no job is never refused for it.
+    await store.release(third, done_job="j2")
+    assert await store.claim(CONN, "worker-b", LONG) is not None
 
 
 async def test_ttls_must_be_positive(store: EventStore) -> None:
