@@ -40,12 +40,14 @@ class Informer:
         namespaces: Sequence[str] = (),
         *,
         on_change: Callable[[str, dict[str, Any]], None] | None = None,
+        index: Callable[[Key, dict[str, Any] | None], None] | None = None,
         name: str = "informer",
     ) -> None:
         self._client = client
         self._resource = resource
         self._namespaces = list(namespaces) or ["*"]
         self._on_change = on_change
+        self._index = index
         self._name = name
         self._objects: dict[Key, dict[str, Any]] = {}
         self._synced: set[str] = set()
@@ -67,11 +69,20 @@ class Informer:
         current = self._objects.get(key)
         if current is not None and _newer(current, obj):
             return
-        self._objects[key] = obj
+        self._set(key, obj)
 
     def forget(self, namespace: str, name: str) -> None:
         """Drop an object we just deleted, ahead of its watch event."""
-        self._objects.pop((namespace, name), None)
+        self._set((namespace, name), None)
+
+    def _set(self, key: Key, obj: dict[str, Any] | None) -> dict[str, Any] | None:
+        """Every change of the cache goes through here, so `index` sees each one."""
+        old = self._objects.pop(key, None) if obj is None else self._objects.get(key)
+        if obj is not None:
+            self._objects[key] = obj
+        if self._index is not None and (obj is not None or old is not None):
+            self._index(key, obj)
+        return old
 
     async def run(self) -> None:
         tasks = [
@@ -112,10 +123,11 @@ class Informer:
             fresh[(meta["namespace"], meta["name"])] = body
         version = str(listing.resourceVersion) if _has_version(listing) else "0"
         for key in [k for k in self._objects if _in(k, namespace) and k not in fresh]:
-            gone = self._objects.pop(key)
+            gone = self._set(key, None)
+            assert gone is not None
             self._notify("DELETED", gone)
         for key, body in fresh.items():
-            self._objects[key] = body
+            self._set(key, body)
             self._notify("ADDED", body)
         self._synced.add(namespace)
         if len(self._synced) == len(self._namespaces):
@@ -135,9 +147,9 @@ class Informer:
             version = meta.get("resourceVersion") or version
             key = (meta["namespace"], meta["name"])
             if kind == "DELETED":
-                self._objects.pop(key, None)
+                self._set(key, None)
             elif kind in ("ADDED", "MODIFIED"):
-                self._objects[key] = body
+                self._set(key, body)
             else:
                 continue
             self._notify(kind, body)

@@ -16,6 +16,8 @@ from typing import Any
 
 from calsync.controllers.policy import parse_time
 
+Key = tuple[str, str]
+
 FINISHED = frozenset({"Succeeded", "Failed", "Superseded"})
 
 
@@ -128,9 +130,80 @@ def superseded_by(
 
 def expired(job: Mapping[str, Any], now: dt.datetime) -> float | None:
     """Seconds since the job's TTL ran out (>= 0), or None while it has not (or has none)."""
+    ends = expiry_of(job)
+    if ends is None:
+        return None
+    left = (ends - now).total_seconds()
+    return -left if left <= 0 else None
+
+
+class JobIndex:
+    """The job cache split the way the worker reads it, kept up to date change by change.
+
+    A sweep looks only at unfinished jobs (`active`), a claim only at the unfinished jobs of
+    its connection (`of_connection`), and finished jobs, most of the cache while they wait out
+    their TTL, only when the earliest of their expiries comes (`next_expiry`). Without this,
+    every watch event made the worker walk every job it knows, several times.
+    """
+
+    def __init__(self) -> None:
+        self.active: dict[Key, dict[str, Any]] = {}
+        self.finished: dict[Key, dict[str, Any]] = {}
+        self._by_connection: dict[Key, set[Key]] = {}
+        self.next_expiry: dt.datetime | None = None
+
+    def update(self, key: Key, new: dict[str, Any] | None) -> None:
+        """Record that the job at `key` is now `new` (None: gone)."""
+        old = self.active.pop(key, None)
+        if old is not None:
+            conn = connection_of(old)
+            keys = self._by_connection.get(conn)
+            if keys is not None:
+                keys.discard(key)
+                if not keys:
+                    del self._by_connection[conn]
+        self.finished.pop(key, None)
+        if new is None:
+            return
+        if phase_of(new) in FINISHED:
+            self.finished[key] = new
+            ends = expiry_of(new)
+            if ends is not None and (self.next_expiry is None or ends < self.next_expiry):
+                self.next_expiry = ends
+        else:
+            self.active[key] = new
+            self._by_connection.setdefault(connection_of(new), set()).add(key)
+
+    def of_connection(self, connection: Key) -> list[dict[str, Any]]:
+        return [self.active[k] for k in self._by_connection.get(connection, ())]
+
+    def expired(self, now: dt.datetime) -> list[dict[str, Any]]:
+        """Finished jobs past their TTL, once `next_expiry` has come; recomputes it."""
+        if self.next_expiry is None or self.next_expiry > now:
+            return []
+        out: list[dict[str, Any]] = []
+        upcoming: dt.datetime | None = None
+        for job in self.finished.values():
+            ends = expiry_of(job)
+            if ends is None:
+                continue
+            if ends <= now:
+                out.append(job)
+            elif upcoming is None or ends < upcoming:
+                upcoming = ends
+        self.next_expiry = upcoming
+        return out
+
+    def due(self, when: dt.datetime) -> None:
+        """Look at the finished jobs again at `when` (e.g. another worker's turn has passed)."""
+        if self.next_expiry is None or when < self.next_expiry:
+            self.next_expiry = when
+
+
+def expiry_of(job: Mapping[str, Any]) -> dt.datetime | None:
+    """When a finished job's TTL runs out (None: it has no TTL or is not finished)."""
     ttl = (job.get("spec") or {}).get("ttlSecondsAfterFinished")
     completed = parse_ts((job.get("status") or {}).get("completedAt"))
     if ttl is None or completed is None:
         return None
-    left = (completed + dt.timedelta(seconds=int(ttl)) - now).total_seconds()
-    return -left if left <= 0 else None
+    return completed + dt.timedelta(seconds=int(ttl))

@@ -30,6 +30,7 @@ log = logging.getLogger(__name__)
 
 COMPLETE = "Complete"
 FAILED = "Failed"
+FINISHED = frozenset({"Succeeded", "Failed", "Superseded"})
 
 
 def now() -> dt.datetime:
@@ -66,13 +67,31 @@ def job_conditions(job: Mapping[str, Any], phase: str, reason: str, message: str
 
 
 class JobWriter:
-    """Writes one claimed job's status, guarded by the last resourceVersion this worker saw."""
+    """Writes one job's status, guarded by the last resourceVersion this worker saw.
 
-    def __init__(self, client: AsyncClient, job: dict[str, Any], identity: str) -> None:
+    A run's writer carries its `claim` (claimedBy, startedAt, attempts, ...): the run's first
+    write, whichever it is, puts them on the job. A conflict means someone else wrote the job
+    meanwhile; the run goes on writing unless the job ended or another worker runs it. A writer
+    without a claim (superseding or failing someone else's pending job) gives up on a conflict
+    unless the job names this worker.
+    """
+
+    def __init__(
+        self,
+        client: AsyncClient,
+        job: dict[str, Any],
+        identity: str,
+        *,
+        claim: Mapping[str, Any] | None = None,
+    ) -> None:
         self.client = client
         self.job = job
         self.rv = str(job["metadata"]["resourceVersion"])
         self.identity = identity
+        self._owner = claim is not None
+        self._claim = dict(claim) if claim is not None else None
+        self.shown = False  # a write of the run reached the job
+        self.final = False  # the job's end (a finished phase) was written
 
     @property
     def namespace(self) -> str:
@@ -84,6 +103,7 @@ class JobWriter:
 
     async def write(self, status: Mapping[str, Any]) -> bool:
         """Patch the status; False when the job was taken over or deleted meanwhile."""
+        body = {**self._claim, **status} if self._claim else dict(status)
         for _ in range(3):
             try:
                 written = await kube.patch_status_guarded(
@@ -92,14 +112,21 @@ class JobWriter:
                     self.namespace,
                     self.name,
                     self.rv,
-                    status,
+                    body,
                 )
             except kube.Conflict:
                 fresh = await kube.get_syncjob(self.client, self.namespace, self.name)
                 if fresh is None:
                     return False
-                if (fresh.get("status") or {}).get("claimedBy") != self.identity:
-                    log.warning("SyncJob %s was taken over; dropping our result", self.name)
+                now_status = fresh.get("status") or {}
+                phase = now_status.get("phase") or "Pending"
+                mine = now_status.get("claimedBy") == self.identity
+                if (
+                    phase in FINISHED
+                    or (phase == "Running" and not mine)
+                    or (not self._owner and not mine)
+                ):
+                    log.warning("SyncJob %s ended or was taken over; dropping ours", self.name)
                     return False
                 self.rv = str(fresh["metadata"]["resourceVersion"])
                 continue
@@ -109,6 +136,10 @@ class JobWriter:
                 raise
             self.rv = str(written["metadata"]["resourceVersion"])
             self.job = written
+            self._claim = None
+            self.shown = True
+            if body.get("phase") in FINISHED:
+                self.final = True
             return True
         return False
 

@@ -5,15 +5,18 @@ in every configured namespace; no list per event. A change in either wakes the l
 `queue.select` what may start.
 
 How a run is made exclusive: before touching a job the worker claims the connection in the event
-store (`EventStore.claim`, keyed by the connection's UID). The store grants one live claim per
-connection across all processes and hands out a fencing token that every page write of the run
-carries; a write whose token is no longer current is refused inside its own transaction. Only
-then is the job moved to Running with a resourceVersion-guarded patch (409: someone else took
-the job; the store claim is released). While the run lasts the claim is renewed every third of
-the lease; a renewal that fails, or that cannot be confirmed before two thirds of the lease have
-passed, cancels the run before the lease can lapse, so nobody else starts while it still runs.
-A worker frozen past its lease (SIGSTOP) and resumed finds its fence stale: its next page is
-refused, and its result is dropped.
+store (`EventStore.claim`, keyed by the connection's UID, naming the job's UID). The store grants
+one live claim per connection across all processes and hands out a fencing token that every page
+write of the run carries; a write whose token is no longer current is refused inside its own
+transaction. A run that ends its job for good releases the claim naming the job as done, and
+the store refuses any later claim for that job: a worker whose cache still shows it Pending
+cannot run it twice. The job itself is moved to Running only when the run lasts longer than
+RUNNING_AFTER_SECONDS: most runs (a no-change poll) end sooner, and their one status write is
+the final one, guarded by the resourceVersion the worker picked the job at. While the run lasts
+the claim is renewed every third of the lease; a renewal that fails, or that cannot be
+confirmed before two thirds of the lease have passed, cancels the run before the lease can
+lapse, so nobody else starts while it still runs. A worker frozen past its lease (SIGSTOP) and
+resumed finds its fence stale: its next page is refused, and its result is dropped.
 
 Which connections a worker serves: only those whose `status.storeId` names its own store. A
 worker on another store (a laptop's `calsync run` pointed at a production cluster) leaves them
@@ -26,6 +29,7 @@ through the store's heartbeats), so the fleet as a whole keeps to the configured
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import datetime as dt
 import logging
@@ -39,6 +43,7 @@ from typing import Any
 
 import httpx
 from lightkube import AsyncClient
+from lightkube.resources.core_v1 import Secret
 from pydantic import ValidationError
 
 from calsync.api import CalendarConnectionSpec, SyncJobSpec
@@ -62,8 +67,9 @@ from calsync.providers.base import (
     ProviderError,
     RateLimited,
 )
+from calsync.providers.caldav import DavTransports
 from calsync.settings import Settings
-from calsync.store import ConnectionPurged, EventStore, Fence, Fenced
+from calsync.store import ConnectionPurged, EventStore, Fence, Fenced, JobDone
 from calsync.sync.budget import Budgets
 from calsync.sync.engine import SyncEngine, SyncResult
 from calsync.worker import queue, reporting
@@ -75,6 +81,8 @@ IDLE_WAKE_SECONDS = 60.0
 # A claim the store refused (the previous holder's lease outlives the job's, which is written
 # in whole seconds, or a race with another worker) is tried again this soon, not at idle wake.
 CLAIM_RETRY_SECONDS = 1.0
+# A run still going after this long shows as Running on its job; shorter runs write only their end.
+RUNNING_AFTER_SECONDS = 2.0
 BACKOFF_CAP_SECONDS = 300.0
 HEARTBEAT_SECONDS = 10.0
 
@@ -123,11 +131,17 @@ class Run:
     fence: Fence
     writer: reporting.JobWriter
     connection: tuple[str, str]
+    claim: dict[str, Any]  # claimedBy, storeId, startedAt, attempts: written with its first patch
     task: asyncio.Task[None] | None = None
     context: reporting.RunContext | None = None
     stop: str | None = None  # why we cancelled the run ourselves: "lost" or "deleted"
     outcome: str = "stopped"  # how the run ended, for the run log line
     secrets: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def done_job(self) -> str | None:
+        """The job's UID once the run wrote its end for good (it must not run again)."""
+        return str(self.job["metadata"].get("uid") or "") or None if self.writer.final else None
 
 
 class Worker:
@@ -145,6 +159,8 @@ class Worker:
         self.vault = vault
         # Token refreshes of every OAuth connection share one keep-alive client.
         self.http = httpx.AsyncClient(timeout=settings.provider_timeout, follow_redirects=False)
+        # CalDAV runs share connection pools instead of building one per run.
+        self.dav_transports = DavTransports()
         self.store = store
         self.settings = settings
         self.identity = identity
@@ -158,13 +174,19 @@ class Worker:
         self.budgets = Budgets(dict(self.rates))
         self.share = 1
         self.wake = asyncio.Event()
+        self.index = queue.JobIndex()
         self.jobs = Informer(
             client,
             kube.SyncJobResource,
             namespaces,
             on_change=lambda kind, obj: self.wake.set(),
+            index=self.index.update,
             name="syncjobs",
         )
+        # Credentials come from a watch-fed cache, not one GET per run.
+        self.secrets = Informer(client, Secret, namespaces, name="secrets")
+        # Connections whose claim the store just refused: not asked again before this time.
+        self.refused: dict[tuple[str, str], float] = {}
         self.connections = Informer(
             client,
             kube.CalendarConnectionResource,
@@ -205,11 +227,13 @@ class Worker:
         tasks = [
             asyncio.create_task(self.jobs.run(), name="syncjob-informer"),
             asyncio.create_task(self.connections.run(), name="connection-informer"),
+            asyncio.create_task(self.secrets.run(), name="secret-informer"),
             asyncio.create_task(self._heartbeat(), name="worker-heartbeat"),
         ]
         try:
             await self.jobs.ready.wait()
             await self.connections.ready.wait()
+            await self.secrets.ready.wait()
             while True:
                 timeout = IDLE_WAKE_SECONDS
                 try:
@@ -239,6 +263,7 @@ class Worker:
             with contextlib.suppress(Exception):
                 await asyncio.shield(self.store.leave(self.identity))
             await self.http.aclose()
+            await self.dav_transports.aclose()
 
     async def _heartbeat(self) -> None:
         while True:
@@ -266,22 +291,28 @@ class Worker:
     async def sweep(self) -> float | None:
         """Start what may start, expire what is old; return seconds until something is due."""
         now = reporting.now()
+        clock = time.monotonic()
+        self.refused = {k: t for k, t in self.refused.items() if t > clock}
         picked = queue.select(
-            self.jobs.values(),
+            self.index.active.values(),
             now,
-            running_here=set(self.running),
+            running_here=set(self.running) | set(self.refused),
             capacity=max(0, self.settings.sync_concurrency - len(self.running)),
         )
         metrics.SYNCJOBS_PENDING.set(picked.pending)
         due: float | None = None
         for job in picked.startable:
             if await self._try_start(job, now):
+                self.refused[queue.connection_of(job)] = clock + CLAIM_RETRY_SECONDS
                 due = CLAIM_RETRY_SECONDS
         metrics.SYNCJOBS_RUNNING.set(len(self.running))
-        for job in picked.finished:
+        for job in self.index.expired(now):
             wait = await self._expire(job, now)
             if wait is not None:
-                due = wait if due is None else min(due, wait)
+                self.index.due(now + dt.timedelta(seconds=wait))
+        if self.index.next_expiry is not None:
+            wait = max(0.0, (self.index.next_expiry - now).total_seconds())
+            due = wait if due is None else min(due, wait)
         if picked.next_due is not None:
             wait = max(0.0, (picked.next_due - now).total_seconds())
             due = wait if due is None else min(due, wait)
@@ -319,41 +350,28 @@ class Worker:
                     self.store.store_id,
                 )
             return False  # unbound: the operator binds it first
+        meta = job["metadata"]
         try:
-            fence = await self.store.claim(store_key(body), self.identity, self.settings.sync_lease)
+            fence = await self.store.claim(
+                store_key(body), self.identity, self.settings.sync_lease, job=meta.get("uid")
+            )
         except ConnectionPurged:
             return False
+        except JobDone:
+            return True  # finished a moment ago; the watch has not told us yet
         if fence is None:
             return True  # another claim on the connection is live (it may be lapsing)
         status = job.get("status") or {}
-        patch = {
-            "phase": "Running",
+        claim = {
             "claimedBy": self.identity,
             "storeId": self.store.store_id,
-            "leaseExpiresAt": reporting.ts(now + dt.timedelta(seconds=self.settings.sync_lease)),
             "startedAt": reporting.ts(now),
             "attempts": int(status.get("attempts") or 0) + 1,
             "nextAttemptAt": None,
-            "conditions": [],
         }
-        meta = job["metadata"]
-        try:
-            claimed = await kube.patch_status_guarded(
-                self.client,
-                kube.SyncJobResource,
-                meta["namespace"],
-                meta["name"],
-                meta["resourceVersion"],
-                patch,
-            )
-        except (kube.Conflict, Exception) as exc:
-            await self.store.release(fence)
-            if not isinstance(exc, kube.Conflict):
-                log.warning("could not claim SyncJob %s: %s", meta["name"], exc)
-            return False
-        self.jobs.put(claimed)
-        await self._supersede(claimed, now)
-        run = Run(claimed, fence, reporting.JobWriter(self.client, claimed, self.identity), key)
+        await self._supersede(job, now)
+        writer = reporting.JobWriter(self.client, job, self.identity, claim=claim)
+        run = Run(job, fence, writer, key, claim)
         self.running[key] = run
         run.task = asyncio.create_task(
             self._execute(run, body), name=f"syncjob {meta['namespace']}/{meta['name']}"
@@ -365,9 +383,9 @@ class Worker:
         await writer.finish("Failed", reason, message, error=message)
         metrics.SYNCJOBS_FINISHED.labels("Failed").inc()
 
-    async def _supersede(self, claimed: dict[str, Any], now: dt.datetime) -> None:
-        started = queue.parse_ts(claimed["status"]["startedAt"]) or now
-        for other in queue.superseded_by(claimed, self.jobs.values(), started):
+    async def _supersede(self, claimed: dict[str, Any], started: dt.datetime) -> None:
+        key = queue.connection_of(claimed)
+        for other in queue.superseded_by(claimed, self.index.of_connection(key), started):
             message = f"covered by {claimed['metadata']['name']}"
             writer = reporting.JobWriter(self.client, dict(other), self.identity)
             with contextlib.suppress(kube.Conflict):
@@ -417,9 +435,10 @@ class Worker:
             probe["outcome"] = run.outcome
             log.info("SyncJob %s/%s ended", run.connection[0], run.writer.name, extra=probe)
             if run.outcome in ("succeeded", "failed"):
-                # Only now may another run of the connection start.
+                # Only now may another run of the connection start. A job that ended for good
+                # is recorded as done, so nobody runs it again.
                 with contextlib.suppress(Exception):
-                    await self.store.release(run.fence)
+                    await self.store.release(run.fence, done_job=run.done_job)
 
     async def _execute_inner(self, run: Run, body: dict[str, Any], started: float) -> None:
         keeper = asyncio.create_task(self._keep_claim(run, asyncio.current_task()))
@@ -471,6 +490,8 @@ class Worker:
             run.outcome = "succeeded"
             await self._report(self._succeeded(run, result, time.monotonic() - started), run)
         finally:
+            if run.writer.shown:
+                self.jobs.put(run.writer.job)  # ahead of the watch: the next sweep sees the end
             self.running.pop(run.connection, None)
             self.wake.set()
 
@@ -504,6 +525,8 @@ class Worker:
         """The worker stops or the connection goes: release the claim and hand the job back."""
         with contextlib.suppress(Exception):
             await self.store.release(run.fence)
+        if not run.writer.shown:
+            return  # the job never left Pending
         with contextlib.suppress(Exception):
             await run.writer.write(
                 {"phase": "Pending", "leaseExpiresAt": None, "error": "worker stopped"}
@@ -513,8 +536,18 @@ class Worker:
         """Renew the store claim and the job's lease; cancel the run when the claim is lost."""
         lease = self.settings.sync_lease
         confirmed = time.monotonic()
+        # A run still going after a moment shows as Running, with its lease, on its job.
+        await asyncio.sleep(min(RUNNING_AFTER_SECONDS, lease / 3))
+        with contextlib.suppress(Exception):
+            await run.writer.write(
+                {
+                    "phase": "Running",
+                    "leaseExpiresAt": reporting.ts(reporting.now() + dt.timedelta(seconds=lease)),
+                    "conditions": [],
+                }
+            )
         while True:
-            await asyncio.sleep(lease / 3)
+            await asyncio.sleep(max(0.0, confirmed + lease / 3 - time.monotonic()))
             held: bool | None
             try:
                 held = await asyncio.wait_for(self.store.renew(run.fence, lease), lease / 3)
@@ -547,9 +580,7 @@ class Worker:
         all_names = set(names)
         if conn.provider in OAUTH_PROVIDERS:
             all_names.add(token_secret_name(spec.connection))
-        secrets = {
-            name: await kube.read_secret(self.client, namespace, name) for name in sorted(all_names)
-        }
+        secrets = {name: await self._secret(namespace, name) for name in sorted(all_names)}
         scope = policy.scope_digest(conn)
         credentials = policy.credentials_digest(secrets)
         run.context = reporting.RunContext(
@@ -557,7 +588,7 @@ class Worker:
             scope=scope,
             credentials=credentials,
             attempt=policy.attempt_digest(scope, credentials),
-            started=queue.parse_ts(run.job["status"].get("startedAt")) or reporting.now(),
+            started=queue.parse_ts(run.claim["startedAt"]) or reporting.now(),
             mode=spec.mode,
         )
         referenced = {k: v for k, v in secrets.items() if k in names}
@@ -574,7 +605,9 @@ class Worker:
             conn,
             referenced,
             budget=self.budgets.for_connection(key, conn.provider),
-            deps=ProviderDeps(self.settings, self.vault, self.http),
+            deps=ProviderDeps(
+                self.settings, self.vault, self.http, dav_transports=self.dav_transports
+            ),
             body=body,
             tokens=stored,
         )
@@ -597,6 +630,13 @@ class Worker:
             raise
         finally:
             await provider.aclose()
+
+    async def _secret(self, namespace: str, name: str) -> Mapping[str, bytes] | None:
+        """A Secret's decoded data, from the watch-fed cache (read once when not there yet)."""
+        cached = self.secrets.get(namespace, name)
+        if cached is None:
+            return await kube.read_secret(self.client, namespace, name)
+        return {k: base64.b64decode(v) for k, v in (cached.get("data") or {}).items()}
 
     async def _stored_tokens(
         self,
@@ -659,8 +699,7 @@ class Worker:
 
     async def _failed(self, run: Run, exc: BaseException, seconds: float) -> None:
         namespace, name = run.connection
-        status = run.job.get("status") or {}
-        attempts = int(status.get("attempts") or 1)
+        attempts = int(run.claim["attempts"])
         message = (
             f"{type(exc).__name__}: {exc}"
             if not isinstance(exc, TimeoutError)

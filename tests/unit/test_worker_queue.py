@@ -90,3 +90,51 @@ def test_supersede_only_covered_jobs_created_before_the_start() -> None:
     incremental = job("a1", "a", -50, phase="Running", mode="incremental")
     full_pending = job("a0", "a", -60, mode="full")
     assert queue.superseded_by(incremental, [full_pending], NOW) == []
+
+
+# -- the worker's index of its job cache --------------------------------------------------------
+
+
+def finished(name: str, conn: str, completed: float, ttl: int | None = 60) -> dict[str, Any]:
+    j = job(name, conn, phase="Succeeded", completedAt=ts(completed))
+    if ttl is not None:
+        j["spec"]["ttlSecondsAfterFinished"] = ttl
+    return j
+
+
+def key(j: dict[str, Any]) -> tuple[str, str]:
+    return j["metadata"]["namespace"], j["metadata"]["name"]
+
+
+def test_the_index_follows_each_job_between_active_and_finished() -> None:
+    index = queue.JobIndex()
+    a1, a2, b1 = job("a1", "a", -50), job("a2", "a", -40), job("b1", "b", -30)
+    for j in (a1, a2, b1):
+        index.update(key(j), j)
+    assert sorted(names(index.of_connection(("ns", "a")))) == ["a1", "a2"]
+    assert sorted(names(list(index.active.values()))) == ["a1", "a2", "b1"]
+    done = finished("a1", "a", completed=0)
+    index.update(key(done), done)
+    assert names(index.of_connection(("ns", "a"))) == ["a2"]
+    assert names(list(index.finished.values())) == ["a1"]
+    assert index.next_expiry == NOW + dt.timedelta(seconds=60)
+    index.update(key(a2), None)
+    index.update(key(done), None)
+    assert index.of_connection(("ns", "a")) == []
+    assert not index.finished
+    assert names(list(index.active.values())) == ["b1"]
+
+
+def test_the_index_hands_out_expired_jobs_only_when_the_earliest_expiry_comes() -> None:
+    index = queue.JobIndex()
+    early, late = finished("e", "a", completed=-70), finished("l", "b", completed=0)
+    kept = finished("k", "c", completed=-1000, ttl=None)  # no TTL: never expires
+    for j in (early, late, kept):
+        index.update(key(j), j)
+    assert index.next_expiry == NOW - dt.timedelta(seconds=10)
+    assert names(index.expired(NOW)) == ["e"]
+    assert index.next_expiry == NOW + dt.timedelta(seconds=60)
+    assert index.expired(NOW) == []  # nothing is due until then
+    index.due(NOW + dt.timedelta(seconds=5))  # e.g. another worker's turn to delete ends
+    assert index.next_expiry == NOW + dt.timedelta(seconds=5)
+    assert names(index.expired(NOW + dt.timedelta(seconds=61))) == ["e", "l"]
