@@ -23,11 +23,12 @@ import gc
 import logging
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from types import EllipsisType
 from typing import Literal, TypedDict
 
 from calsync.model import Calendar, ChangePage, Resource, Window
 from calsync.providers.base import CalendarGone, CalendarProvider, CursorInvalid
-from calsync.store import EventStore, Fence
+from calsync.store import CalendarRow, EventStore, Fence
 
 log = logging.getLogger(__name__)
 
@@ -70,6 +71,10 @@ class SyncResult:
     # Whether duplicate UIDs were looked for: only when something changed, since the check
     # scans every event of the connection and an unchanged store cannot have new ones.
     duplicates_checked: bool = False
+    # The connection's calendars as stored when the run began, and whether the run left them
+    # as they were but for their sync times: then they need not be read again to report.
+    stored: list[CalendarRow] = field(default_factory=list)
+    calendars_unchanged: bool = False
 
     @property
     def fetched(self) -> int:
@@ -180,27 +185,44 @@ class SyncEngine:
         fenced = _fencing(fence)
         listed = await provider.list_calendars()
         selected = select_calendars(listed, include, exclude)
-        result = SyncResult()
+        result = SyncResult(stored=await self.store.calendars(connection))
+        stored = {row.id: row for row in result.stored}
+        unchanged = True
         if not calendar_id:
             # A calendar no longer listed (deleted, unshared, excluded) takes its events along.
             wanted = {cal.id for cal in selected}
-            for stored in await self.store.calendars(connection):
-                if stored.id not in wanted:
-                    await self.store.remove_calendar(connection, stored.id, **fenced)
-                    result.removed_calendars.append(stored.id)
+            for gone in result.stored:
+                if gone.id not in wanted:
+                    await self.store.remove_calendar(connection, gone.id, **fenced)
+                    result.removed_calendars.append(gone.id)
         else:
             selected = [cal for cal in selected if cal.id == calendar_id]
             if not selected:
                 raise CalendarGone(f"calendar {calendar_id!r} is not listed by the provider")
         for calendar in selected:
-            await self.store.upsert_calendar(
-                connection, calendar.id, calendar.name, calendar.color, **fenced
-            )
+            row = stored.get(calendar.id)
+            # An unchanged calendar row is not written again: a no-change poll writes one page.
+            if row is None or (row.name, row.color) != (calendar.name, calendar.color):
+                unchanged = False
+                await self.store.upsert_calendar(
+                    connection, calendar.id, calendar.name, calendar.color, **fenced
+                )
             result.calendars.append(
                 await self.sync_calendar(
-                    connection, provider, calendar, window=window, mode=mode, fence=fence
+                    connection,
+                    provider,
+                    calendar,
+                    window=window,
+                    mode=mode,
+                    fence=fence,
+                    cursor=row.cursor if row is not None else None,
                 )
             )
+        result.calendars_unchanged = (
+            unchanged
+            and not result.removed_calendars
+            and not any(c.changed for c in result.calendars)
+        )
         if result.removed_calendars or any(c.changed for c in result.calendars):
             for outcome in result.calendars:
                 outcome.duplicates = await self.store.duplicate_uids(
@@ -222,8 +244,13 @@ class SyncEngine:
         window: Window,
         mode: Mode = "incremental",
         fence: Fence | None = None,
+        cursor: str | EllipsisType | None = ...,
     ) -> CalendarResult:
-        cursor = None if mode == "full" else await self.store.get_cursor(connection, calendar.id)
+        """Sync one calendar; `cursor` is its stored cursor when the caller has read it."""
+        if mode == "full":
+            cursor = None
+        elif cursor is ...:
+            cursor = await self.store.get_cursor(connection, calendar.id)
         outcome = CalendarResult(calendar.id, calendar.name)
         try:
             await self._run(connection, provider, calendar, cursor, window, outcome, fence)

@@ -31,6 +31,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import dataclasses
 import datetime as dt
 import logging
 import os
@@ -663,7 +664,16 @@ class Worker:
         assert run.context is not None
         counts = {"fetched": result.fetched, "upserted": result.upserted, "deleted": result.deleted}
         body = self.connections.get(namespace, name)
-        calendars = await self.store.calendars(run.fence.connection)
+        if result.calendars_unchanged:
+            # Nothing but sync times moved: report the rows read when the run began.
+            stamp = reporting.now()
+            synced = {c.calendar_id for c in result.calendars}
+            calendars = [
+                dataclasses.replace(row, last_sync_at=stamp) if row.id in synced else row
+                for row in result.stored
+            ]
+        else:
+            calendars = await self.store.calendars(run.fence.connection)
         await reporting.report_success(
             self.client, body, namespace, name, run.context, result, calendars
         )
