@@ -45,15 +45,13 @@ from sqlalchemy import (
     literal,
     or_,
     select,
-    text,
     update,
 )
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection
-from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from calsync.store.connect import writer
+from calsync.store.connect import one_statement, writer
 from calsync.store.schema import UtcDateTime, connection_claims, store_members, store_meta
 
 # pg_advisory_xact_lock(int, int) key space for per-connection claim locks: the bytes of "clms".
@@ -83,17 +81,8 @@ class JobDone(RuntimeError):
     """A claim named the job last finished on the connection: it must not run again."""
 
 
-CLAIM_LOCK_WAIT_MS = 2000
-
-
 class _LockBusy(Exception):
-    """The connection's lock stayed taken for CLAIM_LOCK_WAIT_MS: treat it as held."""
-
-
-def _lock_timed_out(exc: DBAPIError) -> bool:
-    """Whether PostgreSQL gave up waiting for a lock (SQLSTATE 55P03, lock_not_available)."""
-    code = getattr(exc.orig, "sqlstate", None) or getattr(exc.orig, "pgcode", None)
-    return code == "55P03" or "lock timeout" in str(exc)
+    """A write of the connection holds its lock right now: treat the connection as held."""
 
 
 def connection_lock(connection: str, *, shared: bool) -> ColumnElement[Any]:
@@ -139,6 +128,7 @@ class Leases:
     def __init__(self, engine: AsyncEngine) -> None:
         self._engine = engine
         self._writer = writer(engine)
+        self._single = one_statement(engine, write=True)
         self._postgres = engine.dialect.name == "postgresql"
 
     # -- clock -----------------------------------------------------------------------------
@@ -202,14 +192,15 @@ class Leases:
                     return None
                 # A holder stopped inside a page transaction (SIGSTOP) keeps the lock until the
                 # server ends its session (idle_in_transaction_session_timeout, see connect.py);
-                # a claim must not wait that long inside a worker's sweep: it is refused.
-                await conn.execute(text(f"SET LOCAL lock_timeout = '{CLAIM_LOCK_WAIT_MS}ms'"))
-                try:
-                    await self._lock(conn, connection)
-                except DBAPIError as exc:
-                    if _lock_timed_out(exc):
-                        raise _LockBusy from exc
-                    raise
+                # a claim must not wait inside a worker's sweep: while any page write of the
+                # connection is in flight the claim is refused, and the worker asks again soon.
+                taken = await conn.scalar(
+                    select(
+                        func.pg_try_advisory_xact_lock(CLAIM_LOCK_SPACE, func.hashtext(connection))
+                    )
+                )
+                if not taken:
+                    raise _LockBusy
             else:
                 await self._lock(conn, connection)
             now, until = self._at(dt.timedelta(0), lease)
@@ -256,7 +247,7 @@ class Leases:
 
     async def renew(self, fence: Fence, ttl: float) -> bool:
         (until,) = self._at(_seconds(ttl))
-        async with self._writer.begin() as conn:
+        async with self._single.begin() as conn:
             result = await conn.execute(
                 update(connection_claims).where(*self._matching(fence)).values(expires_at=until)
             )
@@ -267,7 +258,7 @@ class Leases:
         values: dict[str, Any] = {"holder": "", "expires_at": now}
         if done_job:
             values["done_job"] = done_job
-        async with self._writer.begin() as conn:
+        async with self._single.begin() as conn:
             await conn.execute(
                 update(connection_claims).where(*self._matching(fence)).values(**values)
             )

@@ -73,6 +73,18 @@ def writer(engine: AsyncEngine) -> AsyncEngine:
     return engine.execution_options(**WRITE)
 
 
+def one_statement(engine: AsyncEngine, *, write: bool) -> AsyncEngine:
+    """The same engine (and pool) for work that is one statement, reading or writing.
+
+    On PostgreSQL the statement runs on its own (AUTOCOMMIT): a transaction around it would
+    add a BEGIN and a COMMIT or ROLLBACK, two more round trips for nothing, and a no-change
+    sync is mostly such statements. On SQLite every writer must hold the write lock (see
+    `writer`), and reads cost no round trip, so nothing changes there."""
+    if engine.dialect.name == "postgresql":
+        return engine.execution_options(isolation_level="AUTOCOMMIT")
+    return writer(engine) if write else engine
+
+
 def thread_writer(engine: AsyncEngine) -> Engine | None:
     """For a SQLite file: a plain (blocking) engine on the same file, set up the same way and
     starting its transactions as writers, for work run on a thread of its own; else None.

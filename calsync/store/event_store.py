@@ -69,7 +69,7 @@ from sqlalchemy.types import ARRAY, Text
 
 from calsync.model import ChangePage, Resource
 from calsync.store.claims import Fence, Leases, check_claim, connection_lock
-from calsync.store.connect import create_store_engine, thread_writer, writer
+from calsync.store.connect import create_store_engine, one_statement, thread_writer, writer
 from calsync.store.expand import (
     HIGHEST,
     LOWEST,
@@ -124,6 +124,7 @@ class EventStore:
         self._store_id = store_id
         self._leases = Leases(engine)
         self._writer = writer(engine)
+        self._reader = one_statement(engine, write=False)
         self._thread_writer = thread_writer(engine)
         self._postgres = engine.dialect.name == "postgresql"
         # A page's rows go to the driver as plain tuples, converted here: SQLAlchemy's per-row
@@ -489,7 +490,7 @@ class EventStore:
     # -- reading ---------------------------------------------------------------------------
 
     async def get_cursor(self, connection: str, calendar_id: str) -> str | None:
-        async with self._engine.connect() as conn:
+        async with self._reader.connect() as conn:
             cursor: str | None = await conn.scalar(
                 select(calendars.c.cursor).where(
                     *self._calendar_filter(calendars, connection, calendar_id)
@@ -499,7 +500,7 @@ class EventStore:
 
     async def known_etags(self, connection: str, calendar_id: str) -> dict[str, str | None]:
         """provider id -> etag of every stored resource of the calendar."""
-        async with self._engine.connect() as conn:
+        async with self._reader.connect() as conn:
             result = await conn.execute(
                 select(resources.c.provider_id, resources.c.etag).where(
                     *self._calendar_filter(resources, connection, calendar_id)
@@ -508,7 +509,7 @@ class EventStore:
             return {pid: etag for pid, etag in result}
 
     async def calendars(self, connection: str) -> list[CalendarRow]:
-        async with self._engine.connect() as conn:
+        async with self._reader.connect() as conn:
             result = await conn.execute(
                 select(calendars)
                 .where(calendars.c.connection == connection)
@@ -528,7 +529,7 @@ class EventStore:
 
     async def count_events(self, connection: str, calendar_id: str | None = None) -> int:
         """Stored event rows (single events, recurring masters and overrides, cancelled too)."""
-        async with self._engine.connect() as conn:
+        async with self._reader.connect() as conn:
             count = await conn.scalar(
                 select(func.count())
                 .select_from(events)
@@ -553,7 +554,7 @@ class EventStore:
             .having(func.count(distinct(events.c.provider_id)) > 1)
             .subquery()
         )
-        async with self._engine.connect() as conn:
+        async with self._reader.connect() as conn:
             result = await conn.execute(
                 select(events.c.uid, events.c.provider_id)
                 .distinct()

@@ -218,3 +218,37 @@ async def test_duplicates_are_not_rechecked_when_nothing_changed(store: EventSto
     assert first.duplicates_checked
     again = await engine.sync_connection(CONN, provider, window=WINDOW)
     assert not again.duplicates_checked and again.upserted == again.deleted == 0
+
+
+@dataclass
+class Renaming(ScriptedProvider):
+    work_name: str = "Work"
+
+    async def list_calendars(self) -> list[Calendar]:
+        return [Calendar(id="/alice/work/", name=self.work_name, color="#112233")]
+
+
+async def test_a_no_change_run_writes_no_calendar_row_but_a_rename_is_stored(
+    store: EventStore,
+) -> None:
+    provider = Renaming(resources(3))
+    engine = SyncEngine(store)
+    first = await engine.sync_connection(CONN, provider, window=WINDOW)
+    assert not first.calendars_unchanged  # the calendar was new
+    written: list[str] = []
+    upsert = store.upsert_calendar
+
+    async def counting(*args: object, **kwargs: object) -> None:
+        written.append(str(args[2]))
+        await upsert(*args, **kwargs)  # type: ignore[arg-type]
+
+    store.upsert_calendar = counting  # type: ignore[method-assign]
+    again = await engine.sync_connection(CONN, provider, window=WINDOW)
+    assert again.calendars_unchanged and written == []
+    assert [(c.id, c.event_count) for c in again.stored] == [("/alice/work/", 3)]
+
+    provider.work_name = "Work (renamed)"
+    renamed = await engine.sync_connection(CONN, provider, window=WINDOW)
+    assert written == ["Work (renamed)"] and not renamed.calendars_unchanged
+    (row,) = await store.calendars(CONN)
+    assert (row.name, row.color, row.cursor) == ("Work (renamed)", "#112233", "v1")
