@@ -191,10 +191,12 @@ def _secret_names(name: str, spec: CalendarConnectionSpec) -> set[str]:
 
 
 # -- watch handlers: caches and the queue, nothing that can fail ------------------------------
+# They are coroutines although they never await: Kopf runs a plain function on a thread of its
+# executor, and the caches and the asyncio queue they touch belong to the event loop's thread.
 
 
 @kopf.on.event(GROUP, PLURAL)
-def connection_event(event: Mapping[str, Any], memo: Any, **_: Any) -> None:
+async def connection_event(event: Mapping[str, Any], memo: Any, **_: Any) -> None:
     ctx = _context(memo)
     obj = event.get("object") or {}
     meta = obj.get("metadata") or {}
@@ -217,7 +219,7 @@ def connection_event(event: Mapping[str, Any], memo: Any, **_: Any) -> None:
 
 
 @kopf.on.event(GROUP, SYNC_JOB.plural)
-def syncjob_event(event: Mapping[str, Any], memo: Any, **_: Any) -> None:
+async def syncjob_event(event: Mapping[str, Any], memo: Any, **_: Any) -> None:
     ctx = _context(memo)
     obj = event.get("object") or {}
     namespace = (obj.get("metadata") or {}).get("namespace", "")
@@ -229,7 +231,7 @@ def syncjob_event(event: Mapping[str, Any], memo: Any, **_: Any) -> None:
 
 
 @kopf.on.event("", "v1", "secrets")
-def secret_event(event: Mapping[str, Any], memo: Any, **_: Any) -> None:
+async def secret_event(event: Mapping[str, Any], memo: Any, **_: Any) -> None:
     ctx = _context(memo)
     obj = event.get("object") or {}
     meta = obj.get("metadata") or {}
