@@ -268,6 +268,31 @@ async def test_a_job_released_as_done_is_never_claimed_again(store: EventStore) 
     assert await store.claim(CONN, "worker-b", LONG) is not None
 
 
+async def test_connections_the_server_dropped_cost_one_failure(postgres_url: str) -> None:
+    # The pool does not ping on checkout; a dead pooled connection fails one statement, the
+    # pool is discarded, and the next call (the caller's retry) works.
+    from tests.fixtures.postgres import _admin, _libpq_url
+
+    async with await EventStore.open(postgres_url) as store:
+        fences = [await store.claim(f"conn-{i}", "worker-a", LONG) for i in range(3)]
+        assert all(fences)
+        _admin(
+            _libpq_url(postgres_url),
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+            "WHERE datname = current_database() AND pid <> pg_backend_pid()",
+        )
+        failures = 0
+        for fence in fences:
+            assert fence is not None
+            try:
+                assert await store.renew(fence, LONG)
+            except Exception:
+                failures += 1
+                assert await store.renew(fence, LONG)
+        assert failures <= 1
+        assert sorted(await store.claims()) == ["conn-0", "conn-1", "conn-2"]
+
+
 async def test_ttls_must_be_positive(store: EventStore) -> None:
     for ttl in (0.0, -1.0, float("nan"), float("inf")):
         with pytest.raises(ValueError, match="ttl"):
