@@ -141,11 +141,42 @@ class Settings(BaseModel):
     microsoft_rate_limit: int = Field(default=10_000, ge=1)
     caldav_rate_limit: int = Field(default=100, ge=1)
 
-    # Webhooks (seed: WEBHOOK_TIMEOUT_MS, WEBHOOK_RATE_LIMIT, WEBHOOK_RENEWAL_THRESHOLD_HOURS)
-    webhook_timeout: float = Field(default=30.0, gt=0)
-    webhook_rate_limit: int = Field(default=1000, ge=1)
-    webhook_renewal_before_expiry: float = Field(default=24 * 3600.0, ge=0)
-    webhook_log_retention: float = Field(default=7 * 86400.0, ge=0)
+    # Push (seed: WEBHOOK_TIMEOUT_MS, WEBHOOK_RATE_LIMIT, WEBHOOK_RENEWAL_THRESHOLD_HOURS)
+    webhook_timeout: float = Field(
+        default=30.0,
+        gt=0,
+        description="how long the gateway tries to record a notification as sync work before "
+        "it answers 503 (the provider retries)",
+    )
+    webhook_rate_limit: int = Field(
+        default=1000,
+        ge=1,
+        description="notifications per hour one channel (Google) or subscription (Graph) may "
+        "deliver; more are answered 429",
+    )
+    webhook_address_rate_limit: float = Field(
+        default=20.0,
+        gt=0,
+        description="rejected webhook calls per second one client address may make before it "
+        "is answered 429 without any check",
+    )
+    webhook_renewal_before_expiry: float = Field(
+        default=24 * 3600.0,
+        ge=0,
+        description="renew a channel this long before it expires (at half-life when its "
+        "lifetime is shorter than twice this)",
+    )
+    webhook_allow_insecure: bool = Field(
+        default=False,
+        description="register http:// notification URLs (development and simulators only; "
+        "providers require HTTPS with a valid certificate)",
+    )
+    push_poll_interval: float = Field(
+        default=3600.0,
+        ge=60.0,
+        description="poll interval of a connection while all its push channels are healthy "
+        "(the safety net under push)",
+    )
 
     # Scaling (seed: queue depth 500 to scale up, queue cap 5000)
     scale_up_queue_depth: int = Field(
@@ -177,7 +208,7 @@ class Settings(BaseModel):
         "syncjob_history",
         "webhook_timeout",
         "webhook_renewal_before_expiry",
-        "webhook_log_retention",
+        "push_poll_interval",
         "key_rotation_interval",
         "purge_timeout",
         "operator_lease_duration",

@@ -33,7 +33,10 @@ def test_seed_defaults() -> None:
     assert s.syncjob_history == 3600.0
     assert s.purge_timeout == 300.0
     assert s.operator_concurrency == 8
-    assert s.webhook_log_retention == 7 * DAY
+    assert s.webhook_rate_limit == 1000
+    assert s.webhook_renewal_before_expiry == DAY
+    assert s.push_poll_interval == 3600.0
+    assert s.webhook_allow_insecure is False
 
 
 def test_scope_and_listener_defaults() -> None:
@@ -86,7 +89,7 @@ def test_every_duration_field_parses_go_durations() -> None:
         "syncjob_history",
         "webhook_timeout",
         "webhook_renewal_before_expiry",
-        "webhook_log_retention",
+        "push_poll_interval",
         "key_rotation_interval",
         "purge_timeout",
     ]
