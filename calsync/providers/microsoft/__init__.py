@@ -1,6 +1,7 @@
 """Microsoft 365 / Outlook.com calendars through Microsoft Graph: `MicrosoftProvider`.
 
-`provider` pages calendar-view delta rounds on `calsync.providers.rest.JsonApi`; `convert`
+`provider` pages calendar-view delta rounds on `calsync.providers.rest.JsonApi` and manages
+change-notification subscriptions (`GraphSubscription`, `SubscriptionGone`); `convert`
 turns Graph event JSON into the store's resources (one per instance of a series).
 """
 
@@ -8,7 +9,10 @@ from calsync.providers.microsoft.convert import MalformedEvent, iana_zone, to_ev
 from calsync.providers.microsoft.provider import (
     GRAPH_URL,
     WINDOW_TOLERANCE,
+    GraphSubscription,
     MicrosoftProvider,
+    SubscriptionGone,
+    calendar_resource,
     classify,
     make_cursor,
     parse_cursor,
@@ -17,8 +21,11 @@ from calsync.providers.microsoft.provider import (
 __all__ = [
     "GRAPH_URL",
     "WINDOW_TOLERANCE",
+    "GraphSubscription",
     "MalformedEvent",
     "MicrosoftProvider",
+    "SubscriptionGone",
+    "calendar_resource",
     "classify",
     "iana_zone",
     "make_cursor",

@@ -35,6 +35,17 @@ are `RateLimited` with Retry-After (retried by `JsonApi` when short); 401 is ans
 refresh in `JsonApi`; the rest carry Graph's own message. Concurrency is capped at four requests
 (Outlook's limit per mailbox) by `JsonApi`'s semaphore.
 
+Change notifications (for the subscription controller, outside the engine's protocol):
+`subscribe` creates a subscription (`POST /v1.0/subscriptions`, created/updated/deleted) on a
+resource such as `calendar_resource(calendar.id)`; Graph first proves both URLs with its
+validation handshake, and a refusal (a failed handshake included) is a non-retryable
+`ProviderError` that carries Graph's message. The returned `GraphSubscription.expiration` is
+the one Graph granted (it caps lifetimes at 10,080 minutes), so renewals are planned by it.
+`renew_subscription` PATCHes a new expiration, `reauthorize_subscription` answers a
+`reauthorizationRequired` lifecycle event (`POST .../reauthorize`), and `delete_subscription`
+deletes one, where a subscription Graph no longer knows counts as deleted. A 404 or 410 on a
+subscription is `SubscriptionGone` (non-retryable): the caller creates a new one and resyncs.
+
 Items that cannot be converted are left out of their page and recorded in `skipped`
 (provider id, reason), which the engine collects after each run.
 
@@ -49,7 +60,8 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass
 from typing import Any, Final
 from urllib.parse import quote
 
@@ -59,6 +71,7 @@ from calsync.model import Calendar, ChangePage, Resource, Window
 from calsync.providers.base import (
     CalendarGone,
     CursorInvalid,
+    InvalidConfiguration,
     KnownEtags,
     ProviderError,
 )
@@ -77,6 +90,33 @@ WINDOW_TOLERANCE: Final = dt.timedelta(days=1)
 MAX_PAGE_SIZE: Final = 1000
 RESET_CODES: Final = frozenset({"syncstatenotfound", "resyncrequired"})
 _DELTA_PAGE: Final = PageReader("value", ("@odata.nextLink", "@odata.deltaLink"), required=True)
+SUBSCRIPTIONS_PATH: Final = "/v1.0/subscriptions"
+CHANGE_TYPES: Final = "created,updated,deleted"
+MAX_CLIENT_STATE: Final = 128
+
+
+@dataclass(frozen=True)
+class GraphSubscription:
+    """A change-notification subscription, as Graph answered its creation or renewal."""
+
+    id: str
+    resource: str
+    expiration: dt.datetime  # aware, UTC: what Graph granted, not what was asked for
+    client_state: str | None
+    notification_url: str
+    lifecycle_notification_url: str | None
+
+
+class SubscriptionGone(ProviderError):
+    """Graph no longer knows the subscription (404 / 410): expired, removed or never made."""
+
+    retryable = False
+    reason = "SubscriptionGone"
+
+
+def calendar_resource(calendar_id: str) -> str:
+    """The subscription resource for the events of one calendar (an id from list_calendars)."""
+    return f"/me/calendars/{quote(calendar_id, safe='=')}/events"
 
 
 def _error_code(response: httpx.Response) -> str:
@@ -102,6 +142,13 @@ def classify(response: httpx.Response) -> ProviderError | None:
     """Graph's answers that mean something to the engine; None leaves the default mapping."""
     status = response.status_code
     code = _error_code(response)
+    _, marker, tail = response.request.url.path.partition(SUBSCRIPTIONS_PATH)
+    if marker and tail.startswith("/") and status in (404, 410):
+        return SubscriptionGone(_message(response, code))
+    if marker and not tail and 400 <= status < 500 and status not in (404, 429):
+        error = ProviderError(f"Graph refused the subscription: {_message(response, code)}")
+        error.retryable = False
+        return error
     if status == 410 or (400 <= status < 500 and code.lower() in RESET_CODES):
         return CursorInvalid(_message(response, code))
     if status == 404:
@@ -111,6 +158,56 @@ def classify(response: httpx.Response) -> ProviderError | None:
 
 def _iso(value: dt.datetime) -> str:
     return value.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _expiration_text(value: dt.datetime) -> str:
+    if value.tzinfo is None or value.utcoffset() is None:
+        raise ValueError("a subscription expiration must be an aware datetime")
+    return value.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def _instant(value: Any) -> dt.datetime | None:
+    if not isinstance(value, str) or not value:
+        return None
+    try:
+        when = dt.datetime.fromisoformat(value)
+    except ValueError:
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=dt.UTC)
+    return when.astimezone(dt.UTC)
+
+
+def _subscription(
+    response: httpx.Response, what: str, sent: Mapping[str, Any] | None = None
+) -> GraphSubscription:
+    """Graph's answer about a subscription; fields it leaves out fall back to what was sent."""
+    try:
+        body = response.json()
+    except ValueError:
+        raise ProviderError(f"{what}: the answer is not JSON") from None
+    if not isinstance(body, dict):
+        raise ProviderError(f"{what}: the answer is not a JSON object")
+    fields = {**(sent or {}), **{k: v for k, v in body.items() if v is not None}}
+    sub_id = fields.get("id")
+    if not isinstance(sub_id, str) or not sub_id:
+        raise ProviderError(f"{what}: the answer has no subscription id")
+    expiration = _instant(body.get("expirationDateTime"))
+    if expiration is None:
+        raise ProviderError(f"{what}: the answer has no valid expirationDateTime")
+
+    def text(name: str) -> str | None:
+        value = fields.get(name)
+        return value if isinstance(value, str) and value else None
+
+    return GraphSubscription(
+        id=sub_id,
+        resource=text("resource") or "",
+        expiration=expiration,
+        client_state=text("clientState"),
+        notification_url=text("notificationUrl") or "",
+        lifecycle_notification_url=text("lifecycleNotificationUrl"),
+    )
 
 
 def make_cursor(delta_link: str, window: tuple[dt.datetime, dt.datetime]) -> str:
@@ -286,6 +383,67 @@ class MicrosoftProvider:
             deletes.pop(item_id, None)
             upserts[item_id] = resource
         return ChangePage(upserts=list(upserts.values()), deletes=list(deletes), full=full)
+
+    # -- change notifications ------------------------------------------------------------------
+
+    async def subscribe(
+        self,
+        *,
+        resource: str,
+        notification_url: str,
+        lifecycle_notification_url: str,
+        client_state: str,
+        expiration: dt.datetime,
+    ) -> GraphSubscription:
+        """Subscribe to created/updated/deleted changes of `resource` (see `calendar_resource`).
+
+        Graph validates both URLs before it answers; a refusal is a non-retryable
+        ProviderError with Graph's reason. The result's expiration is the one Graph granted.
+        """
+        if len(client_state) > MAX_CLIENT_STATE:
+            raise InvalidConfiguration(
+                f"clientState is {len(client_state)} characters; Graph allows at most "
+                f"{MAX_CLIENT_STATE}"
+            )
+        body: dict[str, Any] = {
+            "changeType": CHANGE_TYPES,
+            "notificationUrl": notification_url,
+            "lifecycleNotificationUrl": lifecycle_notification_url,
+            "resource": resource,
+            "expirationDateTime": _expiration_text(expiration),
+        }
+        if client_state:
+            body["clientState"] = client_state
+        response = await self._api.request("POST", SUBSCRIPTIONS_PATH, json=body)
+        return _subscription(response, "creating a subscription", body)
+
+    def _subscription_path(self, subscription_id: str) -> str:
+        if not subscription_id:
+            raise ValueError("a subscription id is required")
+        return f"{SUBSCRIPTIONS_PATH}/{quote(subscription_id, safe='')}"
+
+    async def renew_subscription(
+        self, subscription_id: str, expiration: dt.datetime
+    ) -> GraphSubscription:
+        """Move a subscription's expiration; SubscriptionGone when Graph no longer knows it."""
+        response = await self._api.request(
+            "PATCH",
+            self._subscription_path(subscription_id),
+            json={"expirationDateTime": _expiration_text(expiration)},
+        )
+        return _subscription(response, "renewing a subscription", {"id": subscription_id})
+
+    async def reauthorize_subscription(self, subscription_id: str) -> None:
+        """Answer a reauthorizationRequired lifecycle event (`POST .../reauthorize`)."""
+        await self._api.request("POST", f"{self._subscription_path(subscription_id)}/reauthorize")
+
+    async def delete_subscription(self, subscription_id: str) -> bool:
+        """Delete a subscription; False when Graph no longer knew it (which counts as done)."""
+        try:
+            await self._api.request("DELETE", self._subscription_path(subscription_id))
+        except SubscriptionGone:
+            return False
+        return True
 
 
 def _foreign(link: str) -> ProviderError:
