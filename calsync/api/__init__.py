@@ -56,6 +56,7 @@ from calsync.api.meta import (
     format_timestamp,
 )
 from calsync.api.subscription import (
+    LifecycleEvent,
     PushProvider,
     WebhookSubscription,
     WebhookSubscriptionSpec,
@@ -117,6 +118,7 @@ __all__ = [
     "ConditionList",
     "ConditionStatus",
     "KindInfo",
+    "LifecycleEvent",
     "OAuthSettings",
     "Provider",
     "PushProvider",

@@ -240,9 +240,9 @@ class SyncSettings(SpecModel):
         default=True,
         description=(
             "Subscribe to change notifications where the provider offers them (Google, "
-            "Microsoft). When false, polling alone keeps the mirror current. Push support "
-            "has not landed yet: until it does, every connection is polled and this field "
-            "has no effect."
+            "Microsoft): one WebhookSubscription per calendar. While every channel is "
+            "healthy the connection is polled only at the operator's PUSH_POLL_INTERVAL (1h). "
+            "When false, polling alone keeps the mirror current."
         ),
     )
 

@@ -47,14 +47,31 @@ class WebhookSubscriptionSpec(SpecModel):
     )
 
 
+LifecycleEventName = Literal["reauthorizationRequired", "subscriptionRemoved", "missed"]
+
+
+class LifecycleEvent(ApiModel):
+    """A Graph lifecycle notification the gateway received and the controller has to act on."""
+
+    event: LifecycleEventName = Field(description="The lifecycleEvent Graph sent.")
+    received_at: Timestamp = Field(description="When the gateway received it.")
+
+
 class WebhookSubscriptionStatus(ApiModel):
-    """The channel as registered with the provider."""
+    """The channel as registered with the provider.
+
+    Who writes what: the subscription controller (in the operator) everything about the
+    channel; the gateway only `notificationsReceived`, `lastNotificationTime` (in batches) and
+    `lifecycleEvents` (Graph, before it answers 202); the controller empties `lifecycleEvents`
+    once it has acted on them. Every write is guarded by the resourceVersion it read.
+    """
 
     channel_id: str | None = Field(
         default=None,
         description=(
-            "Id of the Google watch channel or Microsoft Graph subscription. Chosen before "
-            "registering, so a retried registration reuses it."
+            "Id of the Google watch channel or Microsoft Graph subscription that is current. "
+            "Google channel ids are chosen by calsync (a new one for every channel); Graph "
+            "subscription ids by Graph."
         ),
     )
     resource_id: str | None = Field(
@@ -63,6 +80,36 @@ class WebhookSubscriptionStatus(ApiModel):
     )
     expiration: Timestamp | None = Field(
         default=None, description="When the provider stops delivering on this channel."
+    )
+    registered_at: Timestamp | None = Field(
+        default=None, description="When the current channel was registered or last renewed."
+    )
+    channel_generation: int = Field(
+        default=0,
+        ge=0,
+        description="How many channels were registered for this subscription so far; a new "
+        "Google channel id is derived from it.",
+    )
+    previous_channel_id: str | None = Field(
+        default=None,
+        description=(
+            "Google: the channel a renewal replaced, still accepted until it is stopped "
+            "(make-before-break)."
+        ),
+    )
+    previous_resource_id: str | None = Field(
+        default=None, description="Google: the resourceId of the previous channel."
+    )
+    lifecycle_events: list[LifecycleEvent] = Field(
+        default_factory=list,
+        max_length=16,
+        description="Graph lifecycle notifications received and not yet acted on.",
+    )
+    consecutive_failures: int = Field(
+        default=0, ge=0, description="Failed registrations or renewals in a row."
+    )
+    last_error: str | None = Field(
+        default=None, description="Why the last registration, renewal or stop failed."
     )
     next_renewal_time: Timestamp | None = Field(
         default=None, description="When the operator will renew or replace the channel."

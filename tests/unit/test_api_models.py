@@ -254,6 +254,10 @@ def test_status_round_trip_and_tolerance_of_unknown_fields() -> None:
         "nextRenewalTime": "2026-05-07T10:00:00Z",
         "notificationsReceived": 12,
         "lastNotificationTime": "2026-05-01T09:59:00Z",
+        "channelGeneration": 2,
+        "previousChannelId": "calsync-3f2a-1",
+        "lifecycleEvents": [{"event": "missed", "receivedAt": "2026-05-01T09:58:00Z"}],
+        "consecutiveFailures": 0,
         "observedGeneration": 1,
         "conditions": [
             {
