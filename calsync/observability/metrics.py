@@ -82,6 +82,35 @@ GATEWAY_REQUESTS = Counter(
     ["route", "code"],
     registry=REGISTRY,
 )
+WEBHOOK_REQUESTS = Counter(
+    "calsync_webhook_requests_total",
+    "Provider webhook calls answered by the gateway, by provider and result (accepted, "
+    "validation, sync_message, unknown, forged, malformed, too_large, rate_limited, "
+    "overloaded, error). A Graph batch counts once per item.",
+    ["provider", "result"],
+    registry=REGISTRY,
+)
+WEBHOOK_LATENCY = Histogram(
+    "calsync_webhook_latency_seconds",
+    "Time from a webhook call's arrival to its answer, by provider (Graph throttles endpoints "
+    "slower than 3 s).",
+    ["provider"],
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2, 2.9, 5, 10, 30),
+    registry=REGISTRY,
+)
+WEBHOOK_JOBS = Counter(
+    "calsync_webhook_jobs_total",
+    "What verified notifications became, by provider and action: created (a new SyncJob), "
+    "touched (a Pending one re-armed), covered (handled by a recording another notification "
+    "started).",
+    ["provider", "action"],
+    registry=REGISTRY,
+)
+WEBHOOK_RECORDINGS_IN_FLIGHT = Gauge(
+    "calsync_webhook_recordings_in_flight",
+    "Recordings of notifications as sync work the gateway is carrying out now.",
+    registry=REGISTRY,
+)
 KEY_ROTATIONS = Counter(
     "calsync_key_rotations_total",
     "Token keyring rotations performed by this process, by result.",
