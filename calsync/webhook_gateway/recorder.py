@@ -1,0 +1,401 @@
+"""Turn verified notifications into sync work before they are answered (decision 0011).
+
+A calendar's notifications are recorded one *recording* at a time (single flight per
+(namespace, connection, calendarId)); notifications that arrive while one is in flight join
+the next one, which is what coalesces a burst into a handful of API writes. A recording:
+
+1. touches the newest Pending webhook job of the calendar the SyncJob cache knows: a merge
+   patch of the annotation `calsync.io/notified-at` guarded by the job's resourceVersion. It
+   lands only if no worker claimed the job in between (workers mark webhook jobs Running with
+   a patch guarded the same way), so the job's run starts after the notification. On 409 the
+   job is read again and the decision made again (still Pending: touch; else create);
+2. or creates `<connection>-w-<8 hex sha1(calendarId)>-<n>` with `n` one more than the
+   highest the cache knows for the calendar; on AlreadyExists the job is read and the decision
+   made again (Pending: touch it; otherwise n + 1).
+
+Each recording has WEBHOOK_TIMEOUT to finish; a failed or late one raises RecordingFailed
+and the gateway answers 503, so the provider retries. The decisions (`plan`, names, which job
+to touch, the next n) are pure functions of the cached jobs; `Recorder` is the thin I/O.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import hashlib
+import logging
+import re
+from collections.abc import Awaitable, Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, cast
+
+import httpx
+from lightkube import ApiError, AsyncClient
+from lightkube.models.meta_v1 import ObjectMeta, OwnerReference
+from lightkube.types import PatchType
+
+from calsync.api.meta import API_VERSION, CALENDAR_CONNECTION
+from calsync.controllers import kube
+from calsync.observability import metrics
+from calsync.worker.informer import Informer
+
+log = logging.getLogger(__name__)
+
+NOTIFIED_AT = "calsync.io/notified-at"
+CONNECTION_LABEL = "calsync.io/connection"
+NAME_MAX = 253
+MAX_STEPS = 8  # decisions per recording before it gives up (each follows a conflict)
+
+CalendarKey = tuple[str, str, str]  # namespace, connection, calendarId
+Key = tuple[str, str]
+
+
+# -- pure decisions --------------------------------------------------------------------------
+
+
+def calendar_hash(calendar_id: str) -> str:
+    return hashlib.sha1(calendar_id.encode(), usedforsecurity=False).hexdigest()[:8]
+
+
+def job_prefix(connection: str, calendar_id: str, *, room: int = 10) -> str:
+    """`<connection>-w-<8 hex>-`, the connection cut so that `room` digits of n still fit."""
+    tail = f"-w-{calendar_hash(calendar_id)}-"
+    keep = NAME_MAX - len(tail) - room
+    return connection[:keep].rstrip("-.") + tail
+
+
+def job_name(connection: str, calendar_id: str, n: int) -> str:
+    return f"{job_prefix(connection, calendar_id)}{n}"
+
+
+def number_of(name: str, prefix: str) -> int | None:
+    """The n of a webhook job name with this prefix, None for any other name."""
+    if not name.startswith(prefix):
+        return None
+    rest = name[len(prefix) :]
+    return int(rest) if re.fullmatch(r"[1-9][0-9]{0,9}", rest) else None
+
+
+def phase_of(job: Mapping[str, Any]) -> str:
+    return str((job.get("status") or {}).get("phase") or "Pending")
+
+
+def is_webhook_job(job: Mapping[str, Any]) -> bool:
+    return (job.get("spec") or {}).get("reason") == "webhook"
+
+
+def calendar_key_of(job: Mapping[str, Any]) -> CalendarKey:
+    spec = job.get("spec") or {}
+    return (
+        str(job["metadata"]["namespace"]),
+        str(spec.get("connection") or ""),
+        str(spec.get("calendarId") or ""),
+    )
+
+
+@dataclass(frozen=True)
+class Touch:
+    job: Mapping[str, Any]
+
+
+@dataclass(frozen=True)
+class Create:
+    n: int
+
+
+def next_number(jobs: Iterable[Mapping[str, Any]], prefix: str, taken: Iterable[int] = ()) -> int:
+    """One more than the highest n among `jobs` (and the numbers `taken` this recording)."""
+    known = [number_of(str(j["metadata"]["name"]), prefix) for j in jobs]
+    return max([0, *(n for n in known if n is not None), *taken]) + 1
+
+
+def touchable(job: Mapping[str, Any]) -> bool:
+    return (
+        is_webhook_job(job)
+        and phase_of(job) == "Pending"
+        and not job["metadata"].get("deletionTimestamp")
+    )
+
+
+def plan(
+    jobs: Iterable[Mapping[str, Any]], prefix: str, taken: Iterable[int] = ()
+) -> Touch | Create:
+    """What a recording does next, from the calendar's webhook jobs in the cache.
+
+    Touch the newest touchable job: workers start the oldest Pending job of a connection
+    first, so the newest is the least likely to be claimed while the touch is on its way.
+    """
+    jobs = list(jobs)
+    candidates = [j for j in jobs if touchable(j)]
+    if candidates:
+
+        def order(job: Mapping[str, Any]) -> tuple[int, str, str]:
+            meta = job["metadata"]
+            n = number_of(str(meta["name"]), prefix) or 0
+            return n, str(meta.get("creationTimestamp") or ""), str(meta["name"])
+
+        return Touch(max(candidates, key=order))
+    return Create(next_number(jobs, prefix, taken))
+
+
+class WebhookJobIndex:
+    """The SyncJob cache as the gateway reads it: webhook jobs per calendar, Pending count."""
+
+    def __init__(self) -> None:
+        self._by_calendar: dict[CalendarKey, dict[Key, dict[str, Any]]] = {}
+        self._calendar_of: dict[Key, CalendarKey] = {}
+        self._pending: set[Key] = set()
+
+    def update(self, key: Key, job: dict[str, Any] | None) -> None:
+        old = self._calendar_of.pop(key, None)
+        if old is not None:
+            jobs = self._by_calendar.get(old)
+            if jobs is not None:
+                jobs.pop(key, None)
+                if not jobs:
+                    del self._by_calendar[old]
+        self._pending.discard(key)
+        if job is None:
+            return
+        if phase_of(job) == "Pending":
+            self._pending.add(key)
+        if is_webhook_job(job):
+            calendar = calendar_key_of(job)
+            self._calendar_of[key] = calendar
+            self._by_calendar.setdefault(calendar, {})[key] = job
+
+    def jobs_of(self, calendar: CalendarKey) -> list[dict[str, Any]]:
+        return list(self._by_calendar.get(calendar, {}).values())
+
+    @property
+    def pending(self) -> int:
+        return len(self._pending)
+
+
+# -- I/O ---------------------------------------------------------------------------------------
+
+
+class RecordingFailed(RuntimeError):
+    """Notifications could not be recorded as sync work in time; answer 503."""
+
+
+@dataclass
+class Work:
+    """What a recording is for: a calendar of a connection, and whom it belongs to."""
+
+    namespace: str
+    connection: str
+    calendar_id: str
+    connection_uid: str | None
+    provider: str
+
+    @property
+    def key(self) -> CalendarKey:
+        return self.namespace, self.connection, self.calendar_id
+
+
+@dataclass
+class _Batch:
+    future: asyncio.Future[str]
+    size: int = 0
+
+
+@dataclass
+class _Flight:
+    running: bool = False
+    next: _Batch | None = None
+    work: Work | None = None
+    done: list[str] = field(default_factory=list)
+
+
+def _now() -> str:
+    return dt.datetime.now(dt.UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def _plain(obj: Any) -> dict[str, Any]:
+    body = cast(dict[str, Any], obj.to_dict())
+    body.get("metadata", {}).pop("managedFields", None)
+    return body
+
+
+class Recorder:
+    """Single-flight recordings per calendar over the SyncJob cache `jobs` / `index`."""
+
+    def __init__(
+        self,
+        client: AsyncClient,
+        jobs: Informer,
+        index: WebhookJobIndex,
+        *,
+        timeout: float,
+        ttl: int,
+        connection_uid: Callable[[str, str], Awaitable[str | None]] | None = None,
+    ) -> None:
+        self._client = client
+        self._jobs = jobs
+        self._index = index
+        self._timeout = timeout
+        self._ttl = ttl
+        self._connection_uid = connection_uid
+        self._flights: dict[CalendarKey, _Flight] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+        self.in_flight = 0
+
+    async def close(self) -> None:
+        """Cancel the recordings still running (their waiters get RecordingFailed: 503)."""
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    async def record(self, work: Work) -> str:
+        """Wait until a recording that started after this call completed: its action
+        (created, touched) for the notification that started it, covered for the others."""
+        flight = self._flights.setdefault(work.key, _Flight())
+        if flight.next is None:
+            flight.next = _Batch(asyncio.get_running_loop().create_future())
+        batch = flight.next
+        flight.work = work
+        position = batch.size
+        batch.size += 1
+        if not flight.running:
+            flight.running = True
+            task = asyncio.create_task(self._drive(work.key, flight), name=f"record {work.key}")
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+        action = await asyncio.shield(batch.future)
+        return action if position == 0 else "covered"
+
+    async def _drive(self, key: CalendarKey, flight: _Flight) -> None:
+        try:
+            while flight.next is not None:
+                batch, flight.next = flight.next, None
+                assert flight.work is not None
+                work = flight.work
+                self.in_flight += 1
+                metrics.WEBHOOK_RECORDINGS_IN_FLIGHT.inc()
+                try:
+                    action = await asyncio.wait_for(self._record_once(work), self._timeout)
+                except TimeoutError:
+                    batch.future.set_exception(
+                        RecordingFailed(f"recording took longer than {self._timeout:g} s")
+                    )
+                except asyncio.CancelledError:
+                    batch.future.set_exception(RecordingFailed("the gateway is stopping"))
+                    if flight.next is not None:
+                        flight.next.future.set_exception(
+                            RecordingFailed("the gateway is stopping")
+                        )
+                        flight.next = None
+                    raise
+                except Exception as exc:
+                    log.warning("could not record notifications for %s: %s", key, exc)
+                    batch.future.set_exception(RecordingFailed(str(exc)))
+                else:
+                    batch.future.set_result(action)
+                    metrics.WEBHOOK_JOBS.labels(work.provider, action).inc()
+                    if batch.size > 1:
+                        metrics.WEBHOOK_JOBS.labels(work.provider, "covered").inc(batch.size - 1)
+                finally:
+                    self.in_flight -= 1
+                    metrics.WEBHOOK_RECORDINGS_IN_FLIGHT.dec()
+                    # A waiter that went away must not leave "exception never retrieved".
+                    if batch.future.done() and not batch.future.cancelled():
+                        batch.future.exception()
+        finally:
+            flight.running = False
+            if self._flights.get(key) is flight and flight.next is None:
+                del self._flights[key]
+
+    async def _record_once(self, work: Work) -> str:
+        prefix = job_prefix(work.connection, work.calendar_id)
+        taken: list[int] = []
+        for _ in range(MAX_STEPS):
+            step = plan(self._index.jobs_of(work.key), prefix, taken)
+            if isinstance(step, Touch):
+                if await self._touch(step.job):
+                    return "touched"
+                continue
+            name = f"{prefix}{step.n}"
+            try:
+                created = await self._create(work, name)
+            except kube.AlreadyExists:
+                taken.append(step.n)
+                fresh = await kube.get_syncjob(self._client, work.namespace, name)
+                if fresh is None:
+                    taken.remove(step.n)  # deleted in between: the name is free again
+                else:
+                    fresh["metadata"].pop("managedFields", None)
+                    self._jobs.put(fresh)
+                continue
+            self._jobs.put(created)
+            return "created"
+        raise RecordingFailed(f"no decision held for {work.key} after {MAX_STEPS} conflicts")
+
+    async def _touch(self, job: Mapping[str, Any]) -> bool:
+        """Guarded annotation patch; False (with the cache corrected) when it lost."""
+        meta = job["metadata"]
+        namespace, name = str(meta["namespace"]), str(meta["name"])
+        patch = {
+            "metadata": {
+                "resourceVersion": meta.get("resourceVersion"),
+                "annotations": {NOTIFIED_AT: _now()},
+            }
+        }
+        try:
+            obj = await self._client.patch(
+                kube.SyncJobResource, name, patch, namespace=namespace, patch_type=PatchType.MERGE
+            )
+        except ApiError as exc:
+            if exc.status.code not in (404, 409):
+                raise
+            fresh = await kube.get_syncjob(self._client, namespace, name)
+            if fresh is None:
+                self._jobs.forget(namespace, name)
+            else:
+                fresh["metadata"].pop("managedFields", None)
+                self._jobs.put(fresh)
+            return False
+        self._jobs.put(_plain(obj))
+        return True
+
+    async def _create(self, work: Work, name: str) -> dict[str, Any]:
+        uid = work.connection_uid
+        if uid is None and self._connection_uid is not None:
+            uid = await self._connection_uid(work.namespace, work.connection)
+        if uid is None:
+            raise RecordingFailed(f"CalendarConnection {work.namespace}/{work.connection} is gone")
+        job = kube.SyncJobResource(
+            metadata=ObjectMeta(
+                name=name,
+                namespace=work.namespace,
+                labels={CONNECTION_LABEL: work.connection[:63].rstrip("-._")},
+                annotations={NOTIFIED_AT: _now()},
+                ownerReferences=[
+                    OwnerReference(
+                        apiVersion=API_VERSION,
+                        kind=CALENDAR_CONNECTION.kind,
+                        name=work.connection,
+                        uid=uid,
+                        controller=False,
+                        blockOwnerDeletion=False,
+                    )
+                ],
+            ),
+            spec={
+                "connection": work.connection,
+                "calendarId": work.calendar_id,
+                "mode": "incremental",
+                "reason": "webhook",
+                "ttlSecondsAfterFinished": self._ttl,
+            },
+        )
+        try:
+            created = await self._client.create(job)
+        except ApiError as exc:
+            if exc.status.code == 409:
+                raise kube.AlreadyExists(f"SyncJob {work.namespace}/{name} exists") from exc
+            raise
+        return _plain(created)
+
+
+RECORDING_ERRORS = (RecordingFailed, ApiError, httpx.HTTPError)
