@@ -183,3 +183,28 @@ def forget_connection(namespace: str, name: str, types: list[str]) -> None:
         for candidate in _STATUSES:
             with suppress(KeyError):
                 CONNECTION_CONDITION.remove(namespace, name, ctype, candidate)
+
+
+# -- push subscriptions (the subscription controller) -----------------------------------------
+
+SUBSCRIPTION_OPERATIONS = Counter(
+    "calsync_subscription_operations_total",
+    "Provider calls of the subscription controller, by provider, operation (register, renew, "
+    "stop, delete, reauthorize, recreate, resync) and result (ok, gone, error, refused, "
+    "abandoned: a deleted subscription released after the purge timeout).",
+    ["provider", "operation", "result"],
+    registry=REGISTRY,
+)
+SUBSCRIPTION_EXPIRY = Gauge(
+    "calsync_subscription_expiry_seconds",
+    "Seconds until the first push channel of the provider expires (+Inf when there is none); "
+    "alert when it falls below the renewal margin.",
+    ["provider"],
+    registry=REGISTRY,
+)
+SUBSCRIPTIONS = Gauge(
+    "calsync_subscriptions",
+    "WebhookSubscriptions the operator's watch sees, by provider and whether they are Ready.",
+    ["provider", "ready"],
+    registry=REGISTRY,
+)
