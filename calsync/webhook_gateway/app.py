@@ -1,4 +1,8 @@
-"""The gateway: OAuth consent, health and metrics over aiohttp (provider webhooks come later).
+"""The gateway: provider webhooks, OAuth consent, health and metrics over aiohttp.
+
+Webhooks (`webhooks`, decision 0011) are verified against a watch-fed cache of
+WebhookSubscriptions and recorded as SyncJobs (`recorder`) before they are answered; the
+caches and the counter flusher start and stop with the app (`PushGateway`).
 
 Consent, step by step:
 
@@ -13,7 +17,9 @@ Consent, step by step:
 
 Every answer is a short plain page that says what happened and, on failure, what to do; none
 contains a token. `/healthz` says the process is alive, `/readyz` that it can serve consent
-(keyring loaded), `/metrics` is the Prometheus registry.
+and webhooks (keyring loaded, both watch caches synced), `/metrics` is the Prometheus
+registry, `/api/health[/...]` the seed's JSON health checks (`health`). Every answer carries
+the seed's security headers (`headers`).
 """
 
 from __future__ import annotations
@@ -21,7 +27,7 @@ from __future__ import annotations
 import html
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -55,6 +61,9 @@ from calsync.security.consent import (
     open_state,
 )
 from calsync.settings import Settings
+from calsync.webhook_gateway import health, webhooks
+from calsync.webhook_gateway.headers import security_headers
+from calsync.webhook_gateway.push import PushGateway
 
 log = logging.getLogger(__name__)
 
@@ -71,6 +80,11 @@ class GatewayContext:
         default_factory=lambda: httpx.AsyncClient(timeout=30.0, follow_redirects=False)
     )
     ready: bool = False
+    # The event store, where the process has one (only /api/health/database reads it).
+    store: Any | None = None
+    # Built by create_app unless given; `watch=False` leaves its caches to the caller (tests).
+    push: PushGateway | None = None
+    watch: bool = True
 
 
 CONTEXT = web.AppKey("calsync_gateway", GatewayContext)
@@ -114,6 +128,8 @@ async def readyz(request: web.Request) -> web.Response:
     ctx = request.app[CONTEXT]
     if not ctx.ready:
         return web.Response(status=503, text="keyring not loaded yet\n")
+    if ctx.push is not None and not ctx.push.synced:
+        return web.Response(status=503, text="WebhookSubscription and SyncJob caches not synced\n")
     return web.Response(text="ok\n")
 
 
@@ -287,8 +303,23 @@ async def callback(request: web.Request) -> web.StreamResponse:
 
 
 def create_app(ctx: GatewayContext) -> web.Application:
-    app = web.Application(client_max_size=MAX_BODY, middlewares=[count_requests])
+    app = web.Application(client_max_size=MAX_BODY, middlewares=[security_headers, count_requests])
     app[CONTEXT] = ctx
+    if ctx.push is None:
+        ctx.push = PushGateway(ctx.settings, ctx.client, ctx.vault)
+    push = ctx.push
+    app[webhooks.PUSH] = push
+    app[health.SOURCES] = health.HealthSources(
+        push=push,
+        keyring_loaded=lambda: _keyring_loaded(ctx),
+        store=ctx.store,
+        providers={
+            "google": ctx.settings.google_api_url,
+            "microsoft": ctx.settings.microsoft_graph_url,
+        },
+    )
+    webhooks.add_routes(app)
+    health.add_routes(app)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics_endpoint)
@@ -298,8 +329,25 @@ def create_app(ctx: GatewayContext) -> web.Application:
     async def close_http(_: web.Application) -> None:
         await ctx.http.aclose()
 
+    async def push_lifecycle(_: web.Application) -> AsyncIterator[None]:
+        if ctx.watch:
+            push.start()
+        yield
+        await push.stop()
+
+    app.cleanup_ctx.append(push_lifecycle)
     app.on_cleanup.append(close_http)
     return app
+
+
+def _keyring_loaded(ctx: GatewayContext) -> bool:
+    if not ctx.ready:
+        return False
+    try:
+        ctx.vault.keyring  # noqa: B018 - raises until the vault is started
+    except RuntimeError:
+        return False
+    return True
 
 
 async def serve(ctx: GatewayContext, host: str, port: int) -> web.AppRunner:

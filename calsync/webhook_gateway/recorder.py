@@ -282,9 +282,7 @@ class Recorder:
                 except asyncio.CancelledError:
                     batch.future.set_exception(RecordingFailed("the gateway is stopping"))
                     if flight.next is not None:
-                        flight.next.future.set_exception(
-                            RecordingFailed("the gateway is stopping")
-                        )
+                        flight.next.future.set_exception(RecordingFailed("the gateway is stopping"))
                         flight.next = None
                     raise
                 except Exception as exc:

@@ -142,9 +142,7 @@ class Rejected:
 Verdict = Verified | Rejected
 
 
-def verify_google(
-    index: SubscriptionIndex, ring: KeyRing, headers: Mapping[str, str]
-) -> Verdict:
+def verify_google(index: SubscriptionIndex, ring: KeyRing, headers: Mapping[str, str]) -> Verdict:
     """Verify a Google push call from its headers (its body is empty and ignored)."""
     channel = headers.get("X-Goog-Channel-ID", "").strip()
     token = headers.get("X-Goog-Channel-Token")
@@ -198,16 +196,23 @@ def verify_graph_item(index: SubscriptionIndex, ring: KeyRing, item: Any) -> Ver
     return Verified(target, subscription, lifecycle_event=event or None)
 
 
-def batch_answer(verdicts: list[Verdict], recorded: bool) -> int:
-    """The HTTP answer to a Graph batch (a mixed batch records what verified and answers 202).
+ACCEPTED = "accepted"
+RATE_LIMITED = "rate_limited"
 
-    `recorded`: every verified item was recorded. Rejected-only batches answer the mildest
-    rejection's status: forged (401) before unknown (403) before malformed (400), since an
-    item that names a real subscription says more about the caller than one that does not.
+
+def batch_answer(results: list[str], recorded: bool) -> int:
+    """The HTTP answer to a Graph batch from each item's result.
+
+    A mixed batch records what verified and answers 202 (503 when that recording failed):
+    the provider retries a whole batch, and retrying the genuine items must not be traded
+    for telling a forger more. Without an accepted item: 429 if one was only rate limited,
+    else forged (401) before unknown (403) before malformed (400): an item that names a real
+    subscription says more about the caller than one that does not.
     """
-    if any(isinstance(v, Verified) for v in verdicts):
+    if ACCEPTED in results:
         return 202 if recorded else 503
-    results = {v.result for v in verdicts if isinstance(v, Rejected)}
+    if RATE_LIMITED in results:
+        return 429
     for result in (FORGED, UNKNOWN, MALFORMED):
         if result in results:
             return STATUS_OF[result]

@@ -1,0 +1,282 @@
+"""The provider webhook routes: verify, limit, record, then answer (decision 0011).
+
+- `POST /api/webhooks/google`: one notification per call, in headers. 200 once recorded;
+  the `sync` message that opens a channel is verified and answered 200 without work.
+- `POST /api/webhooks/microsoft` and `/api/webhooks/microsoft/lifecycle`: a batch of items
+  in a JSON body; 202 once every verified item is recorded. `?validationToken=...` on either
+  is the subscription handshake: 200, text/plain, the decoded token, nothing else checked.
+  Items carrying `lifecycleEvent` (on either URL) are appended to the subscription's
+  `status.lifecycleEvents` before the answer; `missed` also records sync work.
+
+Order of checks for every call: the caller's address over its budget of rejected calls:
+429 before anything else; body over 64 KiB: 413 (Content-Length first, then at most
+64 KiB + 1 bytes read); malformed 400; unknown channel 403; wrong token or clientState
+401; channel over WEBHOOK_RATE_LIMIT 429; pending SyncJobs at QUEUE_CAP: 503 with
+Retry-After; recording failed or late: 503. Every 4xx is one rejected call of its address,
+one `calsync_webhook_requests_total` sample and one security log line (no token in it).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+from aiohttp import web
+
+from calsync.controllers import kube
+from calsync.observability import metrics
+from calsync.webhook_gateway.push import PushGateway
+from calsync.webhook_gateway.recorder import RECORDING_ERRORS, Work
+from calsync.webhook_gateway.verify import (
+    ACCEPTED,
+    MALFORMED,
+    RATE_LIMITED,
+    Rejected,
+    Target,
+    Verified,
+    batch_answer,
+    graph_items,
+    verify_google,
+    verify_graph_item,
+)
+
+log = logging.getLogger(__name__)
+security = logging.getLogger("calsync.security.webhooks")
+
+PUSH = web.AppKey("calsync_push", PushGateway)
+
+MAX_BODY = 64 * 1024
+MAX_ITEMS = 1000
+RETRY_AFTER = 30
+LIFECYCLE_EVENTS = frozenset({"reauthorizationRequired", "subscriptionRemoved", "missed"})
+
+
+class TooLarge(Exception):
+    pass
+
+
+async def read_capped(request: web.Request, cap: int = MAX_BODY) -> bytes:
+    """The body, never more than `cap` + 1 bytes of it buffered; TooLarge beyond `cap`."""
+    if request.content_length is not None and request.content_length > cap:
+        raise TooLarge
+    chunks: list[bytes] = []
+    size = 0
+    while size <= cap:
+        chunk = await request.content.read(cap + 1 - size)
+        if not chunk:
+            break
+        chunks.append(chunk)
+        size += len(chunk)
+    if size > cap:
+        raise TooLarge
+    return b"".join(chunks)
+
+
+@dataclass
+class Call:
+    request: web.Request
+    push: PushGateway
+    provider: str
+    address: str
+    started: float
+
+    def count(self, result: str, n: int = 1) -> None:
+        metrics.WEBHOOK_REQUESTS.labels(self.provider, result).inc(n)
+        self.push.results[(self.provider, result)] += n
+
+    def rejected(self, result: str, status: int, channel: str = "", why: str = "") -> None:
+        """Count and log one rejection (the caller pays one of its address's tokens)."""
+        self.count(result)
+        security.warning(
+            "webhook call rejected",
+            extra={
+                "security": "webhook_rejected",
+                "address": self.address,
+                "provider": self.provider,
+                "result": result,
+                "status": status,
+                "channel": channel[:12],
+                "why": why,
+            },
+        )
+
+    def refuse(self, status: int, result: str, channel: str = "", why: str = "") -> web.Response:
+        self.push.addresses.take(self.address, time.monotonic())
+        self.rejected(result, status, channel, why)
+        response = web.Response(status=status, text=f"{result}\n")
+        if status == 413:
+            response.force_close()  # do not read what is left of a huge body
+        return response
+
+
+def _overloaded(call: Call) -> web.Response:
+    call.count("overloaded")
+    return web.Response(
+        status=503,
+        text="too many pending SyncJobs; try again later\n",
+        headers={"Retry-After": str(RETRY_AFTER)},
+    )
+
+
+def _failed(call: Call, exc: Exception) -> web.Response:
+    call.count("error")
+    log.warning("notification not recorded, answering 503: %s", exc)
+    return web.Response(
+        status=503, text="not recorded; try again\n", headers={"Retry-After": str(RETRY_AFTER)}
+    )
+
+
+def _work(target: Target) -> Work:
+    return Work(
+        namespace=target.namespace,
+        connection=target.connection,
+        calendar_id=target.calendar_id,
+        connection_uid=target.connection_uid,
+        provider=target.provider,
+    )
+
+
+def _queue_full(push: PushGateway) -> bool:
+    return push.job_index.pending >= push.settings.queue_cap
+
+
+def _accepted(call: Call, target: Target, now: dt.datetime, result: str = ACCEPTED) -> None:
+    call.count(result)
+    call.push.writer.count(target.key, now)
+    call.push.last_verified = now
+
+
+Route = Callable[[Call], Awaitable[web.Response]]
+
+
+def _route(provider: str, inner: Route) -> Callable[[web.Request], Awaitable[web.Response]]:
+    async def handler(request: web.Request) -> web.Response:
+        push = request.app[PUSH]
+        call = Call(request, push, provider, request.remote or "unknown", time.monotonic())
+        try:
+            if not push.addresses.allows(call.address, call.started):
+                call.rejected(RATE_LIMITED, 429, why="address over its budget of rejected calls")
+                return web.Response(status=429, text="rate_limited\n", headers={"Retry-After": "1"})
+            try:
+                body = await read_capped(request)
+            except TooLarge:
+                return call.refuse(413, "too_large", why=f"body over {MAX_BODY} bytes")
+            request["webhook_body"] = body
+            return await inner(call)
+        finally:
+            metrics.WEBHOOK_LATENCY.labels(provider).observe(time.monotonic() - call.started)
+
+    return handler
+
+
+async def _google(call: Call) -> web.Response:
+    push = call.push
+    headers = call.request.headers
+    await push.refresh_ring(headers.get("X-Goog-Channel-Token"))
+    verdict = verify_google(push.subscription_index, push.vault.keyring, headers)
+    if isinstance(verdict, Rejected):
+        return call.refuse(verdict.status, verdict.result, verdict.channel_id, verdict.why)
+    if not push.channels.take(verdict.channel_id, time.monotonic()):
+        return call.refuse(429, RATE_LIMITED, verdict.channel_id, "channel over WEBHOOK_RATE_LIMIT")
+    now = dt.datetime.now(dt.UTC)
+    if verdict.sync_message:
+        _accepted(call, verdict.target, now, "sync_message")
+        return web.Response(status=200, text="ok\n")
+    if _queue_full(push):
+        return _overloaded(call)
+    try:
+        await push.recorder.record(_work(verdict.target))
+    except RECORDING_ERRORS as exc:
+        return _failed(call, exc)
+    _accepted(call, verdict.target, now)
+    return web.Response(status=200, text="ok\n")
+
+
+async def _microsoft(call: Call) -> web.Response:
+    push = call.push
+    token = call.request.query.get("validationToken")
+    if token is not None:
+        call.count("validation")
+        return web.Response(status=200, text=token, content_type="text/plain")
+    items = graph_items(call.request["webhook_body"])
+    if items is None or len(items) > MAX_ITEMS:
+        return call.refuse(400, MALFORMED, why="not a Graph notification body")
+    results: list[str] = []
+    verified: list[Verified] = []
+    ring = push.vault.keyring
+    for item in items:
+        if isinstance(item, dict) and isinstance(item.get("clientState"), str):
+            await push.refresh_ring(item["clientState"])
+            ring = push.vault.keyring
+        verdict = verify_graph_item(push.subscription_index, ring, item)
+        if isinstance(verdict, Rejected):
+            call.rejected(verdict.result, verdict.status, verdict.channel_id, verdict.why)
+            results.append(verdict.result)
+        elif not push.channels.take(verdict.channel_id, time.monotonic()):
+            call.rejected(RATE_LIMITED, 429, verdict.channel_id, "over WEBHOOK_RATE_LIMIT")
+            results.append(RATE_LIMITED)
+        else:
+            verified.append(verdict)
+            results.append(ACCEPTED)
+    now = dt.datetime.now(dt.UTC)
+    work: dict[tuple[str, str, str], Work] = {}
+    for verdict in verified:
+        event = verdict.lifecycle_event
+        if event is None or event == "missed":
+            work.setdefault(_work(verdict.target).key, _work(verdict.target))
+    if work and _queue_full(push):
+        return _overloaded(call)
+    recorded = True
+    if verified:
+        recorded = await _record(call, verified, list(work.values()), now)
+    status = batch_answer(results, recorded)
+    if status == 503:
+        call.count("error")
+        return web.Response(
+            status=503, text="not recorded; try again\n", headers={"Retry-After": str(RETRY_AFTER)}
+        )
+    if 400 <= status < 500:
+        push.addresses.take(call.address, time.monotonic())
+    elif verified:
+        for verdict in verified:
+            _accepted(call, verdict.target, now)
+    text = {202: "accepted\n", 429: "rate_limited\n"}.get(status, "rejected\n")
+    return web.Response(status=status, text=text)
+
+
+async def _record(call: Call, verified: list[Verified], work: list[Work], now: dt.datetime) -> bool:
+    """Lifecycle events into status, then sync work, all before the answer."""
+    push = call.push
+    try:
+        for verdict in verified:
+            event = verdict.lifecycle_event
+            if event is None:
+                continue
+            if event not in LIFECYCLE_EVENTS:
+                log.warning(
+                    "ignoring unknown Graph lifecycle event %r for %s/%s",
+                    event[:64],
+                    *verdict.target.key,
+                )
+                continue
+            await push.writer.add_lifecycle_event(verdict.target.key, event, now)
+            log.info("Graph lifecycle event %s for %s/%s recorded", event, *verdict.target.key)
+        await asyncio.gather(*(push.recorder.record(w) for w in work))
+    except (*RECORDING_ERRORS, kube.Conflict) as exc:
+        log.warning("Graph notifications not recorded, answering 503: %s", exc)
+        return False
+    return True
+
+
+google = _route("google", _google)
+microsoft = _route("microsoft", _microsoft)
+
+
+def add_routes(app: web.Application) -> None:
+    app.router.add_post("/api/webhooks/google", google)
+    app.router.add_post("/api/webhooks/microsoft", microsoft)
+    app.router.add_post("/api/webhooks/microsoft/lifecycle", microsoft)
