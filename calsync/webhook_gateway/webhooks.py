@@ -83,6 +83,7 @@ class Call:
     provider: str
     address: str
     started: float
+    body: bytes = b""
 
     def count(self, result: str, n: int = 1) -> None:
         metrics.WEBHOOK_REQUESTS.labels(self.provider, result).inc(n)
@@ -162,10 +163,9 @@ def _route(provider: str, inner: Route) -> Callable[[web.Request], Awaitable[web
                 call.rejected(RATE_LIMITED, 429, why="address over its budget of rejected calls")
                 return web.Response(status=429, text="rate_limited\n", headers={"Retry-After": "1"})
             try:
-                body = await read_capped(request)
+                call.body = await read_capped(request)
             except TooLarge:
                 return call.refuse(413, "too_large", why=f"body over {MAX_BODY} bytes")
-            request["webhook_body"] = body
             return await inner(call)
         finally:
             metrics.WEBHOOK_LATENCY.labels(provider).observe(time.monotonic() - call.started)
@@ -202,7 +202,7 @@ async def _microsoft(call: Call) -> web.Response:
     if token is not None:
         call.count("validation")
         return web.Response(status=200, text=token, content_type="text/plain")
-    items = graph_items(call.request["webhook_body"])
+    items = graph_items(call.body)
     if items is None or len(items) > MAX_ITEMS:
         return call.refuse(400, MALFORMED, why="not a Graph notification body")
     results: list[str] = []
