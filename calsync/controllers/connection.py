@@ -10,7 +10,13 @@ name derived from the state, so a retry or a race hits 409 instead of a duplicat
 also says when the decision changes by itself (the next poll): the queue holds that due time,
 so an idle connection costs no task and no request until then.
 
-Deleting a connection purges its events (keyed by its UID) and its tokens. The purge is retried
+Push providers' connections own one WebhookSubscription per calendar (`push_policy`); the
+reconcile creates and deletes them, and their Ready conditions become the connection's
+`Subscribed` and `Degraded` (and its poll interval: `push_poll_interval` while all are Ready).
+
+Deleting a connection first deletes its WebhookSubscriptions and waits until their finalizers
+have stopped the channels (they need the connection's tokens), then purges its events (keyed
+by its UID) and its tokens. The purge is retried
 with back-off for `purge_timeout`; then the finalizer lets go with a Warning Event and a metric,
 so a namespace deletion never hangs on a store that is down.
 """
@@ -33,10 +39,11 @@ from pydantic import ValidationError
 from calsync.api import CalendarConnectionSpec
 from calsync.api.conditions import conditions_from_status
 from calsync.api.meta import CALENDAR_CONNECTION, GROUP, SYNC_JOB
-from calsync.controllers import kube, policy, readiness
+from calsync.controllers import kube, policy, push_policy, readiness
 from calsync.controllers.credentials import Verdict, evaluate, referenced_secrets
 from calsync.controllers.oauth_setup import OAUTH_PROVIDERS
 from calsync.controllers.status import consent_link_for, publish, status_patch, store_key
+from calsync.controllers.subscription_cache import SubscriptionCache
 from calsync.controllers.tokens import TokenStoreError, TokenVault, token_secret_name
 from calsync.controllers.workqueue import WorkQueue
 from calsync.observability import metrics
@@ -104,6 +111,8 @@ class ConnectionContext:
     secret_refs: dict[Key, set[str]] = field(default_factory=dict)  # connection -> Secrets
     pending_total: int = 0
     foreign_logged: set[Key] = field(default_factory=set)
+    # WebhookSubscriptions, fed by the subscription controller's watch (subscriptions.py).
+    subscriptions: SubscriptionCache = field(default_factory=SubscriptionCache)
     secrets: SecretCache = field(init=False)
     # Bounds the API and store calls of deletions, which Kopf runs all at once.
     purge_slots: asyncio.Semaphore = field(init=False)
@@ -328,6 +337,7 @@ async def _reconcile(ctx: ConnectionContext, key: Key, body: dict[str, Any]) -> 
         return CONFLICT_RECHECK
     if plan.job is not None:
         await _create_job(ctx, current, plan.job)
+    await _sync_subscriptions(ctx, ctx.connections.get(key, current))
     return plan.recheck_after
 
 
@@ -344,6 +354,9 @@ def _plan(
     meta = body["metadata"]
     status = body.get("status") or {}
     generation = int(meta.get("generation", 0))
+    push = push_policy.summarize(
+        push_policy.wanted_subscriptions(body), ctx.subscriptions.of_connection(*key)
+    )
     plan = policy.decide(
         policy.Facts(
             name=key[1],
@@ -359,6 +372,8 @@ def _plan(
             now=now,
             default_poll_interval=ctx.settings.caldav_poll_interval,
             queue_cap=ctx.settings.queue_cap,
+            subscribed=push.subscribed == "True",
+            push_poll_interval=ctx.settings.push_poll_interval,
         )
     )
     conds = readiness.Conditions(conditions_from_status(status), generation, now)
@@ -372,6 +387,7 @@ def _plan(
         metrics.SYNCJOBS_REFUSED.labels("queue_full").inc()
     else:
         readiness.apply_queue_room(conds)
+    readiness.apply_push(conds, push.subscribed, push.reason, push.message, degraded=push.degraded)
     extra: dict[str, Any] = {}
     if plan.bind_store:
         extra["storeId"] = ctx.store_id
@@ -452,6 +468,35 @@ async def _create_job(ctx: ConnectionContext, body: dict[str, Any], job: policy.
     log.info("created SyncJob %s/%s (%s, %s)", meta["namespace"], job.name, job.mode, job.reason)
 
 
+async def _sync_subscriptions(ctx: ConnectionContext, body: dict[str, Any]) -> None:
+    """Create the WebhookSubscriptions the connection wants, delete the ones it no longer does.
+
+    Names are derived from the connection and the calendar, so a create that races another
+    (or repeats one whose watch event is still on its way) meets AlreadyExists.
+    """
+    meta = body["metadata"]
+    namespace, name = meta["namespace"], meta["name"]
+    wanted = push_policy.wanted_subscriptions(body)
+    existing = ctx.subscriptions.of_connection(namespace, name)
+    for sub, calendar_id in sorted(wanted.items()):
+        if sub in existing:
+            continue
+        try:
+            created = await kube.create_webhook_subscription(
+                ctx.client, body, name=sub, calendar_id=calendar_id
+            )
+        except kube.AlreadyExists:
+            continue
+        ctx.subscriptions.observe(created, deleted=False)
+        log.info("created WebhookSubscription %s/%s for calendar %s", namespace, sub, calendar_id)
+    for sub, obj in existing.items():
+        if sub in wanted or obj["metadata"].get("deletionTimestamp"):
+            continue
+        # Its finalizer stops the channel at the provider before the object goes.
+        await kube.delete_webhook_subscription(ctx.client, namespace, sub)
+        log.info("deleted WebhookSubscription %s/%s (no longer wanted)", namespace, sub)
+
+
 async def _token_state(
     ctx: ConnectionContext, body: dict[str, Any], spec: CalendarConnectionSpec
 ) -> tuple[bool, tuple[str, str] | None]:
@@ -486,12 +531,23 @@ async def connection_deleted(
         "kind": body.get("kind"),
     }
     bound = (status or {}).get("storeId")
+    deleted_at = policy.parse_time(body["metadata"].get("deletionTimestamp"))
+    waited = (dt.datetime.now(dt.UTC) - deleted_at).total_seconds() if deleted_at else 0.0
+    subscriptions = ctx.subscriptions.of_connection(namespace, name)
+    if subscriptions and waited < ctx.settings.purge_timeout:
+        # Their finalizers stop the channels with the connection's tokens: purge those after.
+        for sub, obj in subscriptions.items():
+            if not obj["metadata"].get("deletionTimestamp"):
+                await kube.delete_webhook_subscription(ctx.client, namespace, sub)
+        raise kopf.TemporaryError(
+            f"waiting for {len(subscriptions)} WebhookSubscriptions of {namespace}/{name} to "
+            "stop their channels",
+            delay=1.0,
+        )
     try:
         async with ctx.purge_slots:
             await _purge(ctx, raw, bound, namespace, name)
     except Exception as exc:
-        deleted_at = policy.parse_time(body["metadata"].get("deletionTimestamp"))
-        waited = (dt.datetime.now(dt.UTC) - deleted_at).total_seconds() if deleted_at else 0.0
         if waited < ctx.settings.purge_timeout:
             raise kopf.TemporaryError(
                 f"cannot purge {namespace}/{name} yet ({type(exc).__name__}: {exc})",

@@ -314,3 +314,61 @@ async def delete_syncjob(client: AsyncClient, namespace: str, name: str) -> None
     except ApiError as exc:
         if exc.status.code != 404:
             raise
+
+
+# -- WebhookSubscriptions ---------------------------------------------------------------------
+
+
+async def create_webhook_subscription(
+    client: AsyncClient, connection: Mapping[str, Any], *, name: str, calendar_id: str
+) -> dict[str, Any]:
+    """Create the WebhookSubscription `name` for one calendar, controlled by its connection.
+
+    AlreadyExists when an object of that name is there (the names are derived from the
+    connection and the calendar, so it is the same subscription).
+    """
+    meta = connection["metadata"]
+    sub = WebhookSubscriptionResource(
+        metadata=ObjectMeta(
+            name=name,
+            namespace=meta["namespace"],
+            labels={"calsync.io/connection": meta["name"][:63]},
+            ownerReferences=[
+                OwnerReference(
+                    apiVersion=API_VERSION,
+                    kind=CALENDAR_CONNECTION.kind,
+                    name=meta["name"],
+                    uid=meta["uid"],
+                    controller=True,
+                    blockOwnerDeletion=False,
+                )
+            ],
+        ),
+        spec={
+            "connection": meta["name"],
+            "calendarId": calendar_id,
+            "provider": (connection.get("spec") or {}).get("provider"),
+        },
+    )
+    try:
+        created = await client.create(sub)
+    except ApiError as exc:
+        if exc.status.code == 409:
+            raise AlreadyExists(f"WebhookSubscription {meta['namespace']}/{name} exists") from exc
+        raise
+    return cast(dict[str, Any], created.to_dict())  # type: ignore[no-untyped-call]
+
+
+async def get_webhook_subscription(
+    client: AsyncClient, namespace: str, name: str
+) -> dict[str, Any] | None:
+    return await _get(client, WebhookSubscriptionResource, namespace, name)
+
+
+async def delete_webhook_subscription(client: AsyncClient, namespace: str, name: str) -> None:
+    """Delete a WebhookSubscription (its finalizer stops the channel first); 404 is done."""
+    try:
+        await client.delete(WebhookSubscriptionResource, name, namespace=namespace)
+    except ApiError as exc:
+        if exc.status.code != 404:
+            raise

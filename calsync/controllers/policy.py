@@ -19,6 +19,9 @@ The rules:
 - Otherwise the next poll is due `pollInterval` after the last attempt; after failures the delay
   doubles per failed job, up to `BACKOFF_CAP` (but never below the interval). A change of what
   was attempted (the spec's scope or the credentials) since the failed attempt makes it due now.
+- While every push channel of the connection is Ready (`subscribed`), polls come every
+  `push_poll_interval` (or the connection's own interval, when that is longer): the safety
+  net under push notifications.
 - A due job is not created while the sync queue holds `queue_cap` pending jobs.
 """
 
@@ -32,6 +35,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from calsync.api import CalendarConnectionSpec
+from calsync.controllers import push_policy
 
 BACKOFF_CAP = 6 * 3600.0
 QUEUE_FULL_RECHECK = 30.0
@@ -114,6 +118,8 @@ class Facts:
     now: dt.datetime
     default_poll_interval: float
     queue_cap: int
+    subscribed: bool = False  # every push channel of the connection is Ready
+    push_poll_interval: float = 3600.0  # the poll interval while `subscribed`
 
 
 @dataclass(frozen=True)
@@ -165,7 +171,11 @@ def decide(f: Facts) -> Plan:
     if f.active_jobs:
         return Plan(why="a job is pending or running", **common)
 
-    interval = f.spec.sync.poll_interval_seconds or f.default_poll_interval
+    interval = push_policy.effective_poll_interval(
+        f.spec.sync.poll_interval_seconds or f.default_poll_interval,
+        f.subscribed,
+        f.push_poll_interval,
+    )
     failures = int(status.get("consecutiveFailures") or 0)
     last_attempt = parse_time(status.get("lastAttemptTime"))
     mode = "full" if scope_changed else "incremental"

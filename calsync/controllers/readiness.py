@@ -17,6 +17,7 @@ from calsync.api.conditions import (
     AUTHENTICATED,
     DEGRADED,
     READY,
+    SUBSCRIBED,
     SYNCED,
     THROTTLED,
     Condition,
@@ -41,6 +42,9 @@ CREDENTIAL_REASONS = frozenset(
         "InvalidSpec",
     }
 )
+# Degraded reasons a sync finds (and a clean sync clears); any other reason of Degraded=True
+# comes from the connection's push subscriptions, which the connection controller owns.
+SYNC_DEGRADED_REASONS = frozenset({"DuplicateUID", "MalformedEvents"})
 # Reasons the provider gives when it refuses the credentials.
 PROVIDER_AUTH_REASONS = frozenset({"AuthenticationFailed", "CredentialsRevoked", "InvalidGrant"})
 
@@ -69,6 +73,10 @@ class Conditions:
 
     def get(self, ctype: str) -> Condition | None:
         return get_condition(self.items, ctype)
+
+    def remove(self, ctype: str) -> None:
+        """Drop a condition that no longer applies (no Event: nothing transitioned)."""
+        self.items = [c for c in self.items if c.type != ctype]
 
 
 def derive_ready(conds: Conditions) -> None:
@@ -168,9 +176,17 @@ def apply_sync_success(
     if problems:
         reason = "DuplicateUID" if duplicates else "MalformedEvents"
         conds.set(DEGRADED, "True", reason, "; ".join(problems))
-    elif conds.get(DEGRADED) is not None:
+    elif _degraded_by_sync_or_clear(conds):
         conds.set(DEGRADED, "False", "AsExpected", "no problems in the last sync")
     derive_ready(conds)
+
+
+def _degraded_by_sync_or_clear(conds: Conditions) -> bool:
+    """Whether a clean sync may write Degraded=False: not while push subscriptions fail."""
+    degraded = conds.get(DEGRADED)
+    if degraded is None:
+        return False
+    return degraded.status != "True" or degraded.reason in SYNC_DEGRADED_REASONS
 
 
 def apply_sync_failure(
@@ -194,3 +210,36 @@ def apply_sync_failure(
 
 def apply_throttled(conds: Conditions, message: str) -> None:
     conds.set(THROTTLED, "True", "RateLimited", message)
+
+
+def apply_push(
+    conds: Conditions,
+    subscribed: str | None,
+    reason: str,
+    message: str,
+    *,
+    degraded: bool,
+) -> None:
+    """Record what the connection's push subscriptions say (`push_policy.summarize`).
+
+    `subscribed` None: the connection does not push (no Subscribed condition). A failing
+    subscription makes Degraded=True, unless a sync already holds Degraded=True for its own
+    reason; Degraded set for push is cleared when push recovers or stops.
+    """
+    current = conds.get(DEGRADED)
+    pushed_degraded = (
+        current is not None
+        and current.status == "True"
+        and current.reason not in SYNC_DEGRADED_REASONS
+    )
+    if subscribed is None:
+        if conds.get(SUBSCRIBED) is not None:
+            conds.remove(SUBSCRIBED)
+        degraded = False
+    else:
+        conds.set(SUBSCRIBED, "True" if subscribed == "True" else "False", reason, message)
+    if degraded:
+        if current is None or current.status != "True" or pushed_degraded:
+            conds.set(DEGRADED, "True", reason, f"push notifications: {message}")
+    elif pushed_degraded:
+        conds.set(DEGRADED, "False", "AsExpected", "push notifications work again")

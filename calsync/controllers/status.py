@@ -35,6 +35,7 @@ PROGRESS_REASONS = frozenset(
         "CredentialsUpdated",
         "Suspended",
         "Resyncing",
+        "Registering",  # push channels being registered (calsync/controllers/push_policy.py)
     }
 )
 

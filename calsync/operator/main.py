@@ -24,6 +24,7 @@ from prometheus_client import start_http_server
 
 from calsync.controllers import connection as connection_controller
 from calsync.controllers import kube
+from calsync.controllers import subscriptions as subscription_controller
 from calsync.controllers.tokens import TokenVault, rotate_if_due
 from calsync.observability import metrics
 from calsync.observability.metrics import REGISTRY
@@ -41,7 +42,7 @@ PREFIX = "calsync.io"
 FINALIZER = f"{PREFIX}/finalizer"
 
 # Importing the controllers registers their handlers with Kopf's default registry.
-_CONTROLLERS = (connection_controller,)
+_CONTROLLERS = (connection_controller, subscription_controller)
 
 
 def configure_kopf(settings: kopf.OperatorSettings) -> None:
@@ -240,8 +241,10 @@ async def _lead(
     context = connection_controller.ConnectionContext(
         client=client, store=store, settings=settings, vault=vault
     )
+    push = subscription_controller.SubscriptionContext(connections=context)
     helpers = [
         asyncio.create_task(context.queue.run(), name="connection-queue"),
+        asyncio.create_task(push.queue.run(), name="subscription-queue"),
         asyncio.create_task(elector.hold(), name="operator-lease"),
     ]
     if settings.key_rotation_interval:
@@ -250,7 +253,7 @@ async def _lead(
         scaler = ScalingController(client, settings, pending=lambda: context.pending_total)
         helpers.append(asyncio.create_task(scaler.run(), name="worker-scaler"))
     log.info("operator bound to event store %s (%s)", store.store_id, store.dialect)
-    operator_task = asyncio.create_task(_run_kopf(settings, context, stop_flag), name="kopf")
+    operator_task = asyncio.create_task(_run_kopf(settings, context, push, stop_flag), name="kopf")
     try:
         done, _ = await asyncio.wait([operator_task, *helpers], return_when=asyncio.FIRST_COMPLETED)
         for task in done:
@@ -265,16 +268,18 @@ async def _lead(
         for task in [operator_task, *helpers]:
             task.cancel()
         await asyncio.gather(operator_task, *helpers, return_exceptions=True)
+        await push.aclose()
 
 
 async def _run_kopf(
     settings: Settings,
     context: connection_controller.ConnectionContext,
+    push: subscription_controller.SubscriptionContext,
     stop_flag: threading.Event | None,
 ) -> None:
     kopf_settings = kopf.OperatorSettings()
     configure_kopf(kopf_settings)
-    memo = kopf.Memo(connections=context)
+    memo = kopf.Memo(connections=context, subscriptions=push)
     liveness = (
         f"http://{settings.bind_address}:{settings.health_port}/healthz"
         if settings.health_port
