@@ -357,9 +357,7 @@ def _ready_of(obj: Mapping[str, Any] | None) -> tuple[str, str, str] | None:
     return None
 
 
-def summarize(
-    wanted: Mapping[str, str], existing: Mapping[str, Mapping[str, Any]]
-) -> PushSummary:
+def summarize(wanted: Mapping[str, str], existing: Mapping[str, Mapping[str, Any]]) -> PushSummary:
     """Subscribed True when every wanted subscription is Ready; else the first failing one's
     reason, with Degraded when that is a failure rather than registration in progress."""
     if not wanted:
