@@ -94,6 +94,7 @@ def webhooks_check(sources: HealthSources) -> Check:
             push.last_verified.isoformat(timespec="seconds") if push.last_verified else None
         ),
         "recordingsInFlight": push.recorder.in_flight,
+        "counterFlushes": push.writer.flushes,
     }
 
 
