@@ -1,1 +1,1 @@
-"""The HTTP entry point of calsync: OAuth consent, health, metrics (provider webhooks later)."""
+"""The HTTP entry point of calsync: provider webhooks, OAuth consent, health, metrics."""

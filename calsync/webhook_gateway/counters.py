@@ -21,7 +21,6 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-import httpx
 from lightkube import ApiError, AsyncClient
 
 from calsync.controllers import kube
@@ -99,7 +98,7 @@ class StatusWriter:
         for key, delta in batch.items():
             try:
                 await self._update(key, functools.partial(_counted, delta))
-            except (ApiError, httpx.HTTPError, kube.Conflict) as exc:
+            except Exception as exc:  # kept for the next flush, whatever went wrong
                 log.warning("could not write notification counts of %s/%s: %s", *key, exc)
                 self._merge_back(key, delta)
         self.flushes += 1

@@ -70,6 +70,9 @@ class PushGateway:
         self.writer = StatusWriter(client, self.subscriptions)
         self.channels: KeyedLimiter = channel_limiter(settings.webhook_rate_limit)
         self.addresses: KeyedLimiter = address_limiter(settings.webhook_address_rate_limit)
+        # Log lines about calls cut off by the address limit: 10 per second, all addresses.
+        self.flood_log = KeyedLimiter(10, 10.0, max_keys=1)
+        self.flood_log_suppressed = 0
         self.results: Counter[tuple[str, str]] = Counter()
         self.last_verified: dt.datetime | None = None
         self.started_at = dt.datetime.now(dt.UTC)

@@ -89,9 +89,19 @@ class Call:
         metrics.WEBHOOK_REQUESTS.labels(self.provider, result).inc(n)
         self.push.results[(self.provider, result)] += n
 
-    def rejected(self, result: str, status: int, channel: str = "", why: str = "") -> None:
-        """Count and log one rejection (the caller pays one of its address's tokens)."""
+    def rejected(
+        self, result: str, status: int, channel: str = "", why: str = "", *, flood: bool = False
+    ) -> None:
+        """Count and log one rejection. Calls cut off by the address limit (`flood`) share a
+        budget of log lines, so a flood cannot become a flood of log lines too: those past it
+        are counted and reported as `suppressed` on the next line that is written."""
         self.count(result)
+        suppressed = 0
+        if flood:
+            if not self.push.flood_log.take("lines", time.monotonic()):
+                self.push.flood_log_suppressed += 1
+                return
+            suppressed, self.push.flood_log_suppressed = self.push.flood_log_suppressed, 0
         security.warning(
             "webhook call rejected",
             extra={
@@ -102,6 +112,7 @@ class Call:
                 "status": status,
                 "channel": channel[:12],
                 "why": why,
+                "suppressed": suppressed,
             },
         )
 
@@ -160,7 +171,9 @@ def _route(provider: str, inner: Route) -> Callable[[web.Request], Awaitable[web
         call = Call(request, push, provider, request.remote or "unknown", time.monotonic())
         try:
             if not push.addresses.allows(call.address, call.started):
-                call.rejected(RATE_LIMITED, 429, why="address over its budget of rejected calls")
+                call.rejected(
+                    RATE_LIMITED, 429, why="address over its budget of rejected calls", flood=True
+                )
                 return web.Response(status=429, text="rate_limited\n", headers={"Retry-After": "1"})
             try:
                 call.body = await read_capped(request)
