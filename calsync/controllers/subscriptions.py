@@ -655,6 +655,11 @@ async def _write(
                 return None
             raise
         ctx.cache.replace(written)
+        connection = (written.get("spec") or {}).get("connection")
+        if connection and any(c.type == READY for c in conds.transitions):
+            # The cache already holds the new Ready, so the watch event will not tell the
+            # connection: tell it here.
+            ctx.connections.queue.add((meta["namespace"], str(connection)))
         for cond in conds.transitions:
             if cond.type != READY and not (cond.type == SUBSCRIBED and cond.status == "False"):
                 continue
