@@ -19,8 +19,9 @@ calendar) when Graph no longer knows it. Lifecycle events the gateway recorded i
 
 Deleting a WebhookSubscription stops its channel(s) or deletes the Graph subscription first
 (404/410 count as done). When that keeps failing, the finalizer lets go after `purge_timeout`
-with a Warning Event and `calsync_subscription_operations_total{result="abandoned"}`: the
-channel then expires on its own.
+(at once when the connection, or its credentials, are gone for good) with a Warning Event and
+`calsync_subscription_operations_total{result="abandoned"}`: the channel then expires on its
+own.
 """
 
 from __future__ import annotations
@@ -210,19 +211,18 @@ async def _settle(
     if plan.action == "wait" and plan.reason in ("BackingOff", "ConnectionNotFound"):
         return plan.wake_after  # the conditions say what failed last; the object may be going
     problem: tuple[str, str] | None = None
+    fields: dict[str, Any] = {}
     if plan.action == "refuse_insecure" or plan.action == "wait":
         problem = (plan.reason, plan.message)
     elif int(status.get("consecutiveFailures") or 0):
-        current = _ready_status(body)
-        if current is not None and current[0] != "True":
-            problem = (current[1], str(status.get("lastError") or ""))
-    fields: dict[str, Any] = {}
+        # The back-off is over and nothing is due: whatever failed is no longer needed.
+        fields.update(consecutiveFailures=0, lastError=None)
     if plan.action == "nothing" and plan.wake_after is not None and plan.wake_after > 0:
         fields["nextRenewalTime"] = push_policy.format_time(
             now + dt.timedelta(seconds=plan.wake_after)
         )
     written = await _write(ctx, body, fields, _identities(status, plan.handled), problem, now)
-    if written and plan.action == "refuse_insecure":
+    if written is not None and written is not body and plan.action == "refuse_insecure":
         metrics.SUBSCRIPTION_OPERATIONS.labels(
             (body.get("spec") or {}).get("provider", ""), "register", "refused"
         ).inc()
@@ -711,7 +711,9 @@ async def subscription_deleted(
     except (ProviderError, httpx.HTTPError, ApiError) as exc:
         deleted_at = policy.parse_time(body["metadata"].get("deletionTimestamp"))
         waited = (dt.datetime.now(dt.UTC) - deleted_at).total_seconds() if deleted_at else 0.0
-        if waited < ctx.connections.settings.purge_timeout:
+        # Refused credentials (or a missing consent) will not work on a retry either.
+        permanent = isinstance(exc, ProviderError) and not exc.retryable
+        if not permanent and waited < ctx.connections.settings.purge_timeout:
             metrics.SUBSCRIPTION_OPERATIONS.labels(
                 provider_name, _stop_op(provider_name), "error"
             ).inc()
