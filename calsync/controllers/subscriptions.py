@@ -661,7 +661,10 @@ async def _write(
             # connection: tell it here.
             ctx.connections.queue.add((meta["namespace"], str(connection)))
         for cond in conds.transitions:
-            if cond.type != READY and not (cond.type == SUBSCRIBED and cond.status == "False"):
+            # Ready tells the story; a lapsed channel is worth its own Event.
+            if cond.type != READY and not (
+                cond.type == SUBSCRIBED and cond.reason == "ChannelExpired"
+            ):
                 continue
             await kube.post_event(
                 client,

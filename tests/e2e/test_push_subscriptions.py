@@ -429,3 +429,55 @@ def test_graph_subscription_created_renewed_recreated_and_deleted(
     poll(lambda: gone(kc, ns, "calconn", "m"), timeout=45, what="connection m deleted")
     assert subscriptions(kc, ns, "m") == []
     assert graph_subscriptions(sim, client_id) == []
+
+
+# -- an operator that may not register http:// URLs (the session's) ---------------------------
+
+
+def test_insecure_notification_url_is_refused_and_degrades_the_connection(
+    kubectl: Kubectl, namespace: str, operator: Process, google_sim: Simulator, gateway_url: str
+) -> None:
+    """The session operator's gateway URL is http:// and it does not allow that."""
+    assert gateway_url.startswith("http://")
+    sim = google_sim
+    email = f"g{uuid.uuid4().hex[:8]}@example.com"
+    sim.admin("POST", "users", {"email": email})
+    client = sim.admin("POST", "clients", {"redirect_uris": [f"{gateway_url}/cb"]})
+    token = sim.admin("POST", "tokens/refresh", {"user": email, "client_id": client["client_id"]})
+    kubectl.apply(
+        secret(
+            "google-client", client_id=client["client_id"], client_secret=client["client_secret"]
+        ),
+        namespace,
+    )
+    kubectl.apply(secret("plain-token", refresh_token=token["refresh_token"]), namespace)
+    kubectl.apply(connection("plain", "google", email), namespace)
+
+    def refused() -> dict[str, Any] | None:
+        subs = subscriptions(kubectl, namespace, "plain")
+        ready = cond(subs[0], "Ready") if subs else None
+        return subs[0] if ready and ready["reason"] == "InsecureNotificationURL" else None
+
+    sub = poll(refused, timeout=60, what="Ready=False InsecureNotificationURL")
+    assert not sub["status"].get("channelId")
+    assert "WEBHOOK_ALLOW_INSECURE" in str(cond(sub, "Ready"))
+
+    def degraded() -> dict[str, Any] | None:
+        obj = get_conn(kubectl, namespace, "plain")
+        d, s = cond(obj, "Degraded"), cond(obj, "Subscribed")
+        ok = d and d["status"] == "True" and s and s["status"] == "False"
+        return obj if ok else None
+
+    obj = poll(degraded, timeout=30, what="the connection Degraded by push")
+    assert cond(obj, "Subscribed")["reason"] == "InsecureNotificationURL"  # type: ignore[index]
+    assert cond(obj, "Ready")["status"] == "True"  # type: ignore[index]  # syncing works
+    assert [c for c in sim.admin("GET", "channels") if c["user"] == email] == []
+    warnings = kubectl.json(
+        "get",
+        "events",
+        "-n",
+        namespace,
+        "--field-selector",
+        "involvedObject.kind=WebhookSubscription,type=Warning",
+    )["items"]
+    assert {e["reason"] for e in warnings} == {"InsecureNotificationURL"}
