@@ -107,14 +107,21 @@ def covers(running: Mapping[str, Any], pending: Mapping[str, Any]) -> bool:
     return bool(scope and depth)
 
 
+NOTIFIED_AT = "calsync.io/notified-at"
+
+
 def superseded_by(
     claimed: Mapping[str, Any], jobs: Iterable[Mapping[str, Any]], started: dt.datetime
 ) -> list[Mapping[str, Any]]:
     """Pending jobs of the claimed job's connection, created before it started, that it covers.
 
-    Jobs created in the same second as the start may postdate it, so they are left to run.
+    Jobs created in the same second as the start may postdate it (creation times have whole
+    seconds), so they are left to run. So is a job the gateway touched (`calsync.io/notified-at`)
+    within a second of the start or later: the notification it stands for may postdate the
+    start (docs/decisions/0011).
     """
     key = connection_of(claimed)
+    whole = started.replace(microsecond=0)
     out = []
     for other in jobs:
         if other["metadata"]["name"] == claimed["metadata"]["name"] or connection_of(other) != key:
@@ -122,7 +129,10 @@ def superseded_by(
         if phase_of(other) != "Pending":
             continue
         created = parse_ts(other["metadata"].get("creationTimestamp"))
-        if created is None or created >= started or not covers(claimed, other):
+        if created is None or created >= whole or not covers(claimed, other):
+            continue
+        notified = parse_ts((other["metadata"].get("annotations") or {}).get(NOTIFIED_AT))
+        if notified is not None and notified >= started - dt.timedelta(seconds=1):
             continue
         out.append(other)
     return out

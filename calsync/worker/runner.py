@@ -370,14 +370,39 @@ class Worker:
             "attempts": int(status.get("attempts") or 0) + 1,
             "nextAttemptAt": None,
         }
-        await self._supersede(job, now)
         writer = reporting.JobWriter(self.client, job, self.identity, claim=claim)
+        if (job.get("spec") or {}).get("reason") == "webhook" and not await self._show_running(
+            writer
+        ):
+            await self.store.release(fence)
+            return False
+        await self._supersede(job, now)
         run = Run(job, fence, writer, key, claim)
         self.running[key] = run
         run.task = asyncio.create_task(
             self._execute(run, body), name=f"syncjob {meta['namespace']}/{meta['name']}"
         )
         return False
+
+    async def _show_running(self, writer: reporting.JobWriter) -> bool:
+        """Mark the job Running now, guarded by the resourceVersion it was picked at.
+
+        Webhook jobs need this before their run reads anything: the gateway covers new
+        notifications by touching a Pending webhook job with a patch guarded the same way, so
+        one of the two writes fails, and either the run starts after the touch or the gateway
+        knows to create another job (docs/decisions/0011)."""
+        lease = self.settings.sync_lease
+        try:
+            return await writer.write(
+                {
+                    "phase": "Running",
+                    "leaseExpiresAt": reporting.ts(reporting.now() + dt.timedelta(seconds=lease)),
+                    "conditions": [],
+                }
+            )
+        except Exception as exc:
+            log.warning("could not mark SyncJob %s Running: %s", writer.name, exc)
+            return False
 
     async def _fail_unclaimed(self, job: dict[str, Any], reason: str, message: str) -> None:
         writer = reporting.JobWriter(self.client, job, self.identity)
@@ -539,14 +564,8 @@ class Worker:
         confirmed = time.monotonic()
         # A run still going after a moment shows as Running, with its lease, on its job.
         await asyncio.sleep(min(RUNNING_AFTER_SECONDS, lease / 3))
-        with contextlib.suppress(Exception):
-            await run.writer.write(
-                {
-                    "phase": "Running",
-                    "leaseExpiresAt": reporting.ts(reporting.now() + dt.timedelta(seconds=lease)),
-                    "conditions": [],
-                }
-            )
+        if not run.writer.shown:
+            await self._show_running(run.writer)
         while True:
             await asyncio.sleep(max(0.0, confirmed + lease / 3 - time.monotonic()))
             held: bool | None

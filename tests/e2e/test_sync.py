@@ -279,3 +279,78 @@ def test_duplicate_uids_degrade_but_sync(
         what="a DuplicateUID Event",
     )
     assert warnings[0]["type"] == "Warning"
+
+
+def watched_phases(kubectl: Kubectl, namespace: str, manifest: dict[str, Any]) -> list[str]:
+    """Create a SyncJob and record every phase its watch events show until it finished."""
+    name = manifest["metadata"]["name"]
+    marker = f"{name}-marker"
+    watch = subprocess.Popen(
+        [
+            kubectl.exe,
+            "get",
+            "sj",
+            "-n",
+            namespace,
+            "-w",
+            "--output-watch-events",
+            "-o",
+            "jsonpath={.object.metadata.name} {.object.status.phase}{'\\n'}",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+        env=kubectl.env,
+    )
+    try:
+        # A marker SyncJob (of a connection that does not exist: the worker fails it) shows in
+        # this watch and proves it live before the job under test exists.
+        kubectl.apply(
+            {
+                "apiVersion": "calsync.io/v1alpha1",
+                "kind": "SyncJob",
+                "metadata": {"name": marker},
+                "spec": {"connection": "no-such-connection"},
+            },
+            namespace,
+        )
+        assert watch.stdout is not None
+        created = False
+        phases: list[str] = []
+        for line in watch.stdout:
+            seen, _, phase = line.strip().partition(" ")
+            if seen == marker and not created:
+                kubectl.apply(manifest, namespace)
+                created = True
+            elif seen == name:
+                phases.append(phase or "Pending")
+                if phases[-1] in ("Succeeded", "Failed", "Superseded"):
+                    return phases
+        pytest.fail(f"the watch of {name} ended early: {phases}")
+    finally:
+        watch.kill()
+        watch.wait()
+
+
+def test_a_webhook_job_shows_running_before_its_run_a_short_manual_one_need_not(
+    kubectl: Kubectl, namespace: str, operator: Process, caldav_calendar: Any
+) -> None:
+    # The gateway coalesces notifications into a Pending webhook job only with a patch guarded
+    # by its resourceVersion; the worker's Running write at claim is what such a patch races
+    # against (docs/decisions/0011). Other short runs write only their end.
+    kubectl.apply(secret("dav", caldav_calendar.user, caldav_calendar.password), namespace)
+    kubectl.apply(connection("hooked", caldav_calendar.url, "dav"), namespace)
+    kubectl("wait", "--for=condition=Ready", "calconn/hooked", "-n", namespace, "--timeout=120s")
+
+    def job(name: str, reason: str) -> dict[str, Any]:
+        return {
+            "apiVersion": "calsync.io/v1alpha1",
+            "kind": "SyncJob",
+            "metadata": {"name": name},
+            "spec": {"connection": "hooked", "reason": reason, "mode": "incremental"},
+        }
+
+    hooked = watched_phases(kubectl, namespace, job("hook-1", "webhook"))
+    assert hooked[-1] == "Succeeded" and "Running" in hooked, hooked
+    manual = watched_phases(kubectl, namespace, job("manual-1", "manual"))
+    assert manual[-1] == "Succeeded" and "Running" not in manual, manual

@@ -138,3 +138,20 @@ def test_the_index_hands_out_expired_jobs_only_when_the_earliest_expiry_comes() 
     index.due(NOW + dt.timedelta(seconds=5))  # e.g. another worker's turn to delete ends
     assert index.next_expiry == NOW + dt.timedelta(seconds=5)
     assert names(index.expired(NOW + dt.timedelta(seconds=61))) == ["e", "l"]
+
+
+def test_a_run_supersedes_only_jobs_that_surely_predate_it() -> None:
+    started = NOW + dt.timedelta(milliseconds=700)
+    claimed = job("run", "a", 0)
+    older = job("older", "a", -30)
+    same_second = job("same-second", "a", 0)  # created at 12:00:00.9 reads as 12:00:00
+    touched = job("touched", "a", -30)
+    touched["metadata"]["annotations"] = {queue.NOTIFIED_AT: ts(0.5)}
+    touched_before = job("touched-before", "a", -30)
+    touched_before["metadata"]["annotations"] = {queue.NOTIFIED_AT: ts(-5)}
+    other_connection = job("other", "b", -30)
+    jobs = [claimed, older, same_second, touched, touched_before, other_connection]
+    assert sorted(names(list(queue.superseded_by(claimed, jobs, started)))) == [  # type: ignore[arg-type]
+        "older",
+        "touched-before",
+    ]
