@@ -354,8 +354,12 @@ def _plan(
     meta = body["metadata"]
     status = body.get("status") or {}
     generation = int(meta.get("generation", 0))
+    configured = ctx.settings.gateway_url is not None
     push = push_policy.summarize(
-        push_policy.wanted_subscriptions(body), ctx.subscriptions.of_connection(*key)
+        push_policy.wanted_subscriptions(body, configured=configured),
+        ctx.subscriptions.of_connection(*key),
+        body=body,
+        configured=configured,
     )
     plan = policy.decide(
         policy.Facts(
@@ -476,7 +480,7 @@ async def _sync_subscriptions(ctx: ConnectionContext, body: dict[str, Any]) -> N
     """
     meta = body["metadata"]
     namespace, name = meta["namespace"], meta["name"]
-    wanted = push_policy.wanted_subscriptions(body)
+    wanted = push_policy.wanted_subscriptions(body, configured=ctx.settings.gateway_url is not None)
     existing = ctx.subscriptions.of_connection(namespace, name)
     for sub, calendar_id in sorted(wanted.items()):
         if sub in existing:

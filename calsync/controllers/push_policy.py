@@ -81,14 +81,15 @@ def push_enabled(spec: Mapping[str, Any]) -> bool:
     return bool((spec.get("sync") or {}).get("push", True))
 
 
-def wanted_subscriptions(body: Mapping[str, Any]) -> dict[str, str]:
+def wanted_subscriptions(body: Mapping[str, Any], *, configured: bool = True) -> dict[str, str]:
     """{WebhookSubscription name: calendar id} a connection should have now.
 
-    Empty for providers without push, with `spec.sync.push: false`, and until a sync has
+    Empty for providers without push, with `spec.sync.push: false`, when push is not
+    `configured` (no public gateway URL: providers could not reach us), and until a sync has
     listed the connection's calendars in `status.calendars`.
     """
     spec = body.get("spec") or {}
-    if not push_enabled(spec):
+    if not configured or not push_enabled(spec):
         return {}
     name = str((body.get("metadata") or {}).get("name") or "")
     calendars = (body.get("status") or {}).get("calendars") or []
@@ -357,9 +358,29 @@ def _ready_of(obj: Mapping[str, Any] | None) -> tuple[str, str, str] | None:
     return None
 
 
-def summarize(wanted: Mapping[str, str], existing: Mapping[str, Mapping[str, Any]]) -> PushSummary:
+NOT_CONFIGURED = PushSummary(
+    "False",
+    "PushNotConfigured",
+    "no public gateway URL is set, so providers cannot deliver change notifications: set "
+    "CALSYNC_GATEWAY_URL to the gateway's public HTTPS URL; polling keeps the mirror current "
+    "meanwhile",
+)
+
+
+def summarize(
+    wanted: Mapping[str, str],
+    existing: Mapping[str, Mapping[str, Any]],
+    *,
+    body: Mapping[str, Any] | None = None,
+    configured: bool = True,
+) -> PushSummary:
     """Subscribed True when every wanted subscription is Ready; else the first failing one's
-    reason, with Degraded when that is a failure rather than registration in progress."""
+    reason, with Degraded when that is a failure rather than registration in progress.
+
+    A push connection (`body`) on an operator without a public gateway URL is not failing:
+    it says so (`PushNotConfigured`), without Degraded, and is polled as usual."""
+    if not configured and body is not None and push_enabled(body.get("spec") or {}):
+        return NOT_CONFIGURED
     if not wanted:
         return PushSummary(None)
     first: tuple[str, str, str] | None = None

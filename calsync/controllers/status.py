@@ -36,6 +36,7 @@ PROGRESS_REASONS = frozenset(
         "Suspended",
         "Resyncing",
         "Registering",  # push channels being registered (calsync/controllers/push_policy.py)
+        "PushNotConfigured",  # no public gateway URL: a deployment choice, polling goes on
     }
 )
 

@@ -517,3 +517,20 @@ def test_push_switched_off_removes_subscribed_and_its_degradation() -> None:
     readiness.apply_push(c, None, "", "", degraded=False)
     assert state(c, "Subscribed") is None
     assert state(c, "Degraded") == ("False", "AsExpected")
+
+
+def test_without_a_public_gateway_url_push_is_not_configured_and_not_degraded() -> None:
+    body = connection("google", None, calendars=[{"id": "primary"}])
+    assert push_policy.wanted_subscriptions(body, configured=False) == {}
+    summary = push_policy.summarize({}, {}, body=body, configured=False)
+    assert (summary.subscribed, summary.reason, summary.degraded) == (
+        "False",
+        "PushNotConfigured",
+        False,
+    )
+    assert "CALSYNC_GATEWAY_URL" in summary.message
+    # Connections that do not push say nothing about it, configured or not.
+    off = connection("google", False, calendars=[{"id": "primary"}])
+    assert push_policy.summarize({}, {}, body=off, configured=False).subscribed is None
+    caldav = connection("caldav", None, calendars=[{"id": "/c/"}])
+    assert push_policy.summarize({}, {}, body=caldav, configured=False).subscribed is None
