@@ -173,7 +173,9 @@ async def run(
     gateway_runner = None
     try:
         if gateway and settings.gateway_port:
-            ctx = GatewayContext(settings=settings, client=client, vault=vault, ready=True)
+            ctx = GatewayContext(
+                settings=settings, client=client, vault=vault, ready=True, store=store
+            )
             try:
                 gateway_runner = await serve_gateway(
                     ctx, settings.bind_address, settings.gateway_port
