@@ -88,6 +88,19 @@ def format_timestamp(value: datetime) -> str:
     return value.strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
+def parse_timestamp(value: object) -> datetime | None:
+    """An aware datetime from an RFC 3339 string (or a datetime); None when absent or bad."""
+    if isinstance(value, datetime):
+        return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
+    if not value:
+        return None
+    try:
+        parsed = datetime.fromisoformat(str(value).replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    return parsed if parsed.tzinfo is not None else parsed.replace(tzinfo=UTC)
+
+
 Timestamp = Annotated[
     datetime,
     AfterValidator(_as_utc),

@@ -253,6 +253,26 @@ class AlreadyExists(RuntimeError):
     """A create met an object of the same name (the same decision was carried out before)."""
 
 
+def _owned(connection: Mapping[str, Any], name: str) -> ObjectMeta:
+    """Metadata of an object `connection` controls: its namespace, label and owner reference."""
+    meta = connection["metadata"]
+    return ObjectMeta(
+        name=name,
+        namespace=meta["namespace"],
+        labels={"calsync.io/connection": meta["name"][:63]},
+        ownerReferences=[
+            OwnerReference(
+                apiVersion=API_VERSION,
+                kind=CALENDAR_CONNECTION.kind,
+                name=meta["name"],
+                uid=meta["uid"],
+                controller=True,
+                blockOwnerDeletion=False,
+            )
+        ],
+    )
+
+
 async def create_syncjob(
     client: AsyncClient,
     connection: Mapping[str, Any],
@@ -278,21 +298,7 @@ async def create_syncjob(
     if ttl is not None:
         spec["ttlSecondsAfterFinished"] = ttl
     job = SyncJobResource(
-        metadata=ObjectMeta(
-            name=name,
-            namespace=meta["namespace"],
-            labels={"calsync.io/connection": meta["name"][:63]},
-            ownerReferences=[
-                OwnerReference(
-                    apiVersion=API_VERSION,
-                    kind=CALENDAR_CONNECTION.kind,
-                    name=meta["name"],
-                    uid=meta["uid"],
-                    controller=True,
-                    blockOwnerDeletion=False,
-                )
-            ],
-        ),
+        metadata=_owned(connection, name),
         spec=spec,
     )
     try:
@@ -329,21 +335,7 @@ async def create_webhook_subscription(
     """
     meta = connection["metadata"]
     sub = WebhookSubscriptionResource(
-        metadata=ObjectMeta(
-            name=name,
-            namespace=meta["namespace"],
-            labels={"calsync.io/connection": meta["name"][:63]},
-            ownerReferences=[
-                OwnerReference(
-                    apiVersion=API_VERSION,
-                    kind=CALENDAR_CONNECTION.kind,
-                    name=meta["name"],
-                    uid=meta["uid"],
-                    controller=True,
-                    blockOwnerDeletion=False,
-                )
-            ],
-        ),
+        metadata=_owned(connection, name),
         spec={
             "connection": meta["name"],
             "calendarId": calendar_id,

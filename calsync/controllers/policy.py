@@ -35,6 +35,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from calsync.api import CalendarConnectionSpec
+from calsync.api.meta import parse_timestamp
 from calsync.controllers import push_policy
 
 BACKOFF_CAP = 6 * 3600.0
@@ -85,14 +86,7 @@ def poll_delay(interval: float, failures: int) -> float:
     return float(min(max(interval, BACKOFF_CAP), interval * 2 ** (failures - 1)))
 
 
-def parse_time(value: Any) -> dt.datetime | None:
-    if not value:
-        return None
-    try:
-        parsed = dt.datetime.fromisoformat(str(value).replace("Z", "+00:00"))
-    except ValueError:
-        return None
-    return parsed if parsed.tzinfo is not None else parsed.replace(tzinfo=dt.UTC)
+parse_time = parse_timestamp
 
 
 def job_name(connection: str, mode: str, key: str) -> str:

@@ -28,6 +28,8 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
+from calsync.api.meta import parse_timestamp
+
 PUSH_PROVIDERS = frozenset({"google", "microsoft"})
 NAME_MAX = 253
 NAME_HASH = 10
@@ -116,16 +118,7 @@ def insecure(url: str) -> bool:
 # -- time -------------------------------------------------------------------------------------
 
 
-def parse_time(value: Any) -> dt.datetime | None:
-    if isinstance(value, dt.datetime):
-        return value if value.tzinfo is not None else value.replace(tzinfo=dt.UTC)
-    if not value:
-        return None
-    try:
-        parsed = dt.datetime.fromisoformat(str(value).replace("Z", "+00:00"))
-    except ValueError:
-        return None
-    return parsed if parsed.tzinfo is not None else parsed.replace(tzinfo=dt.UTC)
+parse_time = parse_timestamp
 
 
 def format_time(value: dt.datetime) -> str:
