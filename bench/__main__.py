@@ -15,6 +15,7 @@ BENCHMARKS = (
     "microsoft_sync",
     "syncjob_throughput",
     "idle_cost",
+    "webhook_throughput",
 )
 
 
