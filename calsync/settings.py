@@ -166,6 +166,14 @@ class Settings(BaseModel):
         description="renew a channel this long before it expires (at half-life when its "
         "lifetime is shorter than twice this)",
     )
+    webhook_coalesce: float = Field(
+        default=3.0,
+        ge=0,
+        le=60.0,
+        description="a webhook SyncJob waits this long after its creation before a worker may "
+        "start it; notifications meanwhile join it, and while it is younger than this less "
+        "1 s the gateway answers them without any API write",
+    )
     webhook_allow_insecure: bool = Field(
         default=False,
         description="register http:// notification URLs (development and simulators only; "
@@ -209,6 +217,7 @@ class Settings(BaseModel):
         "webhook_timeout",
         "webhook_renewal_before_expiry",
         "push_poll_interval",
+        "webhook_coalesce",
         "key_rotation_interval",
         "purge_timeout",
         "operator_lease_duration",

@@ -20,6 +20,7 @@ recomputes the value and compares in constant time; nothing is looked up but the
 from __future__ import annotations
 
 import base64
+import functools
 import hashlib
 import hmac
 
@@ -32,6 +33,7 @@ GOOGLE_CHANNEL = b"calsync push v1: google channel token"
 GRAPH_CLIENT_STATE = b"calsync push v1: graph clientState"
 
 
+@functools.lru_cache(maxsize=64)
 def _subkey(material: bytes, purpose: bytes) -> bytes:
     # A key of its own per purpose: the AES key itself never doubles as an HMAC key.
     return HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=purpose).derive(material)

@@ -66,6 +66,7 @@ class PushGateway:
             timeout=settings.webhook_timeout,
             ttl=int(settings.syncjob_history),
             connection_uid=self._connection_uid,
+            coalesce=settings.webhook_coalesce,
         )
         self.writer = StatusWriter(client, self.subscriptions)
         self.channels: KeyedLimiter = channel_limiter(settings.webhook_rate_limit)

@@ -34,7 +34,7 @@ from lightkube import ApiError, AsyncClient
 from lightkube.models.meta_v1 import ObjectMeta, OwnerReference
 from lightkube.types import PatchType
 
-from calsync.api.meta import API_VERSION, CALENDAR_CONNECTION
+from calsync.api.meta import API_VERSION, CALENDAR_CONNECTION, parse_timestamp
 from calsync.controllers import kube
 from calsync.observability import metrics
 from calsync.worker.informer import Informer
@@ -115,6 +115,31 @@ def touchable(job: Mapping[str, Any]) -> bool:
         and phase_of(job) == "Pending"
         and not job["metadata"].get("deletionTimestamp")
     )
+
+
+# How much a worker's clock may run ahead of the gateway's before an answer without a write
+# could come too late (the job already started): the young-job shortcut keeps this far away.
+CLOCK_MARGIN = dt.timedelta(seconds=1)
+
+
+def young(
+    jobs: Iterable[Mapping[str, Any]], now: dt.datetime, window: dt.timedelta
+) -> Mapping[str, Any] | None:
+    """A Pending webhook job that no worker may start yet: it covers a notification as it is.
+
+    Workers start a webhook job only `window` after its creation, and no run supersedes it
+    before then (calsync/worker/queue.py), so while the job is younger than the window less
+    CLOCK_MARGIN the notification needs no write: the job's run starts after it anyway.
+    Creation times have whole seconds, truncated, which only makes a job look older."""
+    if window <= CLOCK_MARGIN:
+        return None
+    for job in jobs:
+        if not touchable(job):
+            continue
+        created = parse_timestamp(job["metadata"].get("creationTimestamp"))
+        if created is not None and now < created + window - CLOCK_MARGIN:
+            return job
+    return None
 
 
 def plan(
@@ -230,7 +255,9 @@ class Recorder:
         timeout: float,
         ttl: int,
         connection_uid: Callable[[str, str], Awaitable[str | None]] | None = None,
+        coalesce: float = 0.0,
     ) -> None:
+        self._window = dt.timedelta(seconds=coalesce)
         self._client = client
         self._jobs = jobs
         self._index = index
@@ -249,7 +276,13 @@ class Recorder:
 
     async def record(self, work: Work) -> str:
         """Wait until a recording that started after this call completed: its action
-        (created, touched) for the notification that started it, covered for the others."""
+        (created, touched) for the notification that started it, covered for the others.
+
+        A notification for a calendar whose webhook job is still inside its coalescing window
+        is covered at once, without waiting or writing (see `young`)."""
+        if young(self._index.jobs_of(work.key), dt.datetime.now(dt.UTC), self._window):
+            metrics.WEBHOOK_JOBS.labels(work.provider, "covered").inc()
+            return "covered"
         flight = self._flights.setdefault(work.key, _Flight())
         if flight.next is None:
             flight.next = _Batch(asyncio.get_running_loop().create_future())

@@ -55,12 +55,24 @@ def _order(job: Mapping[str, Any]) -> tuple[str, str]:
     return str(meta.get("creationTimestamp") or ""), str(meta["name"])
 
 
+def not_before(job: Mapping[str, Any], webhook_delay: dt.timedelta) -> dt.datetime | None:
+    """When a Pending job may start: `nextAttemptAt`, and for a webhook job also its creation
+    plus `webhook_delay` (notifications arriving meanwhile join it, decision 0011)."""
+    due = parse_ts((job.get("status") or {}).get("nextAttemptAt"))
+    if webhook_delay and (job.get("spec") or {}).get("reason") == "webhook":
+        created = parse_ts(job["metadata"].get("creationTimestamp"))
+        if created is not None and (due is None or created + webhook_delay > due):
+            due = created + webhook_delay
+    return due
+
+
 def select(
     jobs: Iterable[dict[str, Any]],
     now: dt.datetime,
     *,
     running_here: set[tuple[str, str]],
     capacity: int,
+    webhook_delay: dt.timedelta = dt.timedelta(0),
 ) -> Selection:
     """The jobs to try to start (oldest first, one per connection, at most `capacity`)."""
     out = Selection()
@@ -71,7 +83,6 @@ def select(
             busy.add(connection_of(job))
     for job in ordered:
         phase = phase_of(job)
-        status = job.get("status") or {}
         if phase in FINISHED:
             out.finished.append(job)
             continue
@@ -84,7 +95,7 @@ def select(
             if lease_live(job, now):
                 continue
         else:
-            due = parse_ts(status.get("nextAttemptAt"))
+            due = not_before(job, webhook_delay)
             if due is not None and due > now:
                 out.due(due)
                 continue
@@ -111,14 +122,18 @@ NOTIFIED_AT = "calsync.io/notified-at"
 
 
 def superseded_by(
-    claimed: Mapping[str, Any], jobs: Iterable[Mapping[str, Any]], started: dt.datetime
+    claimed: Mapping[str, Any],
+    jobs: Iterable[Mapping[str, Any]],
+    started: dt.datetime,
+    webhook_delay: dt.timedelta = dt.timedelta(0),
 ) -> list[Mapping[str, Any]]:
     """Pending jobs of the claimed job's connection, created before it started, that it covers.
 
     Jobs created in the same second as the start may postdate it (creation times have whole
     seconds), so they are left to run. So is a job the gateway touched (`calsync.io/notified-at`)
     within a second of the start or later: the notification it stands for may postdate the
-    start (docs/decisions/0011).
+    start (docs/decisions/0011). A webhook job still inside its coalescing window
+    (`webhook_delay`) is left too: the gateway answers notifications for it without touching it.
     """
     key = connection_of(claimed)
     whole = started.replace(microsecond=0)
@@ -133,6 +148,9 @@ def superseded_by(
             continue
         notified = parse_ts((other["metadata"].get("annotations") or {}).get(NOTIFIED_AT))
         if notified is not None and notified >= started - dt.timedelta(seconds=1):
+            continue
+        window = not_before(other, webhook_delay)
+        if webhook_delay and window is not None and window > started:
             continue
         out.append(other)
     return out

@@ -299,6 +299,7 @@ class Worker:
             now,
             running_here=set(self.running) | set(self.refused),
             capacity=max(0, self.settings.sync_concurrency - len(self.running)),
+            webhook_delay=dt.timedelta(seconds=self.settings.webhook_coalesce),
         )
         metrics.SYNCJOBS_PENDING.set(picked.pending)
         due: float | None = None
@@ -411,7 +412,8 @@ class Worker:
 
     async def _supersede(self, claimed: dict[str, Any], started: dt.datetime) -> None:
         key = queue.connection_of(claimed)
-        for other in queue.superseded_by(claimed, self.index.of_connection(key), started):
+        delay = dt.timedelta(seconds=self.settings.webhook_coalesce)
+        for other in queue.superseded_by(claimed, self.index.of_connection(key), started, delay):
             message = f"covered by {claimed['metadata']['name']}"
             writer = reporting.JobWriter(self.client, dict(other), self.identity)
             with contextlib.suppress(kube.Conflict):

@@ -424,6 +424,51 @@ def test_graph_subscription_created_renewed_recreated_and_deleted(
         what="lifecycle events acted on and removed",
     )
 
+    # reauthorizationRequired: the controller reauthorizes the same subscription and clears the
+    # event; nothing is recreated.
+    current = kc.json("get", f"whsub/{name}", "-n", ns)["status"]["channelId"]
+    patch_status(
+        kc,
+        ns,
+        name,
+        {"lifecycleEvents": [{"event": "reauthorizationRequired", "receivedAt": stamp(0)}]},
+    )
+    poll(
+        lambda: not kc.json("get", f"whsub/{name}", "-n", ns)["status"].get("lifecycleEvents"),
+        timeout=15,
+        what="reauthorizationRequired acted on",
+    )
+    again = kc.json("get", f"whsub/{name}", "-n", ns)
+    assert again["status"]["channelId"] == current and is_true(again, "Ready")
+    assert [g["id"] for g in graph_subscriptions(sim, client_id)] == [current]
+
+    # subscriptionRemoved: Graph dropped the subscription (the simulator removes it as it sends
+    # the event; the gateway would record it as below): recreated, with a full resync.
+    fulls = len([j for j in lifecycle_jobs(kc, ns, "m") if j["spec"]["mode"] == "full"])
+    sim.admin("POST", f"subscriptions/{current}/lifecycle", {"event": "subscriptionRemoved"})
+    patch_status(
+        kc,
+        ns,
+        name,
+        {"lifecycleEvents": [{"event": "subscriptionRemoved", "receivedAt": stamp(0)}]},
+    )
+
+    def replaced() -> str | None:
+        s = kc.json("get", f"whsub/{name}", "-n", ns)
+        channel = s["status"].get("channelId")
+        fresh = channel != current and is_true(s, "Ready")
+        return channel if fresh and not s["status"].get("lifecycleEvents") else None
+
+    replacement = poll(replaced, timeout=30, what="the removed subscription recreated")
+    assert [g["id"] for g in graph_subscriptions(sim, client_id)] == [replacement]
+    poll(
+        lambda: (
+            len([j for j in lifecycle_jobs(kc, ns, "m") if j["spec"]["mode"] == "full"]) > fulls
+        ),
+        timeout=15,
+        what="a full resync after subscriptionRemoved",
+    )
+
     # Deleting the connection deletes the Graph subscription before the objects go.
     kc("delete", "calconn/m", "-n", ns, "--wait=false")
     poll(lambda: gone(kc, ns, "calconn", "m"), timeout=45, what="connection m deleted")

@@ -5,6 +5,7 @@ recording that covers it."""
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import itertools
 from typing import Any
 
@@ -27,6 +28,7 @@ from calsync.webhook_gateway.recorder import (
     next_number,
     number_of,
     plan,
+    young,
 )
 from calsync.worker.informer import Informer
 
@@ -250,3 +252,15 @@ async def test_a_recording_past_its_deadline_fails() -> None:
     with pytest.raises(RecordingFailed, match="longer than"):
         await rec.record(WORK)
     assert rec.in_flight == 0
+
+
+def test_a_job_inside_its_coalescing_window_covers_a_notification_without_a_write() -> None:
+    created = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
+    window = dt.timedelta(seconds=3)
+    pending = job(f"{PREFIX}1", created="2026-01-01T00:00:00Z")
+    assert young([pending], created + dt.timedelta(seconds=1.9), window) == pending
+    # From window less the clock margin on, a worker may be about to start it: touch instead.
+    assert young([pending], created + dt.timedelta(seconds=2), window) is None
+    assert young([job(f"{PREFIX}2", "Running")], created, window) is None
+    assert young([job(f"{PREFIX}3", reason="poll")], created, window) is None
+    assert young([pending], created, dt.timedelta(seconds=1)) is None  # window too short

@@ -155,3 +155,24 @@ def test_a_run_supersedes_only_jobs_that_surely_predate_it() -> None:
         "older",
         "touched-before",
     ]
+
+
+def test_a_webhook_job_waits_out_its_coalescing_window() -> None:
+    window = dt.timedelta(seconds=3)
+    fresh = job("w-1", "a", -1)
+    fresh["spec"]["reason"] = "webhook"
+    old = job("w-2", "b", -10)
+    old["spec"]["reason"] = "webhook"
+    manual = job("m-1", "c", -1)
+    picked = queue.select(
+        [fresh, old, manual], NOW, running_here=set(), capacity=10, webhook_delay=window
+    )
+    assert names(picked.startable) == ["w-2", "m-1"]
+    assert picked.next_due == NOW + dt.timedelta(seconds=2)
+    # Without a window (the default) it starts at once.
+    picked = queue.select([fresh], NOW, running_here=set(), capacity=10)
+    assert names(picked.startable) == ["w-1"]
+    # A run never supersedes a webhook job still inside its window.
+    claimed = job("run", "a", -30)
+    assert queue.superseded_by(claimed, [fresh], NOW, window) == []
+    assert names(list(queue.superseded_by(claimed, [fresh], NOW))) == ["w-1"]  # type: ignore[arg-type]
