@@ -170,9 +170,16 @@ class Settings(BaseModel):
         default=3.0,
         ge=0,
         le=60.0,
-        description="a webhook SyncJob waits this long after its creation before a worker may "
-        "start it; notifications meanwhile join it, and while it is younger than this less "
-        "1 s the gateway answers them without any API write",
+        description="a webhook SyncJob waits this long after its creation, or after the last "
+        "notification the gateway recorded on it, before a worker may start it; notifications "
+        "meanwhile join it, without any API write while 1 s of the wait is left",
+    )
+    webhook_coalesce_max: float = Field(
+        default=10.0,
+        ge=0,
+        le=300.0,
+        description="however many notifications keep arriving, a webhook SyncJob may start "
+        "this long after its creation",
     )
     webhook_allow_insecure: bool = Field(
         default=False,
@@ -218,6 +225,7 @@ class Settings(BaseModel):
         "webhook_renewal_before_expiry",
         "push_poll_interval",
         "webhook_coalesce",
+        "webhook_coalesce_max",
         "key_rotation_interval",
         "purge_timeout",
         "operator_lease_duration",

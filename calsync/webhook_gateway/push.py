@@ -67,6 +67,7 @@ class PushGateway:
             ttl=int(settings.syncjob_history),
             connection_uid=self._connection_uid,
             coalesce=settings.webhook_coalesce,
+            coalesce_max=settings.webhook_coalesce_max,
         )
         self.writer = StatusWriter(client, self.subscriptions)
         self.channels: KeyedLimiter = channel_limiter(settings.webhook_rate_limit)

@@ -34,14 +34,14 @@ from lightkube import ApiError, AsyncClient
 from lightkube.models.meta_v1 import ObjectMeta, OwnerReference
 from lightkube.types import PatchType
 
-from calsync.api.meta import API_VERSION, CALENDAR_CONNECTION, parse_timestamp
+from calsync.api.meta import API_VERSION, CALENDAR_CONNECTION
 from calsync.controllers import kube
 from calsync.observability import metrics
 from calsync.worker.informer import Informer
+from calsync.worker.queue import NOTIFIED_AT, coalescing_until
 
 log = logging.getLogger(__name__)
 
-NOTIFIED_AT = "calsync.io/notified-at"
 CONNECTION_LABEL = "calsync.io/connection"
 NAME_MAX = 253
 MAX_STEPS = 8  # decisions per recording before it gives up (each follows a conflict)
@@ -123,21 +123,24 @@ CLOCK_MARGIN = dt.timedelta(seconds=1)
 
 
 def young(
-    jobs: Iterable[Mapping[str, Any]], now: dt.datetime, window: dt.timedelta
+    jobs: Iterable[Mapping[str, Any]],
+    now: dt.datetime,
+    window: dt.timedelta,
+    longest: dt.timedelta = dt.timedelta(0),
 ) -> Mapping[str, Any] | None:
     """A Pending webhook job that no worker may start yet: it covers a notification as it is.
 
-    Workers start a webhook job only `window` after its creation, and no run supersedes it
-    before then (calsync/worker/queue.py), so while the job is younger than the window less
-    CLOCK_MARGIN the notification needs no write: the job's run starts after it anyway.
-    Creation times have whole seconds, truncated, which only makes a job look older."""
+    Workers start a webhook job only when its coalescing wait is over, and no run supersedes
+    it before (calsync/worker/queue.py `coalescing_until`), so while more than CLOCK_MARGIN of
+    the wait is left the notification needs no write: the job's run starts after it anyway.
+    Creation times have whole seconds, truncated, which only makes a wait look shorter."""
     if window <= CLOCK_MARGIN:
         return None
     for job in jobs:
         if not touchable(job):
             continue
-        created = parse_timestamp(job["metadata"].get("creationTimestamp"))
-        if created is not None and now < created + window - CLOCK_MARGIN:
+        until = coalescing_until(job, window, longest)
+        if until is not None and now < until - CLOCK_MARGIN:
             return job
     return None
 
@@ -256,8 +259,10 @@ class Recorder:
         ttl: int,
         connection_uid: Callable[[str, str], Awaitable[str | None]] | None = None,
         coalesce: float = 0.0,
+        coalesce_max: float = 0.0,
     ) -> None:
         self._window = dt.timedelta(seconds=coalesce)
+        self._longest = dt.timedelta(seconds=coalesce_max)
         self._client = client
         self._jobs = jobs
         self._index = index
@@ -280,7 +285,8 @@ class Recorder:
 
         A notification for a calendar whose webhook job is still inside its coalescing window
         is covered at once, without waiting or writing (see `young`)."""
-        if young(self._index.jobs_of(work.key), dt.datetime.now(dt.UTC), self._window):
+        now = dt.datetime.now(dt.UTC)
+        if young(self._index.jobs_of(work.key), now, self._window, self._longest):
             metrics.WEBHOOK_JOBS.labels(work.provider, "covered").inc()
             return "covered"
         flight = self._flights.setdefault(work.key, _Flight())

@@ -55,14 +55,35 @@ def _order(job: Mapping[str, Any]) -> tuple[str, str]:
     return str(meta.get("creationTimestamp") or ""), str(meta["name"])
 
 
-def not_before(job: Mapping[str, Any], webhook_delay: dt.timedelta) -> dt.datetime | None:
-    """When a Pending job may start: `nextAttemptAt`, and for a webhook job also its creation
-    plus `webhook_delay` (notifications arriving meanwhile join it, decision 0011)."""
+def coalescing_until(
+    job: Mapping[str, Any], window: dt.timedelta, longest: dt.timedelta
+) -> dt.datetime | None:
+    """When a webhook job's coalescing wait ends (None: not a webhook job, or no window).
+
+    `window` after the later of its creation and the last notification the gateway recorded
+    on it (`calsync.io/notified-at`), but no later than `longest` after its creation: a steady
+    stream of notifications must not keep the job from ever running (decision 0011)."""
+    if not window or (job.get("spec") or {}).get("reason") != "webhook":
+        return None
+    created = parse_ts(job["metadata"].get("creationTimestamp"))
+    if created is None:
+        return None
+    notified = parse_ts((job["metadata"].get("annotations") or {}).get(NOTIFIED_AT))
+    last = max(created, notified) if notified is not None else created
+    return min(last + window, created + max(longest, window))
+
+
+def not_before(
+    job: Mapping[str, Any],
+    webhook_delay: dt.timedelta,
+    webhook_longest: dt.timedelta = dt.timedelta(0),
+) -> dt.datetime | None:
+    """When a Pending job may start: `nextAttemptAt`, and for a webhook job also the end of
+    its coalescing wait (see `coalescing_until`)."""
     due = parse_ts((job.get("status") or {}).get("nextAttemptAt"))
-    if webhook_delay and (job.get("spec") or {}).get("reason") == "webhook":
-        created = parse_ts(job["metadata"].get("creationTimestamp"))
-        if created is not None and (due is None or created + webhook_delay > due):
-            due = created + webhook_delay
+    wait = coalescing_until(job, webhook_delay, webhook_longest)
+    if wait is not None and (due is None or wait > due):
+        due = wait
     return due
 
 
@@ -73,6 +94,7 @@ def select(
     running_here: set[tuple[str, str]],
     capacity: int,
     webhook_delay: dt.timedelta = dt.timedelta(0),
+    webhook_longest: dt.timedelta = dt.timedelta(0),
 ) -> Selection:
     """The jobs to try to start (oldest first, one per connection, at most `capacity`)."""
     out = Selection()
@@ -95,7 +117,7 @@ def select(
             if lease_live(job, now):
                 continue
         else:
-            due = not_before(job, webhook_delay)
+            due = not_before(job, webhook_delay, webhook_longest)
             if due is not None and due > now:
                 out.due(due)
                 continue
@@ -126,6 +148,7 @@ def superseded_by(
     jobs: Iterable[Mapping[str, Any]],
     started: dt.datetime,
     webhook_delay: dt.timedelta = dt.timedelta(0),
+    webhook_longest: dt.timedelta = dt.timedelta(0),
 ) -> list[Mapping[str, Any]]:
     """Pending jobs of the claimed job's connection, created before it started, that it covers.
 
@@ -149,8 +172,8 @@ def superseded_by(
         notified = parse_ts((other["metadata"].get("annotations") or {}).get(NOTIFIED_AT))
         if notified is not None and notified >= started - dt.timedelta(seconds=1):
             continue
-        window = not_before(other, webhook_delay)
-        if webhook_delay and window is not None and window > started:
+        window = coalescing_until(other, webhook_delay, webhook_longest)
+        if window is not None and window > started:
             continue
         out.append(other)
     return out

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -101,8 +101,14 @@ class JobWriter:
     def name(self) -> str:
         return str(self.job["metadata"]["name"])
 
-    async def write(self, status: Mapping[str, Any]) -> bool:
-        """Patch the status; False when the job was taken over or deleted meanwhile."""
+    async def write(
+        self,
+        status: Mapping[str, Any],
+        *,
+        still: Callable[[Mapping[str, Any]], bool] | None = None,
+    ) -> bool:
+        """Patch the status; False when the job was taken over or deleted meanwhile, or when,
+        after a conflict, the fresh job no longer passes `still`."""
         body = {**self._claim, **status} if self._claim else dict(status)
         for _ in range(3):
             try:
@@ -127,6 +133,8 @@ class JobWriter:
                     or (not self._owner and not mine)
                 ):
                     log.warning("SyncJob %s ended or was taken over; dropping ours", self.name)
+                    return False
+                if still is not None and not still(fresh):
                     return False
                 self.rv = str(fresh["metadata"]["resourceVersion"])
                 continue

@@ -300,6 +300,7 @@ class Worker:
             running_here=set(self.running) | set(self.refused),
             capacity=max(0, self.settings.sync_concurrency - len(self.running)),
             webhook_delay=dt.timedelta(seconds=self.settings.webhook_coalesce),
+            webhook_longest=dt.timedelta(seconds=self.settings.webhook_coalesce_max),
         )
         metrics.SYNCJOBS_PENDING.set(picked.pending)
         due: float | None = None
@@ -393,13 +394,23 @@ class Worker:
         one of the two writes fails, and either the run starts after the touch or the gateway
         knows to create another job (docs/decisions/0011)."""
         lease = self.settings.sync_lease
+        delay = dt.timedelta(seconds=self.settings.webhook_coalesce)
+        longest = dt.timedelta(seconds=self.settings.webhook_coalesce_max)
+
+        def still_due(fresh: Mapping[str, Any]) -> bool:
+            # A conflict may be the gateway's touch, which moves the job's coalescing wait on:
+            # then it must not start yet (the gateway answers without writes until then).
+            due = queue.not_before(fresh, delay, longest)
+            return due is None or due <= reporting.now()
+
         try:
             return await writer.write(
                 {
                     "phase": "Running",
                     "leaseExpiresAt": reporting.ts(reporting.now() + dt.timedelta(seconds=lease)),
                     "conditions": [],
-                }
+                },
+                still=still_due,
             )
         except Exception as exc:
             log.warning("could not mark SyncJob %s Running: %s", writer.name, exc)
@@ -413,7 +424,9 @@ class Worker:
     async def _supersede(self, claimed: dict[str, Any], started: dt.datetime) -> None:
         key = queue.connection_of(claimed)
         delay = dt.timedelta(seconds=self.settings.webhook_coalesce)
-        for other in queue.superseded_by(claimed, self.index.of_connection(key), started, delay):
+        longest = dt.timedelta(seconds=self.settings.webhook_coalesce_max)
+        jobs = self.index.of_connection(key)
+        for other in queue.superseded_by(claimed, jobs, started, delay, longest):
             message = f"covered by {claimed['metadata']['name']}"
             writer = reporting.JobWriter(self.client, dict(other), self.identity)
             with contextlib.suppress(kube.Conflict):

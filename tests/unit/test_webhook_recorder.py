@@ -264,3 +264,15 @@ def test_a_job_inside_its_coalescing_window_covers_a_notification_without_a_writ
     assert young([job(f"{PREFIX}2", "Running")], created, window) is None
     assert young([job(f"{PREFIX}3", reason="poll")], created, window) is None
     assert young([pending], created, dt.timedelta(seconds=1)) is None  # window too short
+
+
+def test_a_recorded_notification_extends_the_write_free_time_up_to_the_longest() -> None:
+    created = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
+    window, longest = dt.timedelta(seconds=3), dt.timedelta(seconds=10)
+    touched = job(f"{PREFIX}1", created="2026-01-01T00:00:00Z")
+    touched["metadata"]["annotations"] = {NOTIFIED_AT: "2026-01-01T00:00:04Z"}
+    assert young([touched], created + dt.timedelta(seconds=5.9), window, longest) == touched
+    assert young([touched], created + dt.timedelta(seconds=6), window, longest) is None
+    touched["metadata"]["annotations"] = {NOTIFIED_AT: "2026-01-01T00:00:09Z"}
+    assert young([touched], created + dt.timedelta(seconds=8.9), window, longest) == touched
+    assert young([touched], created + dt.timedelta(seconds=9), window, longest) is None  # capped

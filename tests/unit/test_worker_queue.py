@@ -176,3 +176,18 @@ def test_a_webhook_job_waits_out_its_coalescing_window() -> None:
     claimed = job("run", "a", -30)
     assert queue.superseded_by(claimed, [fresh], NOW, window) == []
     assert names(list(queue.superseded_by(claimed, [fresh], NOW))) == ["w-1"]  # type: ignore[arg-type]
+
+
+def test_each_recorded_notification_moves_the_wait_on_up_to_the_longest() -> None:
+    window, longest = dt.timedelta(seconds=3), dt.timedelta(seconds=10)
+    hook = job("w-1", "a", -5)
+    hook["spec"]["reason"] = "webhook"
+    assert queue.coalescing_until(hook, window, longest) == NOW - dt.timedelta(seconds=2)
+    hook["metadata"]["annotations"] = {queue.NOTIFIED_AT: ts(-1)}
+    assert queue.coalescing_until(hook, window, longest) == NOW + dt.timedelta(seconds=2)
+    hook["metadata"]["annotations"] = {queue.NOTIFIED_AT: ts(4)}  # a steady stream...
+    assert queue.coalescing_until(hook, window, longest) == NOW + dt.timedelta(
+        seconds=5
+    )  # ...capped
+    assert queue.coalescing_until(job("m", "a", -5), window, longest) is None  # not a webhook job
+    assert queue.coalescing_until(hook, dt.timedelta(0), longest) is None  # no window
