@@ -286,14 +286,8 @@ class Recorder:
         A notification for a calendar whose webhook job is still inside its coalescing window
         is covered at once, without waiting or writing (see `young`)."""
         now = dt.datetime.now(dt.UTC)
-        hit = young(self._index.jobs_of(work.key), now, self._window, self._longest)
-        if hit is not None:
+        if young(self._index.jobs_of(work.key), now, self._window, self._longest):
             metrics.WEBHOOK_JOBS.labels(work.provider, "covered").inc()
-            until = coalescing_until(hit, self._window, self._longest)
-            if until is not None and until - now < self._window - CLOCK_MARGIN:
-                # Covered as it is; a touch in the background moves the wait on, so that the
-                # notifications after this one are covered without waiting for a write either.
-                self._refresh(work)
             return "covered"
         flight = self._flights.setdefault(work.key, _Flight())
         if flight.next is None:
@@ -309,18 +303,6 @@ class Recorder:
             task.add_done_callback(self._tasks.discard)
         action = await asyncio.shield(batch.future)
         return action if position == 0 else "covered"
-
-    def _refresh(self, work: Work) -> None:
-        """Start a recording nobody waits for, unless one for the calendar is under way."""
-        flight = self._flights.setdefault(work.key, _Flight())
-        if flight.running or flight.next is not None:
-            return
-        flight.next = _Batch(asyncio.get_running_loop().create_future())
-        flight.work = work
-        flight.running = True
-        task = asyncio.create_task(self._drive(work.key, flight), name=f"refresh {work.key}")
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
 
     async def _drive(self, key: CalendarKey, flight: _Flight) -> None:
         try:

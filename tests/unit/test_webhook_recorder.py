@@ -137,7 +137,6 @@ class FakeApi:
         self.creates = 0
         self.patches = 0
         self.fail_with: Exception | None = None
-        self.age = dt.timedelta(0)  # how old a job looks once created
 
     async def create(self, obj: Any) -> Obj:
         await asyncio.sleep(0.001)
@@ -149,8 +148,6 @@ class FakeApi:
         if name in self.jobs:
             raise api_error(409)
         body["metadata"]["resourceVersion"] = str(next(self.versions))
-        stamp = dt.datetime.now(dt.UTC) - self.age
-        body["metadata"]["creationTimestamp"] = stamp.isoformat(timespec="milliseconds")
         self.jobs[name] = body
         return Obj(body)
 
@@ -279,37 +276,3 @@ def test_a_recorded_notification_extends_the_write_free_time_up_to_the_longest()
     touched["metadata"]["annotations"] = {NOTIFIED_AT: "2026-01-01T00:00:09Z"}
     assert young([touched], created + dt.timedelta(seconds=8.9), window, longest) == touched
     assert young([touched], created + dt.timedelta(seconds=9), window, longest) is None  # capped
-
-
-async def test_inside_the_wait_notifications_cost_no_write_and_one_touch_moves_it_on() -> None:
-    api = FakeApi()
-    index = WebhookJobIndex()
-    informer = Informer(api, object(), ["ns"], index=index.update)  # type: ignore[arg-type]
-    rec = Recorder(
-        api,  # type: ignore[arg-type]
-        informer,
-        index,
-        timeout=5.0,
-        ttl=60,
-        coalesce=3.0,
-        coalesce_max=10.0,
-    )
-    api.age = dt.timedelta(seconds=1.5)  # as if created 1.5 s ago
-    assert await rec.record(WORK) == "created"
-    actions = await asyncio.gather(*(rec.record(WORK) for _ in range(100)))
-    assert set(actions) == {"covered"} and (api.creates, api.patches) == (1, 0)
-    # 1.5 s of the job's 3 s wait left: still covered at once, and refreshed in the background.
-    cached = informer.get("ns", PREFIX + "1")
-    assert cached is not None
-    earlier = dt.datetime.now(dt.UTC) - dt.timedelta(seconds=1.5)
-    cached["metadata"]["annotations"][NOTIFIED_AT] = earlier.isoformat()
-    await asyncio.sleep(0.01)  # the recording that created the job has wound down
-    assert await rec.record(WORK) == "covered"
-    for _ in range(100):  # the background touch runs on the loop
-        if api.patches:
-            break
-        await asyncio.sleep(0.01)
-    await asyncio.sleep(0.05)
-    assert api.patches == 1
-    moved = api.jobs[PREFIX + "1"]["metadata"]["annotations"][NOTIFIED_AT]
-    assert moved > earlier.isoformat()
