@@ -134,6 +134,17 @@ def _overloaded(call: Call) -> web.Response:
     )
 
 
+def _starting(call: Call) -> web.Response:
+    """The caches have not loaded yet: a known channel would look unknown, and a 403 is
+    dropped, not retried. 503 makes the provider come back once the gateway knows it."""
+    call.count("overloaded")
+    return web.Response(
+        status=503,
+        text="starting: subscriptions not loaded yet; try again\n",
+        headers={"Retry-After": "1"},
+    )
+
+
 def _failed(call: Call, exc: Exception) -> web.Response:
     call.count("error")
     log.warning("notification not recorded, answering 503: %s", exc)
@@ -188,6 +199,8 @@ def _route(provider: str, inner: Route) -> Callable[[web.Request], Awaitable[web
 
 async def _google(call: Call) -> web.Response:
     push = call.push
+    if not push.synced:
+        return _starting(call)
     headers = call.request.headers
     await push.refresh_ring(headers.get("X-Goog-Channel-Token"))
     verdict = verify_google(push.subscription_index, push.vault.keyring, headers)
@@ -215,6 +228,8 @@ async def _microsoft(call: Call) -> web.Response:
     if token is not None:
         call.count("validation")
         return web.Response(status=200, text=token, content_type="text/plain")
+    if not push.synced:
+        return _starting(call)
     items = graph_items(call.body)
     if items is None or len(items) > MAX_ITEMS:
         return call.refuse(400, MALFORMED, why="not a Graph notification body")

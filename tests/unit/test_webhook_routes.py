@@ -50,6 +50,8 @@ async def gateway() -> AsyncIterator[tuple[TestClient[Any, Any], PushGateway]]:
     assert push is not None
     for name, provider, channel in (("g", "google", "ch-1"), ("m", "microsoft", "sub-1")):
         push.subscriptions.put(subscription(name, provider, channel))
+    push.subscriptions.ready.set()  # as if listed: nothing watches here
+    push.jobs.ready.set()
     async with TestClient(TestServer(app)) as http:
         yield http, push
 
@@ -201,7 +203,9 @@ async def test_health_json(gateway: tuple[TestClient[Any, Any], PushGateway]) ->
     providers = await (await http.get("/api/health/providers")).json()
     assert providers["keyringLoaded"] is True
     assert providers["endpoints"]["google"] == "https://www.googleapis.com"
-    # The caches are not synced (nothing watches here): webhooks and readiness fail.
+    # Before the caches have synced, webhooks and readiness fail.
+    push.subscriptions.ready.clear()
+    push.jobs.ready.clear()
     assert (await http.get("/api/health/webhooks")).status == 503
     assert (await http.get("/readyz")).status == 503
     assert (await http.get("/api/health")).status == 503
@@ -216,3 +220,23 @@ async def test_health_json(gateway: tuple[TestClient[Any, Any], PushGateway]) ->
     overall = await (await http.get("/api/health")).json()
     assert overall["status"] == "ok"
     assert set(overall["checks"]) == {"database", "providers", "webhooks", "sync"}
+
+
+async def test_before_the_caches_have_synced_notifications_get_503_not_403(
+    gateway: tuple[TestClient[Any, Any], PushGateway],
+) -> None:
+    # A known channel would look unknown, and providers drop a 4xx instead of retrying it.
+    http, push = gateway
+    push.subscriptions.ready.clear()
+    answer = await http.post(
+        "/api/webhooks/google", headers=google("ch-1", channel_token(RING, "ch-1"))
+    )
+    assert answer.status == 503 and answer.headers["Retry-After"]
+    graph = await http.post(
+        "/api/webhooks/microsoft", json={"value": [{"subscriptionId": "sub-1"}]}
+    )
+    assert graph.status == 503
+    # The handshake needs no cache.
+    handshake = await http.post("/api/webhooks/microsoft?validationToken=abc")
+    assert handshake.status == 200 and await handshake.text() == "abc"
+    assert push.results[("google", "unknown")] == 0
