@@ -314,12 +314,17 @@ async def get_syncjob(client: AsyncClient, namespace: str, name: str) -> dict[st
     return await _get(client, SyncJobResource, namespace, name)
 
 
-async def delete_syncjob(client: AsyncClient, namespace: str, name: str) -> None:
+async def _delete(client: AsyncClient, resource: Any, namespace: str, name: str) -> None:
+    """Delete one of our objects; one that is already gone (404) counts as deleted."""
     try:
-        await client.delete(SyncJobResource, name, namespace=namespace)
+        await client.delete(resource, name, namespace=namespace)
     except ApiError as exc:
         if exc.status.code != 404:
             raise
+
+
+async def delete_syncjob(client: AsyncClient, namespace: str, name: str) -> None:
+    await _delete(client, SyncJobResource, namespace, name)
 
 
 # -- WebhookSubscriptions ---------------------------------------------------------------------
@@ -359,8 +364,4 @@ async def get_webhook_subscription(
 
 async def delete_webhook_subscription(client: AsyncClient, namespace: str, name: str) -> None:
     """Delete a WebhookSubscription (its finalizer stops the channel first); 404 is done."""
-    try:
-        await client.delete(WebhookSubscriptionResource, name, namespace=namespace)
-    except ApiError as exc:
-        if exc.status.code != 404:
-            raise
+    await _delete(client, WebhookSubscriptionResource, namespace, name)
