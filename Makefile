@@ -7,7 +7,7 @@ CALSYNC := $(BIN)/calsync
 CLUSTER ?= calsync
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 
-.PHONY: help venv controlplane cluster cluster-down crds crds-check lint test test-unit test-e2e run bench clean
+.PHONY: help venv controlplane helm cluster cluster-down crds crds-check lint test test-unit test-e2e run bench clean
 
 help:
 	@echo "make run        local control plane + CRDs + demo connection + operator (Ctrl-C stops)"
@@ -25,10 +25,13 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 
 venv: $(VENV)/.installed
 
-# etcd, kube-apiserver and kube-controller-manager: what a cluster needs. Nothing here uses helm;
-# `calsync devcluster build --with-helm` builds it too.
+# etcd, kube-apiserver and kube-controller-manager: what a cluster needs (`make run`). The chart
+# tests also need helm, built the same way and cached beside them.
 controlplane: venv
 	@$(CALSYNC) devcluster build > /dev/null
+
+helm: venv
+	@$(CALSYNC) devcluster build --with-helm > /dev/null
 
 cluster: controlplane
 	@$(CALSYNC) devcluster up --name $(CLUSTER)
@@ -48,13 +51,13 @@ lint: venv crds-check
 	$(BIN)/mypy calsync
 	$(BIN)/lint-imports
 
-test: venv controlplane crds-check
+test: venv controlplane helm crds-check
 	$(BIN)/pytest -m "unit or integration or e2e" $(PYTEST_ARGS)
 
 test-unit: venv
 	$(BIN)/pytest -m unit $(PYTEST_ARGS)
 
-test-e2e: venv controlplane
+test-e2e: venv controlplane helm
 	$(BIN)/pytest -m e2e $(PYTEST_ARGS)
 
 run: controlplane
