@@ -100,7 +100,11 @@ def _add_component_flags(cmd: argparse.ArgumentParser) -> None:
         help="watch only this namespace (repeatable; default: the whole cluster)",
     )
     cmd.add_argument("--log-level", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
-    cmd.add_argument("--log-format", choices=["json", "text"])
+    cmd.add_argument(
+        "--log-format",
+        choices=["auto", "json", "text"],
+        help="auto (default): text on a terminal, JSON lines otherwise",
+    )
     cmd.add_argument("--metrics-port", type=int, help="Prometheus /metrics port (0: off)")
     cmd.add_argument("--health-port", type=int, help="liveness /healthz port (0: off)")
     cmd.add_argument("--bind-address", help="address for /metrics and /healthz")

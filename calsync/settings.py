@@ -43,7 +43,9 @@ class Settings(BaseModel):
         default=(), description="namespaces to watch; empty = the whole cluster"
     )
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
-    log_format: Literal["json", "text"] = "json"
+    log_format: Literal["auto", "json", "text"] = Field(
+        default="auto", description="auto: text on a terminal, JSON lines otherwise"
+    )
     bind_address: str = Field(
         default="0.0.0.0",  # noqa: S104 - pods serve /metrics to Prometheus
         description="address of the /metrics and /healthz listeners",

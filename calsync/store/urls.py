@@ -24,6 +24,19 @@ class StoreURLError(ValueError):
     """A store URL names a database or driver the store cannot use."""
 
 
+def redact(url: str | URL) -> str:
+    """The URL with any password replaced by `***`, for messages and logs (parsable or not)."""
+    if isinstance(url, str):
+        try:
+            url = make_url(url)
+        except (ArgumentError, ValueError):
+            if "@" not in url:
+                return url
+            scheme = url.split(":", 1)[0] if ":" in url else ""
+            return f"{scheme}://***@{url.rpartition('@')[2]}"
+    return url.render_as_string(hide_password=True)
+
+
 def default_store_url() -> str:
     """`CALSYNC_STORE_URL`, else an SQLite file under `$XDG_STATE_HOME/calsync` (created)."""
     configured = os.environ.get(ENV_URL, "").strip()
@@ -40,8 +53,9 @@ def async_url(url: str | URL) -> URL:
     """The URL with its async driver: plain `sqlite` and `postgresql` (or `postgres`) rewritten."""
     try:
         parsed = make_url(url)
-    except ArgumentError as exc:
-        raise StoreURLError(f"not a database URL: {url!s} (accepted: {_ACCEPTED})") from exc
+    except (ArgumentError, ValueError):  # ValueError: a port that is no number
+        # Not chained: SQLAlchemy's message quotes the whole URL, password included.
+        raise StoreURLError(f"not a database URL: {redact(url)} (accepted: {_ACCEPTED})") from None
     backend = parsed.get_backend_name()
     if backend == "postgres":
         backend = "postgresql"

@@ -26,7 +26,9 @@ from __future__ import annotations
 
 import html
 import logging
+import re
 import time
+import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -49,6 +51,7 @@ from calsync.controllers.oauth_setup import (
 )
 from calsync.controllers.tokens import StoredTokens, TokenVault
 from calsync.observability import metrics
+from calsync.observability.logging import log_context
 from calsync.providers.base import ProviderError
 from calsync.providers.oauth import authorization_url, exchange_code, pkce_pair
 from calsync.security.consent import (
@@ -107,16 +110,30 @@ def _page(status: int, title: str, message: str) -> web.Response:
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
+_REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,64}")
+
+
+def request_id(request: web.Request) -> str:
+    """The caller's X-Request-Id when it is a sane token (an ingress sets one), else a new one."""
+    given = request.headers.get("X-Request-Id", "")
+    return given if _REQUEST_ID.fullmatch(given) else uuid.uuid4().hex
+
+
 @web.middleware
 async def count_requests(request: web.Request, handler: Handler) -> web.StreamResponse:
     route = request.match_info.route.resource
     name = route.canonical if route is not None else "unmatched"
+    rid = request_id(request)
     try:
-        response = await handler(request)
+        with log_context(request_id=rid):
+            response = await handler(request)
     except web.HTTPException as exc:
         metrics.GATEWAY_REQUESTS.labels(name, str(exc.status)).inc()
+        exc.headers["X-Request-Id"] = rid
         raise
     metrics.GATEWAY_REQUESTS.labels(name, str(response.status)).inc()
+    if not response.prepared:
+        response.headers["X-Request-Id"] = rid
     return response
 
 

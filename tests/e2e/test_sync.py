@@ -48,6 +48,18 @@ def secret(name: str, username: str, password: str) -> dict[str, Any]:
     }
 
 
+def json_lines(text: str) -> list[dict[str, Any]]:
+    lines = []
+    for raw in text.splitlines():
+        try:
+            line = json.loads(raw)
+        except ValueError:
+            continue
+        if isinstance(line, dict):
+            lines.append(line)
+    return lines
+
+
 def assert_nothing_stored(store: Path, key: str) -> None:
     """The store holds nothing at all under `key` (the CLI says so and exits 1)."""
     done = subprocess.run(
@@ -173,6 +185,15 @@ def test_wrong_password_is_visible(
     jobs = kubectl.json("get", "sj", "-n", namespace)["items"]
     assert jobs and jobs[0]["status"]["phase"] == "Failed"
     assert jobs[0]["status"]["attempts"] == 1  # not worth retrying
+    # The worker's log says so, on a JSON line that names the connection and the job.
+    failed = [
+        line
+        for line in json_lines(operator.output())
+        if line.get("job") == jobs[0]["metadata"]["name"]
+        and line.get("connection") == f"{namespace}/mallory"
+        and line.get("reason") == "AuthenticationFailed"
+    ]
+    assert failed and failed[0]["level"] == "warning", failed
     assert "not-the-password" not in json.dumps(
         kubectl.json("get", "calconn/mallory", "-n", namespace)
     )

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import io
 import json
 import logging
 import uuid
@@ -11,7 +13,13 @@ from typing import Any
 
 import pytest
 
-from calsync.observability.logging import JsonFormatter, configure_logging
+from calsync.observability.logging import (
+    JsonFormatter,
+    TextFormatter,
+    configure_logging,
+    log_context,
+    resolve_format,
+)
 
 pytestmark = pytest.mark.unit
 
@@ -178,3 +186,64 @@ def test_extras_do_not_overwrite_standard_fields() -> None:
     assert line["level"] == "info"
     assert line["message"] == "real"
     assert line["message_id"] == "kept"
+
+
+def test_context_fields_reach_every_line_inside_and_nest(
+    logger: tuple[logging.Logger, Capture],
+) -> None:
+    log, capture = logger
+    with log_context(connection="ns/a", job="a-poll-1"):
+        log.info("inside")
+        with log_context(request_id="r1", job=None):
+            log.info("nested")
+        log.info("own extra wins", extra={"job": "explicit"})
+    log.info("outside")
+    lines = [json.loads(x) for x in capture.lines]
+    assert lines[0]["connection"] == "ns/a" and lines[0]["job"] == "a-poll-1"
+    assert lines[1] == {**lines[1], "connection": "ns/a", "job": "a-poll-1", "request_id": "r1"}
+    assert lines[2]["job"] == "explicit"
+    assert "connection" not in lines[3] and "job" not in lines[3]
+
+
+async def test_context_follows_tasks_started_inside(logger: tuple[logging.Logger, Capture]) -> None:
+    log, capture = logger
+
+    async def child() -> None:
+        await asyncio.sleep(0)
+        log.info("from a task")
+
+    with log_context(job="j1"):
+        task = asyncio.create_task(child())
+    await task
+    assert json.loads(capture.lines[0])["job"] == "j1"
+
+
+def test_text_lines_carry_the_context_before_a_traceback() -> None:
+    record = logging.LogRecord("calsync.x", logging.ERROR, __file__, 1, "boom", None, None)
+    try:
+        raise RuntimeError("inner")
+    except RuntimeError:
+        import sys
+
+        record.exc_info = sys.exc_info()
+    with log_context(connection="ns/a"):
+        text = TextFormatter().format(record)
+    first, _, rest = text.partition("\n")
+    assert first.endswith("boom [connection=ns/a]")
+    assert "RuntimeError: inner" in rest
+
+
+class _Stream(io.StringIO):
+    def __init__(self, tty: bool) -> None:
+        super().__init__()
+        self.tty = tty
+
+    def isatty(self) -> bool:
+        return self.tty
+
+
+def test_auto_format_is_text_on_a_terminal_and_json_elsewhere() -> None:
+    assert resolve_format("auto", _Stream(True)) == "text"
+    assert resolve_format("auto", _Stream(False)) == "json"
+    assert resolve_format("json", _Stream(True)) == "json"
+    assert resolve_format("text", _Stream(False)) == "text"

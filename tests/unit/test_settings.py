@@ -43,7 +43,7 @@ def test_scope_and_listener_defaults() -> None:
     s = load_settings(environ={})
     assert s.namespaces == ()
     assert s.log_level == "INFO"
-    assert s.log_format == "json"
+    assert s.log_format == "auto"
     assert s.metrics_port == 9090
     assert s.health_port == 8081
 

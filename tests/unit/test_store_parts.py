@@ -26,6 +26,7 @@ from calsync.store.rows import (
     resource_values,
 )
 from calsync.store.schema import UtcDateTime, events, resources, to_epoch_us
+from calsync.store.urls import redact
 
 pytestmark = pytest.mark.unit
 
@@ -61,6 +62,29 @@ def test_plain_urls_get_async_drivers(given: str, expected: str) -> None:
 def test_other_urls_are_refused(url: str) -> None:
     with pytest.raises(StoreURLError, match="accepted"):
         async_url(url)
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "postgres:/u:s3cretpw@@::x",
+        "postgresql://u:s3cretpw@db:notaport/x",
+        "mysql://u:s3cretpw@db/x",
+        "postgresql+psycopg2://u:s3cretpw@db/x",
+    ],
+)
+def test_refusals_never_quote_the_password(url: str) -> None:
+    with pytest.raises(StoreURLError) as caught:
+        async_url(url)
+    chain = f"{caught.value} {caught.value.__cause__} {caught.value.__context__}"
+    assert "s3cretpw" not in chain
+
+
+def test_redact_hides_the_password_of_parsable_and_broken_urls() -> None:
+    assert redact("postgresql://u:pw@db:5432/x") == "postgresql://u:***@db:5432/x"
+    assert redact("postgres:/u:pw@@::x") == "postgres://***@::x"
+    assert "pw" not in redact("postgresql://u:p@w@db:x/y")
+    assert redact("sqlite:///tmp/x.db") == "sqlite:///tmp/x.db"
 
 
 def test_default_url_follows_xdg_state_home(

@@ -4,12 +4,14 @@ address limit, security headers, health JSON. Recording itself is covered by the
 from __future__ import annotations
 
 import datetime as dt
+import json
 from collections.abc import AsyncIterator
 from typing import Any, cast
 
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
+from calsync.observability.logging import JsonFormatter
 from calsync.security.keyring import KeyRing
 from calsync.security.push_tokens import channel_token, client_state
 from calsync.settings import Settings
@@ -240,3 +242,25 @@ async def test_before_the_caches_have_synced_notifications_get_503_not_403(
     handshake = await http.post("/api/webhooks/microsoft?validationToken=abc")
     assert handshake.status == 200 and await handshake.text() == "abc"
     assert push.results[("google", "unknown")] == 0
+
+
+async def test_every_answer_carries_a_request_id_and_its_log_lines_too(
+    gateway: tuple[TestClient[Any, Any], PushGateway], caplog: pytest.LogCaptureFixture
+) -> None:
+    http, _ = gateway
+    given = await http.get("/healthz", headers={"X-Request-Id": "ingress-42"})
+    assert given.headers["X-Request-Id"] == "ingress-42"
+    hostile = await http.get("/healthz", headers={"X-Request-Id": "a b\u00e9" + "x" * 100})
+    assert hostile.headers["X-Request-Id"] != "a b\u00e9" + "x" * 100
+    assert len(hostile.headers["X-Request-Id"]) == 32
+    caplog.set_level("INFO")
+    forged = await http.post(
+        "/api/webhooks/google",
+        headers={**google("ch-1", channel_token(RING, "ch-2")), "X-Request-Id": "r-7"},
+    )
+    assert forged.status == 401
+    assert forged.headers["X-Request-Id"] == "r-7"
+    assert_secure(forged.headers)
+    lines = [JsonFormatter().format(r) for r in caplog.records if "rejected" in r.getMessage()]
+    assert lines, "the forged call was not logged"
+    assert all(json.loads(line)["request_id"] == "r-7" for line in lines)
