@@ -110,6 +110,7 @@ class ConnectionContext:
     by_secret: dict[Key, set[str]] = field(default_factory=lambda: defaultdict(set))
     secret_refs: dict[Key, set[str]] = field(default_factory=dict)  # connection -> Secrets
     pending_total: int = 0
+    phase_totals: dict[str, int] = field(default_factory=dict)  # calsync_syncjobs{phase}
     foreign_logged: set[Key] = field(default_factory=set)
     # WebhookSubscriptions, fed by the subscription controller's watch (subscriptions.py).
     subscriptions: SubscriptionCache = field(default_factory=SubscriptionCache)
@@ -119,6 +120,9 @@ class ConnectionContext:
     queue: WorkQueue[Key] = field(init=False)
 
     def __post_init__(self) -> None:
+        for phase in metrics.SYNCJOB_PHASES:
+            self.phase_totals[phase] = 0
+            metrics.SYNCJOBS.labels(phase).set(0)
         self.secrets = SecretCache(self.client)
         self.purge_slots = asyncio.Semaphore(self.settings.operator_concurrency)
         self.queue = WorkQueue(
@@ -151,6 +155,10 @@ class ConnectionContext:
             jobs[name] = after
         self.pending_total += _pending(after) - _pending(before)
         metrics.SYNCJOBS_PENDING.set(self.pending_total)
+        for phase, step in ((_phase(before), -1), (_phase(after), 1)):
+            if phase is not None:
+                self.phase_totals[phase] += step
+                metrics.SYNCJOBS.labels(phase).set(self.phase_totals[phase])
         return key
 
     def active_jobs(self, key: Key) -> int:
@@ -175,6 +183,14 @@ class ConnectionContext:
 
 def _pending(phase: str | None) -> int:
     return 1 if phase in ("", "Pending") else 0
+
+
+def _phase(phase: str | None) -> str | None:
+    """The `phase` label of a job's phase (None: no job, or a phase we do not know)."""
+    if phase is None:
+        return None
+    phase = phase or "Pending"
+    return phase if phase in metrics.SYNCJOB_PHASES else None
 
 
 def _context(memo: Any) -> ConnectionContext:

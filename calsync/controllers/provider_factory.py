@@ -9,7 +9,7 @@ refresh is written back encrypted before the new token is used, so a rotated ref
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -19,7 +19,13 @@ from calsync.api import CalendarConnectionSpec
 from calsync.controllers.oauth_setup import OAUTH_PROVIDERS, OAuthSetupError, connection_client
 from calsync.controllers.tokens import StoredTokens, TokenStoreError, TokenVault
 from calsync.observability import metrics
-from calsync.providers.base import CalendarProvider, InvalidConfiguration
+from calsync.providers.base import (
+    CalendarProvider,
+    InvalidConfiguration,
+    InvalidGrant,
+    ProviderError,
+    RateLimited,
+)
 from calsync.providers.caldav import CalDAVProvider, DavTransports
 from calsync.providers.google import GoogleProvider
 from calsync.providers.microsoft import MicrosoftProvider
@@ -127,6 +133,7 @@ async def build_provider(
                 scope=stored.scope,
             ),
             on_refresh=_saver(deps.vault, body, spec.provider),
+            on_failure=_refresh_failed(spec.provider),
         )
         if spec.provider == "google":
             return GoogleProvider(
@@ -153,3 +160,16 @@ def _saver(vault: TokenVault | None, body: Mapping[str, Any], provider: str) -> 
         await vault.save(body, stored)
 
     return save
+
+
+def _refresh_failed(provider: str) -> Callable[[ProviderError], None]:
+    def count(exc: ProviderError) -> None:
+        if isinstance(exc, InvalidGrant):
+            result = "invalid_grant"
+        elif isinstance(exc, RateLimited):
+            result = "throttled"
+        else:
+            result = "error"
+        metrics.TOKEN_REFRESHES.labels(provider, result).inc()
+
+    return count

@@ -13,7 +13,7 @@ from collections import defaultdict
 from collections.abc import Mapping
 from typing import Any
 
-from calsync.controllers.push_policy import parse_time
+from calsync.controllers.push_policy import parse_time, renewal_time
 
 Key = tuple[str, str]  # (namespace, name)
 
@@ -94,3 +94,19 @@ class SubscriptionCache:
             if expiration is not None:
                 soonest = min(soonest, (expiration - now).total_seconds())
         return soonest
+
+    def seconds_overdue(self, provider: str, renew_before: float) -> float:
+        """How long the provider's most overdue channel has been past its renewal time (0:
+        none is); a channel that expired unrenewed stays overdue until it is replaced."""
+        now = dt.datetime.now(dt.UTC)
+        worst = 0.0
+        for body in self.objects.values():
+            if (body.get("spec") or {}).get("provider") != provider:
+                continue
+            status = body.get("status") or {}
+            expiration = parse_time(status.get("expiration"))
+            if not status.get("channelId") or expiration is None:
+                continue
+            due = renewal_time(parse_time(status.get("registeredAt")), expiration, renew_before)
+            worst = max(worst, (now - due).total_seconds())
+        return worst

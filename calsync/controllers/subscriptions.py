@@ -88,9 +88,13 @@ class SubscriptionContext:
             name="subscriptions",
         )
         cache = self.cache
+        renew_before = self.connections.settings.webhook_renewal_before_expiry
         for provider in sorted(push_policy.PUSH_PROVIDERS):
             metrics.SUBSCRIPTION_EXPIRY.labels(provider).set_function(
                 lambda p=provider: cache.seconds_to_expiry(p)  # type: ignore[misc]
+            )
+            metrics.SUBSCRIPTION_RENEWAL_OVERDUE.labels(provider).set_function(
+                lambda p=provider: cache.seconds_overdue(p, renew_before)  # type: ignore[misc]
             )
             for ready in (True, False):
                 metrics.SUBSCRIPTIONS.labels(provider, str(ready).lower()).set_function(

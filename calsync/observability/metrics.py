@@ -2,6 +2,12 @@
 
 Condition gauges follow kube-state-metrics' shape (one series per condition type and status, the
 current one set to 1) so that an alert can select `status="False"` directly.
+
+Every label takes values from a small fixed set (providers, phases, results): no series carries
+a user, connection or calendar id except the condition gauges, which have one per connection by
+design (like kube-state-metrics). The counters that alerts divide are created for all their label
+values at import (`_initialize`), at 0, so a rate of errors is 0 rather than absent while nothing
+failed, and an alert's ratio has a numerator from the first scrape on.
 """
 
 from __future__ import annotations
@@ -29,6 +35,14 @@ SYNCJOBS_PENDING = Gauge(
     "calsync_syncjobs_pending",
     "SyncJobs waiting for a worker, as this process's SyncJob watch sees them (operator and "
     "workers alike); scale workers on its maximum.",
+    registry=REGISTRY,
+)
+SYNCJOB_PHASES = ("Pending", "Running", "Succeeded", "Failed", "Superseded")
+SYNCJOBS = Gauge(
+    "calsync_syncjobs",
+    "SyncJobs by phase, as the operator's SyncJob watch sees them (a job without a phase yet "
+    "counts as Pending).",
+    ["phase"],
     registry=REGISTRY,
 )
 SYNCJOBS_RUNNING = Gauge(
@@ -64,12 +78,49 @@ EVENTS_SYNCED = Counter(
     registry=REGISTRY,
 )
 
+TOKEN_REFRESH_RESULTS = ("ok", "invalid_grant", "throttled", "error")
 TOKEN_REFRESHES = Counter(
     "calsync_token_refreshes_total",
-    "OAuth access-token refreshes, by provider and result (ok, invalid_grant, error).",
+    "OAuth access-token refreshes, by provider and result (ok; invalid_grant: the refresh "
+    "token was refused, consent is needed again; throttled; error: the token endpoint failed "
+    "or was unreachable).",
     ["provider", "result"],
     registry=REGISTRY,
 )
+PROVIDERS = ("google", "microsoft", "caldav", "icloud")
+PROVIDER_RESULTS = (
+    "ok",
+    "client_error",
+    "unauthorized",
+    "throttled",
+    "server_error",
+    "unreachable",
+)
+PROVIDER_REQUESTS = Counter(
+    "calsync_provider_requests_total",
+    "HTTP requests to provider APIs (each attempt and redirect hop), by provider and result: "
+    "ok (below 400), client_error (other 4xx, e.g. 404, 410, 412), unauthorized (401, 403), "
+    "throttled (429, 503 with Retry-After, Google's rateLimitExceeded), server_error (other "
+    "5xx), unreachable (connection failed or timed out).",
+    ["provider", "result"],
+    registry=REGISTRY,
+)
+PROVIDER_REQUEST_DURATION = Histogram(
+    "calsync_provider_request_duration_seconds",
+    "Time from sending a provider API request to its answer (or its failure), by provider.",
+    ["provider"],
+    buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+    registry=REGISTRY,
+)
+
+
+def provider_request(provider: str, result: str, seconds: float) -> None:
+    """Count one provider API request (`provider` outside the known set counts as `other`)."""
+    label = provider if provider in PROVIDERS else "other"
+    PROVIDER_REQUESTS.labels(label, result).inc()
+    PROVIDER_REQUEST_DURATION.labels(label).observe(seconds)
+
+
 CONSENTS = Counter(
     "calsync_oauth_consents_total",
     "OAuth consent flows finished at the gateway, by provider and result.",
@@ -81,6 +132,19 @@ GATEWAY_REQUESTS = Counter(
     "Requests answered by the gateway, by route and status code.",
     ["route", "code"],
     registry=REGISTRY,
+)
+WEBHOOK_PROVIDERS = ("google", "microsoft")
+WEBHOOK_RESULTS = (
+    "accepted",
+    "validation",
+    "sync_message",
+    "unknown",
+    "forged",
+    "malformed",
+    "too_large",
+    "rate_limited",
+    "overloaded",
+    "error",
 )
 WEBHOOK_REQUESTS = Counter(
     "calsync_webhook_requests_total",
@@ -202,9 +266,35 @@ SUBSCRIPTION_EXPIRY = Gauge(
     ["provider"],
     registry=REGISTRY,
 )
+SUBSCRIPTION_RENEWAL_OVERDUE = Gauge(
+    "calsync_subscription_renewal_overdue_seconds",
+    "How long the most overdue push channel of the provider has been past its renewal time "
+    "(expiration minus WEBHOOK_RENEWAL_BEFORE_EXPIRY, or half-life for short lifetimes) without "
+    "being renewed; 0 when none is. Only a failing renewal keeps it above a few seconds.",
+    ["provider"],
+    registry=REGISTRY,
+)
 SUBSCRIPTIONS = Gauge(
     "calsync_subscriptions",
     "WebhookSubscriptions the operator's watch sees, by provider and whether they are Ready.",
     ["provider", "ready"],
     registry=REGISTRY,
 )
+
+
+def _initialize() -> None:
+    """Create the series alerts and dashboards divide or compare, at 0 (see the docstring)."""
+    for phase in ("Succeeded", "Failed", "Superseded"):
+        SYNCJOBS_FINISHED.labels(phase)
+    for provider in PROVIDERS:
+        for result in PROVIDER_RESULTS:
+            PROVIDER_REQUESTS.labels(provider, result)
+    for provider in ("google", "microsoft"):
+        for result in TOKEN_REFRESH_RESULTS:
+            TOKEN_REFRESHES.labels(provider, result)
+    for provider in WEBHOOK_PROVIDERS:
+        for result in WEBHOOK_RESULTS:
+            WEBHOOK_REQUESTS.labels(provider, result)
+
+
+_initialize()

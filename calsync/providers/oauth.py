@@ -207,6 +207,7 @@ class StaticTokens:
 
 
 OnRefresh = Callable[[TokenSet], Awaitable[None]]
+OnRefreshFailure = Callable[[ProviderError], None]
 
 
 class RefreshingTokens:
@@ -219,12 +220,14 @@ class RefreshingTokens:
         tokens: TokenSet,
         *,
         on_refresh: OnRefresh | None = None,
+        on_failure: OnRefreshFailure | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self._http = http
         self._client = client
         self._tokens = tokens
         self._on_refresh = on_refresh
+        self._on_failure = on_failure  # told of every refresh that failed (for the metrics)
         self._clock = clock
         self._lock = asyncio.Lock()
         self.refreshes = 0
@@ -246,9 +249,14 @@ class RefreshingTokens:
             current = self._tokens
             if current.access_token != stale and not current.expired(self._clock()):
                 return current.access_token  # another caller refreshed while we waited
-            if current.refresh_token is None:
-                raise InvalidGrant("no refresh token is stored for this connection")
-            fresh = await refresh_tokens(self._http, self._client, current.refresh_token)
+            try:
+                if current.refresh_token is None:
+                    raise InvalidGrant("no refresh token is stored for this connection")
+                fresh = await refresh_tokens(self._http, self._client, current.refresh_token)
+            except ProviderError as exc:
+                if self._on_failure is not None:
+                    self._on_failure(exc)
+                raise
             if self._on_refresh is not None:
                 # Stored before use: a rotated refresh token must survive a crash right after.
                 await self._on_refresh(fresh)

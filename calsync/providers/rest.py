@@ -15,7 +15,8 @@ retry policy both providers document:
   is raised at once: those mean something to the engine.
 
 Every attempt spends one unit of the budget, retries included: the budget is what the provider
-sees, so it must count what the provider sees.
+sees, so it must count what the provider sees. For the same reason every attempt is counted in
+`calsync_provider_requests_total{provider,result}` and timed.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from typing import TYPE_CHECKING, Any
 
 import httpx
 
+from calsync.observability import metrics
 from calsync.providers.base import AuthenticationFailed, ProviderError, RateLimited
 from calsync.providers.budget import RequestBudget
 
@@ -96,6 +98,19 @@ def default_error(response: httpx.Response) -> ProviderError:
     return error
 
 
+def request_result(status: int, error: ProviderError | None) -> str:
+    """The `result` label of an answered request (see `calsync_provider_requests_total`)."""
+    if status < 400:
+        return "ok"
+    if isinstance(error, RateLimited):
+        return "throttled"
+    if status in (401, 403):
+        return "unauthorized"
+    if status >= 500:
+        return "server_error"
+    return "client_error"
+
+
 class JsonApi:
     """One provider's HTTP client: keep-alive, bearer token, budget, Retry-After-aware retries."""
 
@@ -113,8 +128,10 @@ class JsonApi:
         backoff: float = 0.5,
         transport: httpx.AsyncBaseTransport | None = None,
         headers: Mapping[str, str] | None = None,
+        provider: str = "other",
     ) -> None:
         self.base_url = base_url.rstrip("/")
+        self.provider = provider  # the label of its requests in the metrics
         self._tokens = tokens
         self._classify = classify
         self._budget = budget
@@ -184,10 +201,12 @@ class JsonApi:
             try:
                 async with self._slot():
                     self.requests += 1
+                    sent = time.monotonic()
                     response = await self._http.request(
                         method, target, params=params, json=json, headers=request_headers
                     )
             except httpx.TransportError as exc:
+                metrics.provider_request(self.provider, "unreachable", time.monotonic() - sent)
                 error: ProviderError = ProviderError(
                     f"{method} {httpx.URL(target).path} failed: {type(exc).__name__}"
                 )
@@ -196,9 +215,12 @@ class JsonApi:
                 self.retries += 1
                 await asyncio.sleep(self._delay(attempt, None))
                 continue
+            took = time.monotonic() - sent
             if response.is_success:
+                metrics.provider_request(self.provider, "ok", took)
                 return response
             if response.status_code == 401:
+                metrics.provider_request(self.provider, "unauthorized", took)
                 if refreshed:
                     raise AuthenticationFailed(error_message(response))
                 token = await self._tokens.refreshed(token)
@@ -206,6 +228,9 @@ class JsonApi:
                 attempt -= 1  # a refresh is not a failed attempt
                 continue
             error = self._classify(response) or default_error(response)
+            metrics.provider_request(
+                self.provider, request_result(response.status_code, error), took
+            )
             if isinstance(error, RateLimited):
                 self.rate_limited += 1
                 wait = error.retry_after

@@ -64,7 +64,6 @@ from calsync.observability import metrics
 from calsync.providers.base import (
     AuthenticationFailed,
     InvalidConfiguration,
-    InvalidGrant,
     ProviderError,
     RateLimited,
 )
@@ -660,10 +659,7 @@ class Worker:
                 exclude=conn.calendars.exclude,
                 fence=run.fence,
             )
-        except InvalidGrant:
-            metrics.TOKEN_REFRESHES.labels(conn.provider, "invalid_grant").inc()
-            raise
-        finally:
+        finally:  # refresh failures are counted where tokens are refreshed (provider_factory)
             await provider.aclose()
 
     async def _secret(self, namespace: str, name: str) -> Mapping[str, bytes] | None:

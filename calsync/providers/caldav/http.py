@@ -8,7 +8,8 @@ Every request passes the same gate: the URL guard (scheme, SSRF) before it and a
 time, the connection's request budget, credentials only for the configured host and the hosts
 its redirects led to, Basic auth switched to Digest when the server asks for Digest, redirects
 followed by hand (at most five, each re-checked), and a cap on the response size. Statuses are
-mapped to the typed errors of `calsync.providers.base` by `raise_for`.
+mapped to the typed errors of `calsync.providers.base` by `raise_for`. Every exchange with the
+server (each redirect hop too) is counted in `calsync_provider_requests_total` and timed.
 """
 
 from __future__ import annotations
@@ -19,12 +20,14 @@ import functools
 import ipaddress
 import logging
 import ssl
+import time
 from dataclasses import dataclass
 from typing import Final, NoReturn
 from urllib.parse import urljoin, urlsplit
 
 import httpx
 
+from calsync.observability import metrics
 from calsync.providers.base import (
     AuthenticationFailed,
     CalendarGone,
@@ -203,6 +206,19 @@ def _retry_after(value: str | None) -> float | None:
     return max(0.0, (when - dt.datetime.now(dt.UTC)).total_seconds())
 
 
+def _result(status: int, headers: httpx.Headers) -> str:
+    """The `result` label of an answered request, as `raise_for` would judge it."""
+    if status < 400:
+        return "ok"
+    if status == 429 or (status == 503 and _retry_after(headers.get("Retry-After")) is not None):
+        return "throttled"
+    if status in (401, 403):
+        return "unauthorized"
+    if status >= 500:
+        return "server_error"
+    return "client_error"
+
+
 def _blocked_cause(exc: BaseException) -> InvalidConfiguration | None:
     seen: set[int] = set()
     current: BaseException | None = exc
@@ -342,6 +358,8 @@ class DavSession:
     async def _send(
         self, method: str, url: str, body: bytes | None, headers: dict[str, str], credentials: bool
     ) -> Reply:
+        provider = "icloud" if self.icloud else "caldav"
+        sent = time.monotonic()
         try:
             request = self._client.build_request(method, url, content=body, headers=headers)
             response = await self._client.send(
@@ -362,12 +380,17 @@ class DavSession:
             finally:
                 await response.aclose()
         except httpx.TimeoutException as exc:
+            metrics.provider_request(provider, "unreachable", time.monotonic() - sent)
             raise ProviderError(f"{method} {url}: timed out ({type(exc).__name__})") from None
         except httpx.HTTPError as exc:
             blocked = _blocked_cause(exc)
-            if blocked is not None:
+            if blocked is not None:  # refused by the address guard: never reached the server
                 raise InvalidConfiguration(str(blocked)) from None
+            metrics.provider_request(provider, "unreachable", time.monotonic() - sent)
             raise ProviderError(f"{method} {url}: {type(exc).__name__}: {exc}") from None
+        metrics.provider_request(
+            provider, _result(response.status_code, response.headers), time.monotonic() - sent
+        )
         return Reply(method, url, response.status_code, response.headers, b"".join(chunks))
 
     def raise_for(self, reply: Reply, *, calendar: bool = False) -> NoReturn:

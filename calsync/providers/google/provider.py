@@ -186,7 +186,13 @@ class GoogleProvider:
         if base.endswith(API_PATH):
             base = base[: -len(API_PATH)]
         self._api = JsonApi(
-            base, tokens, classify=classify, budget=budget, timeout=timeout, transport=transport
+            base,
+            tokens,
+            classify=classify,
+            budget=budget,
+            timeout=timeout,
+            transport=transport,
+            provider="google",
         )
         self.max_results = max(1, min(MAX_PAGE_SIZE, max_results))
         self.skipped: list[tuple[str, str]] = []

@@ -254,6 +254,7 @@ class MicrosoftProvider:
             timeout=timeout,
             max_concurrency=max_concurrency,
             transport=transport,
+            provider="microsoft",
         )
         self.skipped: list[tuple[str, str]] = []
 
