@@ -12,6 +12,7 @@ from collections.abc import Sequence
 
 from calsync import __version__
 from calsync.cli_keys import add_keys_parser
+from calsync.cli_store import add_store_parser
 
 
 def _devcluster(args: argparse.Namespace) -> int:
@@ -189,6 +190,7 @@ def build_parser() -> argparse.ArgumentParser:
         )
 
     add_keys_parser(sub)
+    add_store_parser(sub)
 
     sim = sub.add_parser(
         "simulate",
