@@ -26,15 +26,15 @@ class StoreURLError(ValueError):
 
 def redact(url: str | URL) -> str:
     """The URL with any password replaced by `***`, for messages and logs (parsable or not)."""
-    if isinstance(url, str):
-        try:
-            url = make_url(url)
-        except (ArgumentError, ValueError):
-            if "@" not in url:
-                return url
-            scheme = url.split(":", 1)[0] if ":" in url else ""
-            return f"{scheme}://***@{url.rpartition('@')[2]}"
-    return url.render_as_string(hide_password=True)
+    if isinstance(url, URL):
+        return url.render_as_string(hide_password=True)
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except (ArgumentError, ValueError):
+        if "@" not in url:
+            return url
+        scheme = url.split(":", 1)[0] if ":" in url else ""
+        return f"{scheme}://***@{url.rpartition('@')[2]}"
 
 
 def default_store_url() -> str:
