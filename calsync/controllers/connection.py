@@ -47,6 +47,7 @@ from calsync.controllers.subscription_cache import SubscriptionCache
 from calsync.controllers.tokens import TokenStoreError, TokenVault, token_secret_name
 from calsync.controllers.workqueue import WorkQueue
 from calsync.observability import metrics
+from calsync.observability.logging import log_context
 from calsync.settings import Settings
 from calsync.store import EventStore
 
@@ -278,7 +279,8 @@ async def reconcile(ctx: ConnectionContext, key: Key) -> float | None:
     if body is None or body["metadata"].get("deletionTimestamp"):
         return None
     try:
-        again = await _reconcile(ctx, key, body)
+        with log_context(connection=f"{key[0]}/{key[1]}"):
+            again = await _reconcile(ctx, key, body)
     except Exception:
         metrics.RECONCILES.labels("error").inc()
         raise

@@ -49,6 +49,7 @@ from calsync.controllers.provider_factory import ProviderDeps, build_provider
 from calsync.controllers.subscription_cache import Key, SubscriptionCache
 from calsync.controllers.workqueue import WorkQueue
 from calsync.observability import metrics
+from calsync.observability.logging import log_context
 from calsync.providers.base import CursorInvalid, ProviderError, RateLimited
 from calsync.providers.google import GoogleProvider
 from calsync.providers.google.provider import ChannelGone
@@ -188,6 +189,11 @@ def _now() -> dt.datetime:
 
 async def reconcile(ctx: SubscriptionContext, key: Key) -> float | None:
     """Carry out what `push_policy.decide_subscription` says; return when to look again."""
+    with log_context(subscription=f"{key[0]}/{key[1]}"):
+        return await _reconcile(ctx, key)
+
+
+async def _reconcile(ctx: SubscriptionContext, key: Key) -> float | None:
     body = ctx.cache.objects.get(key)
     if body is None or body["metadata"].get("deletionTimestamp"):
         return None

@@ -61,6 +61,7 @@ from calsync.controllers.status import consent_link_for, store_key
 from calsync.controllers.tokens import StoredTokens, TokenVault, token_secret_name
 from calsync.model import Window
 from calsync.observability import metrics
+from calsync.observability.logging import log_context
 from calsync.providers.base import (
     AuthenticationFailed,
     InvalidConfiguration,
@@ -469,7 +470,8 @@ class Worker:
         }
         log.info("SyncJob %s/%s started", run.connection[0], run.writer.name, extra=probe)
         try:
-            await self._execute_inner(run, body, started)
+            with log_context(connection="/".join(run.connection), job=run.writer.name):
+                await self._execute_inner(run, body, started)
         finally:
             probe["run"] = "end"
             probe["outcome"] = run.outcome
@@ -746,6 +748,13 @@ class Worker:
             else f"timed out after {self.settings.sync_job_timeout:.0f} s"
         )
         reason = getattr(exc, "reason", "SyncFailed")
+        log.warning(
+            "SyncJob %s attempt %d failed: %s",
+            run.writer.name,
+            int(run.claim["attempts"]),
+            message,
+            extra={"reason": reason},
+        )
         auth = isinstance(exc, AuthenticationFailed)
         permanent = (
             auth
