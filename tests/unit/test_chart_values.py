@@ -134,3 +134,14 @@ def test_schema_covers_every_value_and_refuses_unknown_keys() -> None:
     for key in ("image", "store", "settings", "operator", "worker", "gateway", "scaling", "keda"):
         assert schema["properties"][key]["additionalProperties"] is False, key
     assert schema["properties"]["store"]["properties"]["type"]["enum"] == ["sqlite", "postgresql"]
+
+
+def test_chart_crd_copies_are_the_generated_ones() -> None:
+    """templates/crds.yaml renders files/crds/, which `make crds` writes and `make crds-check`
+    checks; here too, byte for byte."""
+    generated = sorted((ROOT / "crds").glob("*.yaml"))
+    assert len(generated) == 3
+    copies = sorted((CHART / "files" / "crds").glob("*.yaml"))
+    assert [p.name for p in copies] == [p.name for p in generated]
+    for path in generated:
+        assert (CHART / "files" / "crds" / path.name).read_bytes() == path.read_bytes()
