@@ -12,7 +12,7 @@ import base64
 import datetime as dt
 import logging
 import socket
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any, cast
 
 import httpx
@@ -30,6 +30,7 @@ from calsync.api.meta import (
     SYNC_JOB,
     VERSION,
     WEBHOOK_SUBSCRIPTION,
+    KindInfo,
 )
 
 log = logging.getLogger(__name__)
@@ -50,19 +51,37 @@ _RESOURCES = {
 }
 
 
+def kinds_for(*, operator: bool, worker: bool, gateway: bool) -> tuple[KindInfo, ...]:
+    """The kinds a process running these components lists and watches: the operator all
+    three, a worker SyncJobs and connections, a gateway subscriptions and SyncJobs."""
+    wanted: set[KindInfo] = set()
+    if operator:
+        wanted.update(ALL_KINDS)
+    if worker:
+        wanted.update((SYNC_JOB, CALENDAR_CONNECTION))
+    if gateway:
+        wanted.update((WEBHOOK_SUBSCRIPTION, SYNC_JOB))
+    return tuple(kind for kind in ALL_KINDS if kind in wanted)
+
+
 class CrdsMissing(RuntimeError):
     """The calsync CRDs are not served by the API server."""
 
 
-async def check_crds(client: AsyncClient, namespaces: tuple[str, ...] = ()) -> None:
-    """Fail with a clear message unless every calsync kind is served (and listable by us).
+async def check_crds(
+    client: AsyncClient,
+    namespaces: tuple[str, ...] = (),
+    kinds: Sequence[KindInfo] = ALL_KINDS,
+) -> None:
+    """Fail with a clear message unless every kind of `kinds` is served (and listable by us).
 
     With `namespaces` the check lists in the first of them only, so namespace-scoped RBAC
-    (a Role per watched namespace) is enough.
+    (a Role per watched namespace) is enough. A component passes the kinds it works with
+    (`kinds_for`), so its RBAC need not let it list the others.
     """
     missing: list[str] = []
     where = namespaces[0] if namespaces else "*"
-    for kind in ALL_KINDS:
+    for kind in kinds:
         try:
             await _list_one(client, kind.plural, where)
         except ApiError as exc:
@@ -70,7 +89,7 @@ async def check_crds(client: AsyncClient, namespaces: tuple[str, ...] = ()) -> N
                 missing.append(f"{kind.plural}.{GROUP}")
             elif exc.status.code == 403:
                 raise CrdsMissing(
-                    f"not allowed to list {kind.plural}.{GROUP}: the operator's RBAC is "
+                    f"not allowed to list {kind.plural}.{GROUP}: this component's RBAC is "
                     f"incomplete ({exc.status.message})"
                 ) from exc
             else:

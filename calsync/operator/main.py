@@ -136,7 +136,8 @@ async def run(
     """Run the Kopf controllers, the SyncJob worker, the gateway, or any of them together."""
     client = _client()
     try:
-        await kube.check_crds(client, settings.namespaces)
+        kinds = kube.kinds_for(operator=operator, worker=worker, gateway=gateway)
+        await kube.check_crds(client, settings.namespaces, kinds)
     except kube.CrdsMissing as exc:
         await client.close()
         raise StartupError(str(exc)) from exc
