@@ -471,6 +471,31 @@ def test_keda_scaled_object(helm: str) -> None:
     assert not any(r["resources"] == ["deployments/scale"] for r in own)
 
 
+@pytest.mark.parametrize(
+    "values",
+    [{}, merge(PG, {"scaling": {"enabled": True}, "watchNamespaces": ["a", "b"]})],
+    ids=["defaults", "postgresql-scaler-namespaces"],
+)
+def test_rendered_settings_are_what_calsync_loads(helm: str, values: dict[str, Any]) -> None:
+    """The environment a pod gets (the settings ConfigMap plus the container's literal env)
+    loads without error into calsync's Settings, with the chart's values in it."""
+    from calsync.settings import load_settings
+
+    docs = template(helm, merge(values, {"settings": {"syncJobTimeout": "20m"}}))
+    data = kinds(docs, "ConfigMap")["calsync-settings"]["data"]
+    for name, _, container in containers(docs):
+        if name.endswith("-test"):
+            continue
+        literal = {e["name"]: e["value"] for e in container["env"] if "value" in e}
+        settings = load_settings(environ={**data, **literal})
+        assert settings.sync_job_timeout == 1200.0
+        assert settings.keyring_namespace == "calsync"
+        assert settings.log_format == "json"
+        assert settings.namespaces == tuple(values.get("watchNamespaces", ()))
+        if values.get("scaling"):
+            assert settings.worker_deployment == "calsync-worker"
+
+
 def test_crds_disabled(helm: str) -> None:
     docs = template(helm, {"crds": {"enabled": False}})
     assert not kinds(docs, "CustomResourceDefinition")
@@ -506,6 +531,7 @@ def test_helm_test_hook_checks_readyz_with_the_calsync_image(helm: str) -> None:
     ("values", "message"),
     [
         ({"worker": {"replicas": 3}}, "SQLite serves one worker only. Set store.type=postgresql"),
+        ({"gateway": {"replicas": 2}}, "gateway.replicas=2: with store.type=sqlite"),
         ({"scaling": {"enabled": True}}, "scaling.enabled=true needs several workers"),
         (
             {"keda": {"enabled": True, "serverAddress": "http://p:9090"}},
@@ -545,6 +571,7 @@ def test_helm_test_hook_checks_readyz_with_the_calsync_image(helm: str) -> None:
     ],
     ids=[
         "sqlite-workers",
+        "sqlite-gateways",
         "sqlite-scaler",
         "sqlite-keda",
         "keda-and-scaler",

@@ -132,6 +132,12 @@ by every template that depends on them, so `helm template --show-only` of one fi
 {{- if gt (int $v.worker.replicas) 1 -}}
 {{- fail (printf "worker.replicas=%d needs a shared store: SQLite serves one worker only. Set store.type=postgresql (with store.postgresql.existingSecret) or worker.replicas=1" (int $v.worker.replicas)) -}}
 {{- end -}}
+{{- range $component := list "operator" "gateway" -}}
+{{- $replicas := int (index $v $component).replicas -}}
+{{- if gt $replicas 1 -}}
+{{- fail (printf "%s.replicas=%d: with store.type=sqlite the operator, worker and gateway run as one `calsync run` pod that owns the SQLite file, so there is exactly one; set store.type=postgresql (with store.postgresql.existingSecret) for separate, scalable components, or %s.replicas=1" $component $replicas $component) -}}
+{{- end -}}
+{{- end -}}
 {{- if $v.scaling.enabled -}}
 {{- fail "scaling.enabled=true needs several workers, which SQLite cannot serve: set store.type=postgresql (with store.postgresql.existingSecret) or scaling.enabled=false" -}}
 {{- end -}}
