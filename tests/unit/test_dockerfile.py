@@ -165,3 +165,21 @@ def test_dockerignore_sends_only_what_the_build_copies() -> None:
     assert lines[0] == "*"
     allowed = {line[1:].rstrip("/") for line in lines if line.startswith("!")}
     assert allowed == {"pyproject.toml", "constraints.txt", "README.md", "calsync"}
+
+
+def _normalise(name: str) -> str:
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def test_every_runtime_dependency_is_pinned_for_the_image() -> None:
+    """The builder installs with `--constraint constraints.txt`: every direct dependency has a
+    pin there, so two builds of one commit get the same packages."""
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    pinned = {
+        _normalise(line.split("==")[0])
+        for line in (ROOT / "constraints.txt").read_text().splitlines()
+        if "==" in line and not line.startswith("#")
+    }
+    for requirement in project["dependencies"]:
+        name = re.split(r"[<>=!~\[; ]", requirement, maxsplit=1)[0]
+        assert _normalise(name) in pinned, f"{name} has no pin in constraints.txt"
