@@ -426,7 +426,10 @@ def test_monitoring_objects(helm: str) -> None:
     docs = template(helm, merge(PG, MONITORING))
     monitor = kinds(docs, "ServiceMonitor")["calsync"]
     assert monitor["metadata"]["labels"]["release"] == "kube-prometheus-stack"
-    assert monitor["spec"]["endpoints"][0]["port"] == "metrics"
+    (endpoint,) = monitor["spec"]["endpoints"]
+    assert endpoint["port"] == "metrics"
+    # calsync_connection_condition's own `namespace` label must survive the scrape
+    assert endpoint["honorLabels"] is True
     selector = monitor["spec"]["selector"]["matchLabels"]
     metrics_services = [
         s
