@@ -223,9 +223,11 @@ calsync.rules.own.<component>: rights in the release namespace only (always a Ro
 {{- end }}
 
 {{- define "calsync.rules.watched.gateway" -}}
+# a watch-fed cache of subscriptions verifies notifications; a counter write that lost a
+# conflict re-reads its subscription (get)
 - apiGroups: ["calsync.io"]
   resources: ["webhooksubscriptions"]
-  verbs: ["list", "watch"]
+  verbs: ["get", "list", "watch"]
 - apiGroups: ["calsync.io"]
   resources: ["webhooksubscriptions/status"]
   verbs: ["get", "patch"]
