@@ -167,7 +167,9 @@ by every template that depends on them, so `helm template --show-only` of one fi
 
 {{/*
 RBAC rules. What each component calls is listed in the README ("Operating at scale") and in
-charts/calsync/README.md; the RBAC proof test runs the components with exactly these.
+charts/calsync/README.md; the RBAC proof test runs the components with exactly these. Status
+is only ever written with a guarded merge patch of the /status subresource (a conflict re-reads
+the object itself), so the status rules carry `patch` alone.
 
 calsync.rules.watched.<component>: rights in every watched namespace (a ClusterRole when the
 chart watches the whole cluster, a Role per namespace otherwise).
@@ -179,7 +181,7 @@ calsync.rules.own.<component>: rights in the release namespace only (always a Ro
   verbs: ["get", "list", "watch", "patch"]
 - apiGroups: ["calsync.io"]
   resources: ["calendarconnections/status"]
-  verbs: ["get", "patch"]
+  verbs: ["patch"]
 - apiGroups: ["calsync.io"]
   resources: ["syncjobs"]
   verbs: ["list", "watch", "create"]
@@ -188,7 +190,7 @@ calsync.rules.own.<component>: rights in the release namespace only (always a Ro
   verbs: ["get", "list", "watch", "create", "delete", "patch"]
 - apiGroups: ["calsync.io"]
   resources: ["webhooksubscriptions/status"]
-  verbs: ["get", "patch"]
+  verbs: ["patch"]
 # token Secrets (<connection>-calsync-tokens): created, re-encrypted on key rotation, deleted
 # with their connection; credentials and OAuth client Secrets are read from a watch-fed cache.
 - apiGroups: [""]
@@ -230,7 +232,7 @@ calsync.rules.own.<component>: rights in the release namespace only (always a Ro
   verbs: ["get", "list", "watch"]
 - apiGroups: ["calsync.io"]
   resources: ["webhooksubscriptions/status"]
-  verbs: ["get", "patch"]
+  verbs: ["patch"]
 # notifications become SyncJobs (created, or touched with the notified-at annotation)
 - apiGroups: ["calsync.io"]
   resources: ["syncjobs"]
