@@ -12,16 +12,21 @@ right namespace, and their contents are asserted here in Python against the char
 
 from __future__ import annotations
 
+import datetime as dt
 import json
+import os
+import re
 import subprocess
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 import yaml
 
-from tests.support import BIN, ROOT, Kubectl, poll
+from tests.support import BIN, ROOT, Kubectl, Process, condition, free_port, poll
 
 pytestmark = pytest.mark.e2e
 
@@ -856,3 +861,156 @@ def test_crds_kept_on_uninstall_when_asked_and_removed_otherwise(
     finally:
         run_helm(helm, "uninstall", release, "-n", ns, kubectl=quiet_kubectl)
         _restore_crds(quiet_kubectl)
+
+
+# -- the default release's process, as its own ServiceAccount --------------------------------
+
+
+def _token_kubeconfig(admin: Kubectl, account: str, namespace: str, path: Path) -> Path:
+    """A kubeconfig that presents a bound token of ServiceAccount namespace/account (the
+    TokenRequest API, what the kubelet mounts into the pod), trusting the admin's CA."""
+    token = admin("create", "token", account, "-n", namespace, "--duration=1h").stdout.strip()
+    config = yaml.safe_load(admin.kubeconfig.read_text())
+    context = next(c for c in config["contexts"] if c["name"] == config["current-context"])
+    cluster = next(c for c in config["clusters"] if c["name"] == context["context"]["cluster"])
+    path.write_text(
+        yaml.safe_dump(
+            {
+                "apiVersion": "v1",
+                "kind": "Config",
+                "clusters": [{"name": "c", "cluster": cluster["cluster"]}],
+                "users": [{"name": account, "user": {"token": token}}],
+                "contexts": [{"name": "sa", "context": {"cluster": "c", "user": account}}],
+                "current-context": "sa",
+            }
+        )
+    )
+    path.chmod(0o600)
+    return path
+
+
+def test_default_release_runs_and_syncs_as_its_service_account(
+    helm: str,
+    quiet_kubectl: Kubectl,
+    quiet_namespace: str,
+    caldav_calendar: Any,
+    tmp_path: Path,
+) -> None:
+    """The chart's default shape (SQLite, one `calsync run`) cannot run as a pod here (no
+    kubelet), so its container runs as a local process instead: the Deployment's args, the
+    settings ConfigMap and the container's env as installed, authenticated as the release's
+    `run` ServiceAccount. Only the listeners (loopback, free ports) and the paths of the store
+    and state are changed. It gets ready and syncs a CalDAV connection: the default RBAC and
+    environment are enough."""
+    ns = quiet_namespace
+    release = f"s{uuid.uuid4().hex[:6]}"
+    full = f"{release}-calsync"
+    values = {
+        "crds": {"enabled": False},
+        "watchNamespaces": [ns],
+        # Radicale listens on loopback, which the URL guard refuses by default
+        "settings": {"allowPrivateAddresses": True},
+    }
+    _helm_ok(
+        run_helm(
+            helm, "install", release, str(CHART), "-n", ns, values=values, kubectl=quiet_kubectl
+        )
+    )
+    proc: Process | None = None
+    try:
+        deployment = quiet_kubectl.json("get", "-n", ns, f"deployment/{full}-run")
+        pod = deployment["spec"]["template"]["spec"]
+        (container,) = pod["containers"]
+        data = quiet_kubectl.json("get", "-n", ns, f"configmap/{full}-settings")["data"]
+        literal = {e["name"]: e["value"] for e in container["env"] if "value" in e}
+        gateway, metrics, health = free_port(), free_port(), free_port()
+        state = tmp_path / "state"  # the pod's PVC mount
+        state.mkdir()
+        env = {
+            "PATH": os.environ["PATH"],
+            **data,
+            **literal,
+            "CALSYNC_WORKER_IDENTITY": f"{full}-run-0",  # the pod name, from the downward API
+            "KUBECONFIG": str(
+                _token_kubeconfig(quiet_kubectl, pod["serviceAccountName"], ns, tmp_path / "kc")
+            ),
+            "CALSYNC_BIND_ADDRESS": "127.0.0.1",
+            "CALSYNC_GATEWAY_PORT": str(gateway),
+            "CALSYNC_METRICS_PORT": str(metrics),
+            "CALSYNC_HEALTH_PORT": str(health),
+            "HOME": str(tmp_path),
+            "XDG_STATE_HOME": str(state),
+            "XDG_CACHE_HOME": str(tmp_path / "cache"),
+            "CALSYNC_STORE_URL": f"sqlite+aiosqlite:///{state / 'events.db'}",
+        }
+        assert pod["serviceAccountName"] == f"{full}-run"
+        assert set(data) | set(literal) >= {"CALSYNC_KEYRING_NAMESPACE", "CALSYNC_NAMESPACES"}
+        proc = Process(container["args"], env, tmp_path / "run.log")
+
+        def ready() -> bool:
+            if proc is not None and proc.proc.poll() is not None:
+                pytest.fail(
+                    f"calsync run exited ({proc.proc.returncode}):\n{proc.output()[-4000:]}"
+                )
+            try:
+                return httpx.get(f"http://127.0.0.1:{gateway}/readyz", timeout=2).status_code == 200
+            except httpx.HTTPError:
+                return False
+
+        poll(ready, timeout=60, what="the release's calsync run to be ready")
+        # the operator created the keyring in the release namespace with its own rights
+        quiet_kubectl("get", "-n", ns, f"secret/{data['CALSYNC_KEYRING_NAME']}")
+
+        caldav_calendar.put(
+            "chart.ics",
+            "BEGIN:VCALENDAR\r\nVERSION:2.0\r\nPRODID:-//calsync//chart test//EN\r\n"
+            "BEGIN:VEVENT\r\nUID:chart-1\r\nDTSTAMP:20260101T000000Z\r\n"
+            f"DTSTART:{dt.datetime.now(dt.UTC):%Y%m%dT%H0000Z}\r\nDURATION:PT1H\r\n"
+            "SUMMARY:chart\r\nEND:VEVENT\r\nEND:VCALENDAR\r\n",
+        )
+        quiet_kubectl.apply(
+            {
+                "apiVersion": "v1",
+                "kind": "Secret",
+                "metadata": {"name": "dav"},
+                "stringData": {
+                    "username": caldav_calendar.user,
+                    "password": caldav_calendar.password,
+                },
+            },
+            ns,
+        )
+        quiet_kubectl.apply(
+            {
+                "apiVersion": "calsync.io/v1alpha1",
+                "kind": "CalendarConnection",
+                "metadata": {"name": "alice"},
+                "spec": {
+                    "provider": "caldav",
+                    "owner": "alice@example.com",
+                    "caldav": {
+                        "url": caldav_calendar.url,
+                        "allowInsecureHTTP": True,
+                        "credentialsSecretRef": {"name": "dav"},
+                    },
+                },
+            },
+            ns,
+        )
+        poll(
+            lambda: (condition(quiet_kubectl, ns, "alice", "Ready") or {}).get("status") == "True",
+            timeout=90,
+            what="the connection to be Ready",
+        )
+        assert quiet_kubectl.json("get", "calconn/alice", "-n", ns)["status"]["eventCount"] == 1
+        # deleting it runs the finalizer (purge, token cleanup) with the same rights
+        quiet_kubectl("delete", "calconn/alice", "-n", ns, "--timeout=60s")
+        forbidden = [
+            line for line in proc.output().splitlines() if re.search(r"\b403\b|[Ff]orbidden", line)
+        ]
+        assert not forbidden, "\n".join(forbidden[:10])
+    finally:
+        if proc is not None:
+            code = proc.stop()
+            assert code == 0, f"calsync run exited with {code}:\n{proc.output()[-4000:]}"
+        run_helm(helm, "uninstall", release, "-n", ns, kubectl=quiet_kubectl)
