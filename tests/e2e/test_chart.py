@@ -641,6 +641,20 @@ def test_server_side_dry_run_accepts(
     assert "PodSecurity" not in warnings, warnings
 
 
+def test_pod_security_check_bites(
+    helm: str, quiet_kubectl: Kubectl, restricted_namespace: str
+) -> None:
+    """The dry-runs above would notice a pod template that breaks the restricted profile."""
+    values = {
+        "tests": {"enabled": False},
+        "containerSecurityContext": {"allowPrivilegeEscalation": True, "runAsNonRoot": True},
+    }
+    docs = template(helm, values, namespace=restricted_namespace)
+    warnings = dry_run(quiet_kubectl, docs)
+    assert 'would violate PodSecurity "restricted:latest"' in warnings
+    assert "allowPrivilegeEscalation != false" in warnings
+
+
 def test_server_side_dry_run_of_namespaced_rbac(
     helm: str, quiet_kubectl: Kubectl, restricted_namespace: str
 ) -> None:
