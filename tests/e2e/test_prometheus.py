@@ -24,7 +24,10 @@ How the queries are checked:
   `$__rate_interval` replaced by `1m` (the datasource is `${datasource}` in the panel's
   `datasource`, never in a query); no `$` may remain.
 
-The TSDB is new, so any series returned was scraped during this run. No sleeps: Prometheus' HTTP
+The TSDB is new, so any series returned was scraped during this run. Because the alerted
+counters exist at 0 from a component's start, the test also checks that the run was counted:
+provider requests by result, token refreshes, jobs by phase, scaling decisions and rejected
+webhook calls are above 0, and no renewal is overdue. No sleeps: Prometheus' HTTP
 API is polled against a deadline.
 """
 
@@ -415,6 +418,35 @@ def test_alerts_and_dashboard_queries_return_series_from_a_real_run(
             return len(active) == 3 and all(t["health"] == "up" for t in active)
 
         poll(targets_up, timeout=30, what="all three components scraped")
+
+        # The new series count what happened, not only exist at 0: each of these must be > 0.
+        happened = [
+            'calsync_provider_requests_total{job="calsync-worker",provider="caldav",result="ok"}',
+            'calsync_provider_requests_total{provider="caldav",result="unauthorized"}',
+            'calsync_provider_requests_total{provider="google",result="ok"}',
+            'calsync_provider_request_duration_seconds_count{provider="google"}',
+            'calsync_token_refreshes_total{provider="google",result="ok"}',
+            'calsync_syncjobs{job="calsync-operator",phase="Succeeded"}',
+            'calsync_syncjobs{job="calsync-operator",phase="Failed"}',
+            'calsync_syncjobs_finished_total{job="calsync-worker",phase="Failed"}',
+            'calsync_subscription_expiry_seconds{provider="google"}',
+            'calsync_scaling_decisions_total{direction="none"}',
+            'calsync_webhook_requests_total{provider="google",result="forged"}',
+            'calsync_webhook_requests_total{provider="google",result="unknown"}',
+            'calsync_webhook_requests_total{provider="microsoft",result="malformed"}',
+        ]
+        missing = list(happened)
+
+        def counted() -> bool:
+            missing[:] = [q for q in missing if not prometheus.series(f"sum({q}) > 0")]
+            return not missing
+
+        try:
+            poll(counted, timeout=30, interval=1, what="the run counted")
+        except pytest.fail.Exception:
+            pytest.fail(f"nothing counted in: {missing}")
+        overdue = prometheus.series("max(calsync_subscription_renewal_overdue_seconds)")
+        assert overdue and float(overdue[0]["value"][1]) == 0.0  # the channel is fresh
 
         names = {rule["alert"] for rule in alert_rules()}
 
