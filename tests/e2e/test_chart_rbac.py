@@ -21,7 +21,8 @@ gateway's own 403 answers to webhook calls aside), and none of the processes exi
 the chart must not grant is refused, asked as each ServiceAccount: reading Secrets in a
 namespace the chart does not watch (`kubectl get secrets`), listing Secrets cluster-wide, any
 Secret but the keyring in the release namespace, and rights no component has a use for
-(`kubectl auth can-i`).
+(`kubectl auth can-i`). Last, the rights the code uses only on paths the scenario does not
+reach reliably (re-reads after a conflict, key rotation) are asked for the same way.
 
 Both RBAC shapes run: `watchNamespaces: [NS]` (a Role and RoleBinding per watched namespace)
 on the session's quiet cluster, and `watchNamespaces: []` (ClusterRoles) on a cluster of this
@@ -510,3 +511,32 @@ def test_what_the_chart_does_not_grant_is_refused(release: Release) -> None:
     assert not can_i(operator, "update", "leases.coordination.k8s.io/another", own)
     if release.scoped:
         assert not can_i(operator, "update", "secrets/someone-elses", own)
+
+
+# -- 3. rights the code uses on paths the scenario does not reach ---------------------------------
+
+# (component, verb, resource in the watched namespace, where the code uses it). These paths
+# run after a conflicting write or on rare objects, so the scenario cannot be relied on to
+# reach them; the API server is asked instead. Both RBAC shapes render the same rule lists
+# (_helpers.tpl), so the namespaced shape answers for both.
+OFF_SCENARIO = [
+    ("worker", "get", "syncjobs.calsync.io", "worker/reporting.py: re-read after a 409"),
+    ("worker", "update", "secrets", "tokens.py TokenVault.save: a refreshed token, replaced"),
+    ("gateway", "get", "syncjobs.calsync.io", "webhook_gateway/recorder.py: after 409/exists"),
+    ("gateway", "get", "webhooksubscriptions.calsync.io", "webhook_gateway/counters.py: 409"),
+    ("gateway", "get", "calendarconnections.calsync.io", "webhook_gateway/push.py: no owner"),
+    ("operator", "get", "webhooksubscriptions.calsync.io", "controllers/subscriptions.py"),
+    ("operator", "list", "secrets", "tokens.py list_token_secrets: key rotation"),
+    ("operator", "update", "secrets", "tokens.py _reencrypt_one: key rotation"),
+    ("operator", "delete", "secrets", "tokens.py TokenVault.delete: a deleted connection"),
+]
+
+
+@pytest.mark.parametrize("release", ["namespaced"], indirect=True)
+def test_rights_used_off_the_scenario_are_granted(release: Release) -> None:
+    missing = [
+        (component, verb, resource, where)
+        for component, verb, resource, where in OFF_SCENARIO
+        if not can_i(release.accounts[component], verb, resource, release.watched)
+    ]
+    assert not missing, missing
