@@ -27,9 +27,11 @@ reach reliably (re-reads after a conflict, key rotation) are asked for the same 
 Both RBAC shapes run: `watchNamespaces: [NS]` (a Role and RoleBinding per watched namespace)
 on the session's quiet cluster, and `watchNamespaces: []` (ClusterRoles) on a cluster of this
 module's own, because the components then watch the whole cluster and would take up other
-tests' connections on the shared one. The operator starts before the worker and gateway: it
-creates the keyring Secret, which the chart lets the other two read but not create (started
-first, they exit 2 until it exists, and their pods restart).
+tests' connections on the shared one. The scenario also runs in the chart's SQLite shape:
+one `calsync run` as the one ServiceAccount `<fullname>-run` (namespaced; no scaler there).
+The operator starts before the worker and gateway: it creates the keyring Secret, which the
+chart lets the other two read but not create (started first, they exit 2 until it exists,
+and their pods restart).
 """
 
 from __future__ import annotations
@@ -50,7 +52,6 @@ from sqlalchemy.engine import make_url
 from calsync.controllers.tokens import token_secret_name
 from tests.fixtures.radicale import CalDAVCalendar
 from tests.fixtures.serviceaccounts import (
-    COMPONENTS,
     api_errors,
     can_i,
     documents,
@@ -81,7 +82,7 @@ TEMPLATES = (
     "templates/configmap.yaml",
     "templates/deployments.yaml",
 )
-VALUES = (
+POSTGRESQL = (
     "store.type=postgresql",
     "store.postgresql.existingSecret=calsync-store",
     # The built-in scaler, brought to act at once: a minimum of 2 against the 1 replica the
@@ -91,6 +92,14 @@ VALUES = (
     "scaling.interval=1s",
     "scaling.scaleDownStabilization=0s",
 )
+# shape: (values, watch one namespace, components)
+SHAPES = {
+    "namespaced": (POSTGRESQL, True, ("operator", "worker", "gateway")),
+    "cluster": (POSTGRESQL, False, ("operator", "worker", "gateway")),
+    # SQLite: the chart's one `calsync run` pod, with the union of the three rule sets.
+    "sqlite": (("store.type=sqlite",), True, ("run",)),
+}
+THREE = ["namespaced", "cluster"]
 FINISHED = {"Succeeded", "Failed", "Superseded"}
 NOW = dt.datetime.now(dt.UTC).replace(minute=0, second=0, microsecond=0)
 
@@ -109,6 +118,7 @@ class Release:
     watched: str  # where the connections live
     other: str  # a namespace the components have no business in
     scoped: bool  # watchNamespaces: [watched], else []
+    components: tuple[str, ...]  # operator, worker, gateway; or run (SQLite)
     objects: list[dict[str, Any]]
     settings: dict[str, str]  # the chart's settings ConfigMap: the components' environment
     accounts: dict[str, Kubectl] = field(default_factory=dict)
@@ -136,25 +146,28 @@ def private_kubectl() -> Iterator[Kubectl]:
         cluster.down(log=False)
 
 
-@pytest.fixture(params=["namespaced", "cluster"])
+@pytest.fixture
 def release(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Release]:
-    scoped = request.param == "namespaced"
+    """The chart rendered in the shape the test is parametrized with (indirect: SHAPES)."""
+    shape_values, scoped, names = SHAPES[request.param]
     admin: Kubectl = request.getfixturevalue("quiet_kubectl" if scoped else "private_kubectl")
     suffix = uuid.uuid4().hex[:6]
     name, namespace = f"rbac{suffix}", f"rbac-rel-{suffix}"
     watched, other = f"rbac-watched-{suffix}", f"rbac-other-{suffix}"
     for ns in (namespace, watched, other):
         admin("create", "namespace", ns)
-    values = [*VALUES, *([f"watchNamespaces={{{watched}}}"] if scoped else [])]
+    values = [*shape_values, *([f"watchNamespaces={{{watched}}}"] if scoped else [])]
     rendered = render(CHART, name, namespace, values=values, show_only=TEMPLATES)
     (tmp_path / "release.yaml").write_text(rendered)
     objects = documents(rendered)
     [config] = [o for o in objects if o["kind"] == "ConfigMap"]
     settings = {k: str(v) for k, v in config["data"].items()}
-    rel = Release(admin, name, namespace, watched, other, scoped, objects, settings)
+    accounts = {o["metadata"]["name"] for o in objects if o["kind"] == "ServiceAccount"}
+    assert accounts == {f"{fullname(name)}-{c}" for c in names}, accounts
+    rel = Release(admin, name, namespace, watched, other, scoped, names, objects, settings)
     try:
         admin("apply", "-f", str(tmp_path / "release.yaml"))
-        for component in COMPONENTS:
+        for component in names:
             rel.accounts[component] = token_kubeconfig(
                 admin, rel.account(component), namespace, tmp_path / f"{component}.kubeconfig"
             )
@@ -171,20 +184,16 @@ def release(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Release]
 
 @dataclass
 class Components:
-    operator: Component
-    worker: Component
-    gateway: Component
+    processes: list[Component]
+    gateway: Component  # the process serving the gateway
     gateway_url: str
-
-    @property
-    def all(self) -> list[Component]:
-        return [self.operator, self.worker, self.gateway]
+    store_url: str
 
     def dump(self) -> str:
         """For a failure message: each log's refusals first, then its last lines (without
         the HTTP client's debug lines)."""
         parts = []
-        for c in self.all:
+        for c in self.processes:
             lines = [ln for ln in c.output().splitlines() if '"logger": "httpcore' not in ln]
             refused = api_errors(c.output())
             parts.append(
@@ -206,21 +215,26 @@ def answers(url: str, component: Component) -> bool:
 
 @pytest.fixture
 def components(
-    release: Release, postgres_url: str, google_sim: Simulator, tmp_path: Path
+    request: pytest.FixtureRequest, release: Release, google_sim: Simulator, tmp_path: Path
 ) -> Iterator[Components]:
-    """Operator, worker and gateway, each as its own ServiceAccount, on one PostgreSQL store.
+    """Operator, worker and gateway, each as its own ServiceAccount, on one PostgreSQL store
+    (or `calsync run` as the one ServiceAccount of the SQLite shape, on a SQLite file).
 
     Their environment is the chart's settings ConfigMap (watched namespaces, keyring namespace
     and name, Lease name, scaler), with what a local run has to change on top: listeners on
     127.0.0.1 and free ports, the simulator as Google, the gateway's URL, plain HTTP.
     The operator starts first (it creates the keyring Secret)."""
-    store = make_url(postgres_url).set(drivername="postgresql+asyncpg")
+    if release.components == ("run",):
+        store = f"sqlite+aiosqlite:///{tmp_path / 'events.db'}"
+    else:
+        postgres_url: str = request.getfixturevalue("postgres_url")
+        store = make_url(postgres_url).set(drivername="postgresql+asyncpg").render_as_string(False)
     gateway_port = free_port()
     gateway_url = f"http://127.0.0.1:{gateway_port}"
     base = {
         **os.environ,
         **release.settings,
-        "CALSYNC_STORE_URL": store.render_as_string(hide_password=False),
+        "CALSYNC_STORE_URL": store,
         "CALSYNC_BIND_ADDRESS": "127.0.0.1",
         "CALSYNC_LOG_LEVEL": "DEBUG",
         "CALSYNC_LOG_FORMAT": "json",
@@ -247,6 +261,19 @@ def components(
     started: list[Component] = []
     try:
         health = free_port()
+        if release.components == ("run",):
+            run = start(
+                "run", CALSYNC_HEALTH_PORT=str(health), CALSYNC_GATEWAY_PORT=str(gateway_port)
+            )
+            started.append(run)
+            poll(
+                lambda: answers(f"http://127.0.0.1:{health}/healthz", run),
+                timeout=90,
+                what="run /healthz",
+            )
+            poll(lambda: answers(f"{gateway_url}/readyz", run), timeout=90, what="run /readyz")
+            yield Components([run], run, gateway_url, store)
+            return
         operator = start("operator", CALSYNC_HEALTH_PORT=str(health))
         started.append(operator)
         # The operator creates the keyring Secret, which the others only read.
@@ -268,7 +295,7 @@ def components(
             what="worker joined its store",
         )
         poll(lambda: answers(f"{gateway_url}/readyz", gateway), timeout=90, what="gateway /readyz")
-        yield Components(operator, worker, gateway, gateway_url)
+        yield Components([operator, worker, gateway], gateway, gateway_url, store)
     finally:
         codes = {c.label: c.stop() for c in started}
         assert all(code == 0 for code in codes.values()), codes
@@ -341,15 +368,14 @@ def subscribed(kc: Kubectl, ns: str, conn: str) -> list[dict[str, Any]] | None:
 # -- 1. the work gets done with the chart's RBAC --------------------------------------------------
 
 
+@pytest.mark.parametrize("release", [*THREE, "sqlite"], indirect=True)
 def test_the_components_sync_caldav_and_push_as_their_service_accounts(
     release: Release,
     components: Components,
     caldav_calendar: CalDAVCalendar,
     google_sim: Simulator,
-    postgres_url: str,
 ) -> None:
-    kc, ns = release.admin, release.watched
-    store = make_url(postgres_url).set(drivername="postgresql+asyncpg").render_as_string(False)
+    kc, ns, store = release.admin, release.watched, components.store_url
     for component, account in release.accounts.items():
         expected = f"system:serviceaccount:{release.namespace}:{release.account(component)}"
         assert whoami(account) == expected
@@ -424,20 +450,22 @@ def test_the_components_sync_caldav_and_push_as_their_service_accounts(
     ]
     assert {j["spec"]["reason"] for j in new} == {"webhook"}, [j["spec"] for j in new]
 
-    # The scaler read and wrote the chart's worker Deployment's scale and posted its Event.
-    deployment = release.settings["CALSYNC_WORKER_DEPLOYMENT"]
-    assert deployment == release.account("worker")
+    # The scaler (PostgreSQL shapes) read and wrote the chart's worker Deployment's scale
+    # and posted its Event.
+    deployment = release.settings.get("CALSYNC_WORKER_DEPLOYMENT")
+    if "worker" in release.components:
+        assert deployment == release.account("worker")
 
-    def replicas() -> int:
-        obj = kc.json("get", f"deployment/{deployment}", "-n", release.namespace)
-        return int(obj["spec"]["replicas"])
+        def replicas() -> int:
+            obj = kc.json("get", f"deployment/{deployment}", "-n", release.namespace)
+            return int(obj["spec"]["replicas"])
 
-    poll(lambda: replicas() == 2, timeout=30, what="the worker Deployment at scaling.minReplicas")
-    poll(
-        lambda: any(e["reason"] == "ScaledUp" for e in items(kc, "events", release.namespace)),
-        timeout=30,
-        what="a ScaledUp Event on the worker Deployment",
-    )
+        poll(lambda: replicas() == 2, timeout=30, what="the worker Deployment scaled up")
+        poll(
+            lambda: any(e["reason"] == "ScaledUp" for e in items(kc, "events", release.namespace)),
+            timeout=30,
+            what="a ScaledUp Event on the worker Deployment",
+        )
 
     # Deleting the connections: channels stopped, tokens and store purged, finalizers off.
     dav_key = kc.json("get", "calconn/dav", "-n", ns)["metadata"]["uid"]
@@ -451,15 +479,16 @@ def test_the_components_sync_caldav_and_push_as_their_service_accounts(
     )
     assert nothing_stored(store, dav_key) and nothing_stored(store, key)
 
-    for component in components.all:
-        assert component.alive, f"{component.label} exited:\n{component.output()[-3000:]}"
-        refused = api_errors(component.output())
-        assert not refused, f"{component.label} was refused:\n" + "\n".join(refused[:10])
+    for process in components.processes:
+        assert process.alive, f"{process.label} exited:\n{process.output()[-3000:]}"
+        refused = api_errors(process.output())
+        assert not refused, f"{process.label} was refused:\n" + "\n".join(refused[:10])
 
 
 # -- 2. and nothing more ------------------------------------------------------------------------
 
 
+@pytest.mark.parametrize("release", THREE, indirect=True)
 def test_what_the_chart_does_not_grant_is_refused(release: Release) -> None:
     kc, watched, own = release.accounts, release.watched, release.namespace
     keyring = release.settings["CALSYNC_KEYRING_NAME"]
