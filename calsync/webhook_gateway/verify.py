@@ -139,7 +139,17 @@ class Rejected:
         return STATUS_OF[self.result]
 
 
-Verdict = Verified | Rejected
+@dataclass(frozen=True)
+class EarlySync:
+    """Google's `sync` message of a channel the cache does not know yet, with a token only we
+    could have made for that channel id: Google sends it as soon as the channel is opened,
+    before the operator has written the channel into the WebhookSubscription's status. It
+    carries no change, so it is answered 200 and nothing is done."""
+
+    channel_id: str
+
+
+Verdict = Verified | Rejected | EarlySync
 
 
 def verify_google(index: SubscriptionIndex, ring: KeyRing, headers: Mapping[str, str]) -> Verdict:
@@ -154,6 +164,8 @@ def verify_google(index: SubscriptionIndex, ring: KeyRing, headers: Mapping[str,
     if state not in GOOGLE_STATES:
         return Rejected(MALFORMED, channel, "no valid X-Goog-Resource-State")
     target = index.lookup(channel)
+    if target is None and state == "sync" and verify_channel_token(ring, channel, token):
+        return EarlySync(channel)
     if target is None or target.provider != "google":
         return Rejected(UNKNOWN, channel, "no WebhookSubscription has this channel")
     if not verify_channel_token(ring, channel, token):
@@ -175,7 +187,7 @@ def graph_items(body: bytes) -> list[Any] | None:
     return items
 
 
-def verify_graph_item(index: SubscriptionIndex, ring: KeyRing, item: Any) -> Verdict:
+def verify_graph_item(index: SubscriptionIndex, ring: KeyRing, item: Any) -> Verified | Rejected:
     """Verify one item of a Graph change or lifecycle notification batch."""
     if not isinstance(item, dict):
         return Rejected(MALFORMED, why="an item is not an object")

@@ -35,6 +35,7 @@ from calsync.webhook_gateway.verify import (
     ACCEPTED,
     MALFORMED,
     RATE_LIMITED,
+    EarlySync,
     Rejected,
     Target,
     Verified,
@@ -206,6 +207,9 @@ async def _google(call: Call) -> web.Response:
     verdict = verify_google(push.subscription_index, push.vault.keyring, headers)
     if isinstance(verdict, Rejected):
         return call.refuse(verdict.status, verdict.result, verdict.channel_id, verdict.why)
+    if isinstance(verdict, EarlySync):
+        call.count("sync_message")
+        return web.Response(status=200, text="ok\n")
     if not push.channels.take(verdict.channel_id, time.monotonic()):
         return call.refuse(429, RATE_LIMITED, verdict.channel_id, "channel over WEBHOOK_RATE_LIMIT")
     now = dt.datetime.now(dt.UTC)

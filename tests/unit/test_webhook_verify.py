@@ -16,6 +16,7 @@ from calsync.webhook_gateway.verify import (
     MALFORMED,
     RATE_LIMITED,
     UNKNOWN,
+    EarlySync,
     Rejected,
     SubscriptionIndex,
     Verified,
@@ -85,6 +86,24 @@ def test_the_sync_message_verifies_and_is_marked(index: SubscriptionIndex) -> No
         index, RING, google_headers("ch-new", channel_token(RING, "ch-new"), "sync")
     )
     assert isinstance(verdict, Verified) and verdict.sync_message
+
+
+def test_the_sync_message_of_a_channel_not_yet_in_the_cache_is_acknowledged(
+    index: SubscriptionIndex,
+) -> None:
+    # Google sends it the moment the channel opens, before its id reaches the status.
+    early = verify_google(
+        index, RING, google_headers("ch-next", channel_token(RING, "ch-next"), "sync")
+    )
+    assert early == EarlySync("ch-next")
+    # Only with a token made for that very channel id, and only for `sync`.
+    for headers in (
+        google_headers("ch-next", channel_token(RING, "ch-other"), "sync"),
+        google_headers("ch-next", "garbage", "sync"),
+        google_headers("ch-next", channel_token(RING, "ch-next"), "exists"),
+    ):
+        verdict = verify_google(index, RING, headers)
+        assert isinstance(verdict, Rejected) and verdict.result == UNKNOWN
 
 
 @pytest.mark.parametrize(
