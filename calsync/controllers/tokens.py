@@ -93,6 +93,11 @@ class KeyringConflict(RuntimeError):
     """The keyring Secret kept changing between our read and our guarded write."""
 
 
+class KeyringCreateForbidden(RuntimeError):
+    """There is no keyring Secret yet and this process may not create one (workers and gateways
+    may only read it: the operator creates it)."""
+
+
 class KeyInUse(RuntimeError):
     """A key cannot be retired: token Secrets are still sealed with it."""
 
@@ -303,6 +308,11 @@ async def ensure_keyring(
                 raise KeyringNotFound(
                     f"cannot create the keyring Secret {keyring_namespace}/{keyring_name}: "
                     f"namespace {keyring_namespace!r} does not exist ({exc.status.message})"
+                ) from exc
+            if exc.status.code == 403:
+                raise KeyringCreateForbidden(
+                    f"there is no keyring Secret {keyring_namespace}/{keyring_name} yet and "
+                    f"this process may not create it ({exc.status.message})"
                 ) from exc
             raise
         log.info(

@@ -25,7 +25,7 @@ from prometheus_client import start_http_server
 from calsync.controllers import connection as connection_controller
 from calsync.controllers import kube
 from calsync.controllers import subscriptions as subscription_controller
-from calsync.controllers.tokens import TokenVault, rotate_if_due
+from calsync.controllers.tokens import KeyringCreateForbidden, TokenVault, rotate_if_due
 from calsync.observability import metrics
 from calsync.observability.metrics import REGISTRY
 from calsync.operator.leader import LeaderElector, LeadershipLost
@@ -85,16 +85,45 @@ def _client() -> AsyncClient:
 KEY_ROTATION_CHECK = 3600.0
 
 
+KEYRING_WAIT = 100.0  # a worker or gateway waits this long for the operator to make the keyring
+# (within the chart's startup probe: 24 x 5 s)
+KEYRING_POLL = 2.0
+
+
 def keyring_namespace(settings: Settings) -> str:
     """Where the keyring Secret lives: the setting, else the pod's namespace, else default."""
     return settings.keyring_namespace or default_keyring_namespace()
 
 
-async def _open_vault(client: AsyncClient, settings: Settings) -> TokenVault:
+async def _open_vault(
+    client: AsyncClient, settings: Settings, *, wait: float = KEYRING_WAIT
+) -> TokenVault:
+    """Load the keyring, creating it when this process may. A worker or gateway may only read
+    it: started before the operator has created it (a fresh install), it waits up to `wait`
+    seconds for it instead of exiting into a restart loop."""
     namespace = keyring_namespace(settings)
     vault = TokenVault(client, keyring_namespace=namespace, keyring_name=settings.keyring_name)
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + wait
+    told = False
     try:
-        await vault.start()
+        while True:
+            try:
+                await vault.start()
+                break
+            except KeyringCreateForbidden:
+                if loop.time() >= deadline:
+                    raise
+                if not told:
+                    told = True
+                    log.info(
+                        "waiting up to %.0f s for the operator to create the keyring Secret "
+                        "%s/%s (this component may only read it)",
+                        wait,
+                        namespace,
+                        settings.keyring_name,
+                    )
+                await asyncio.sleep(KEYRING_POLL)
     except Exception as exc:
         raise StartupError(
             f"cannot load or create the token keyring Secret {namespace}/"

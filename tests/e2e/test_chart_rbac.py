@@ -223,7 +223,7 @@ def components(
     Their environment is the chart's settings ConfigMap (watched namespaces, keyring namespace
     and name, Lease name, scaler), with what a local run has to change on top: listeners on
     127.0.0.1 and free ports, the simulator as Google, the gateway's URL, plain HTTP.
-    The operator starts first (it creates the keyring Secret)."""
+    The worker and the gateway start first and wait for the operator to create the keyring."""
     if release.components == ("run",):
         store = f"sqlite+aiosqlite:///{tmp_path / 'events.db'}"
     else:
@@ -274,18 +274,29 @@ def components(
             poll(lambda: answers(f"{gateway_url}/readyz", run), timeout=90, what="run /readyz")
             yield Components([run], run, gateway_url, store)
             return
+        # The operator creates the keyring Secret, which the others may only read. Started
+        # first, as on a fresh install where any pod may win the race, they wait for it.
+        # (With ClusterRoles they may create Secrets everywhere, the keyring included.)
+        worker = start("worker")
+        started.append(worker)
+        gateway = start("gateway", CALSYNC_GATEWAY_PORT=str(gateway_port))
+        started.append(gateway)
+        for waiting in (worker, gateway) if release.scoped else ():
+            poll(
+                lambda w=waiting: (
+                    w.alive_or_fail()
+                    and any("waiting up to" in m and "keyring" in m for m in w.messages())
+                ),
+                timeout=60,
+                what=f"{waiting.label} waiting for the keyring",
+            )
         operator = start("operator", CALSYNC_HEALTH_PORT=str(health))
         started.append(operator)
-        # The operator creates the keyring Secret, which the others only read.
         poll(
             lambda: answers(f"http://127.0.0.1:{health}/healthz", operator),
             timeout=90,
             what="operator /healthz",
         )
-        worker = start("worker")
-        started.append(worker)
-        gateway = start("gateway", CALSYNC_GATEWAY_PORT=str(gateway_port))
-        started.append(gateway)
         poll(
             lambda: (
                 worker.alive_or_fail()
@@ -481,8 +492,16 @@ def test_the_components_sync_caldav_and_push_as_their_service_accounts(
 
     for process in components.processes:
         assert process.alive, f"{process.label} exited:\n{process.output()[-3000:]}"
-        refused = api_errors(process.output())
+        refused = api_errors(after_start(process.output()))
         assert not refused, f"{process.label} was refused:\n" + "\n".join(refused[:10])
+
+
+def after_start(log: str) -> str:
+    """The log from "calsync starting" on: before it, a worker or gateway that came up first
+    was refused the keyring Secret's creation, as it should be, while it waited for it."""
+    marker = log.find('"message": "calsync starting"')
+    assert marker >= 0, "the component never got past its start-up"
+    return log[marker:]
 
 
 # -- 2. and nothing more ------------------------------------------------------------------------
