@@ -37,6 +37,7 @@ and their pods restart).
 from __future__ import annotations
 
 import datetime as dt
+import json
 import os
 import uuid
 from collections.abc import Iterator
@@ -494,6 +495,20 @@ def test_the_components_sync_caldav_and_push_as_their_service_accounts(
         assert process.alive, f"{process.label} exited:\n{process.output()[-3000:]}"
         refused = api_errors(after_start(process.output()))
         assert not refused, f"{process.label} was refused:\n" + "\n".join(refused[:10])
+
+    # The leak check, on the chart's settings (JSON logs, here at DEBUG): no token, client
+    # secret or password outside the Secrets that hold them.
+    issued = google_sim.admin("GET", "tokens/issued")
+    secrets = set(issued["access_tokens"]) | set(issued["refresh_tokens"])
+    assert secrets, "the consent above should have issued tokens"
+    secrets |= {client["client_secret"], caldav_calendar.password}
+    places = {f"{p.label} log": p.output() for p in components.processes}
+    places["gateway metrics"] = httpx.get(f"{components.gateway_url}/metrics", timeout=10).text
+    for kind in ("events", "calconn", "sj", "whsub"):
+        places[kind] = json.dumps(kc.json("get", kind, "-n", ns))
+    for place, text in places.items():
+        leaked = [f"{secret[:6]}..." for secret in secrets if secret in text]
+        assert not leaked, f"secrets found in the {place}: {leaked}"
 
 
 def after_start(log: str) -> str:
