@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -144,3 +145,23 @@ def stored_events(store: Path, key: str, *args: str) -> list[dict[str, Any]]:
 def connection_uid(kubectl: Kubectl, namespace: str, name: str) -> str:
     """The store key of a connection: its metadata.uid."""
     return str(kubectl.json("get", f"calconn/{name}", "-n", namespace)["metadata"]["uid"])
+
+
+@contextlib.contextmanager
+def private_cluster(name: str) -> Iterator[Kubectl]:
+    """A local control plane of its own, `crds/` applied and established, removed afterwards:
+    for tests that change the whole cluster (delete CRDs, watch every namespace)."""
+    from calsync.devcluster import Cluster
+
+    cluster = Cluster(f"{name}-{os.getpid()}")
+    own = Kubectl(cluster.up(log=False))
+    try:
+        own("apply", "--server-side", "--force-conflicts", "-f", str(ROOT / "crds"))
+        names = [
+            yaml.safe_load(p.read_text())["metadata"]["name"]
+            for p in sorted((ROOT / "crds").glob("*.yaml"))
+        ]
+        own("wait", "--for=condition=Established", "--timeout=60s", *[f"crd/{n}" for n in names])
+        yield own
+    finally:
+        cluster.down(log=False)

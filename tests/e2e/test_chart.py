@@ -26,7 +26,7 @@ import httpx
 import pytest
 import yaml
 
-from tests.support import BIN, ROOT, Kubectl, Process, condition, free_port, poll
+from tests.support import BIN, ROOT, Kubectl, Process, condition, free_port, poll, private_cluster
 
 pytestmark = pytest.mark.e2e
 
@@ -832,13 +832,18 @@ def _restore_crds(kubectl: Kubectl) -> None:
     )
 
 
-def test_crds_kept_on_uninstall_when_asked_and_removed_otherwise(
-    helm: str, quiet_kubectl: Kubectl, quiet_namespace: str
-) -> None:
-    """Deleting the CRDs deletes every calsync object in the quiet cluster: this test runs no
-    component, no other test runs while it does (one session, sequential), and the CRDs are
-    applied again from crds/ at the end, whatever happens."""
-    ns = quiet_namespace
+def test_crds_kept_on_uninstall_when_asked_and_removed_otherwise(helm: str) -> None:
+    """Deleting the CRDs deletes every calsync object of a cluster, and waits for the
+    finalizers of those that have one: on a cluster of its own, never a shared one, where a
+    connection another test left behind (its finalizer with no operator to remove it) would
+    hold the CRDs in Terminating and every later test with them."""
+    with private_cluster("e2e-chart-crds") as own:
+        _crd_lifecycle(helm, own)
+
+
+def _crd_lifecycle(helm: str, quiet_kubectl: Kubectl) -> None:
+    ns = f"t-{uuid.uuid4().hex[:10]}"
+    quiet_kubectl("create", "namespace", ns)
     release = f"c{uuid.uuid4().hex[:6]}"
     quiet_kubectl("create", "-n", ns, "-f", str(ROOT / "examples" / "syncjob-manual.yaml"))
     try:

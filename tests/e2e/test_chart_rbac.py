@@ -47,7 +47,6 @@ from typing import Any
 
 import httpx
 import pytest
-import yaml
 from sqlalchemy.engine import make_url
 
 from calsync.controllers.tokens import token_secret_name
@@ -72,7 +71,7 @@ from tests.queue_fleet import (
     stored_pairs,
     vevent,
 )
-from tests.support import ROOT, Kubectl, free_port, poll
+from tests.support import ROOT, Kubectl, free_port, poll, private_cluster
 
 pytestmark = pytest.mark.e2e
 
@@ -131,20 +130,8 @@ class Release:
 @pytest.fixture(scope="module")
 def private_kubectl() -> Iterator[Kubectl]:
     """A cluster of this module's own (CRDs applied), for the cluster-wide RBAC shape."""
-    from calsync.devcluster import Cluster
-
-    cluster = Cluster(f"e2e-rbac-{os.getpid()}")
-    own = Kubectl(cluster.up(log=False))
-    try:
-        own("apply", "--server-side", "--force-conflicts", "-f", str(ROOT / "crds"))
-        names = [
-            yaml.safe_load(p.read_text())["metadata"]["name"]
-            for p in sorted((ROOT / "crds").glob("*.yaml"))
-        ]
-        own("wait", "--for=condition=Established", "--timeout=60s", *[f"crd/{n}" for n in names])
+    with private_cluster("e2e-rbac") as own:
         yield own
-    finally:
-        cluster.down(log=False)
 
 
 @pytest.fixture
