@@ -177,7 +177,9 @@ def graph_items(body: bytes) -> list[Any] | None:
     """The `value` list of a Graph notification body, None when the body is not one."""
     try:
         doc = json.loads(body)
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):
+        # RecursionError: a body inside the size cap can still nest deeper than the parser's
+        # stack ("[[[[..."); it is malformed like any other, not a server error.
         return None
     if not isinstance(doc, dict):
         return None

@@ -264,3 +264,16 @@ async def test_every_answer_carries_a_request_id_and_its_log_lines_too(
     lines = [JsonFormatter().format(r) for r in caplog.records if "rejected" in r.getMessage()]
     assert lines, "the forged call was not logged"
     assert all(json.loads(line)["request_id"] == "r-7" for line in lines)
+
+
+async def test_a_body_nested_past_the_parsers_stack_is_a_400_not_a_500(
+    gateway: tuple[TestClient[Any, Any], PushGateway],
+) -> None:
+    http, push = gateway
+    depth = 30_000  # about 60 KiB: inside the 64 KiB cap
+    body = b'{"value": ' + b"[" * depth + b"]" * depth + b"}"
+    assert len(body) < MAX_BODY
+    for path in ("/api/webhooks/microsoft", "/api/webhooks/microsoft/lifecycle"):
+        answer = await http.post(path, data=body, headers={"Content-Type": "application/json"})
+        assert answer.status == 400, path
+    assert push.results[("microsoft", "malformed")] == 2
