@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import email.utils
 import logging
 import random
 import time
@@ -35,6 +34,7 @@ import httpx
 from calsync.observability import metrics
 from calsync.providers.base import AuthenticationFailed, ProviderError, RateLimited
 from calsync.providers.budget import RequestBudget
+from calsync.providers.retry_after import parse_retry_after as parse_retry_after
 
 if TYPE_CHECKING:
     from calsync.providers.oauth import AccessTokens
@@ -45,29 +45,6 @@ Classify = Callable[[httpx.Response], ProviderError | None]
 
 _BACKOFF_CAP = 30.0
 _MESSAGE_LIMIT = 300
-
-
-def parse_retry_after(value: str | None, now: float | None = None) -> float | None:
-    """Retry-After as seconds to wait: delta-seconds or an HTTP date; None when unusable."""
-    if value is None:
-        return None
-    text = value.strip()
-    if not text:
-        return None
-    try:
-        seconds = float(text)
-    except ValueError:
-        try:
-            when = email.utils.parsedate_to_datetime(text)
-        except (TypeError, ValueError, IndexError):
-            return None
-        if when is None:
-            return None
-        current = time.time() if now is None else now
-        return max(0.0, when.timestamp() - current)
-    if seconds != seconds or seconds < 0:  # NaN or negative
-        return None
-    return seconds
 
 
 def error_message(response: httpx.Response) -> str:

@@ -14,8 +14,6 @@ server (each redirect hop too) is counted in `calsync_provider_requests_total` a
 
 from __future__ import annotations
 
-import datetime as dt
-import email.utils
 import functools
 import ipaddress
 import logging
@@ -37,6 +35,7 @@ from calsync.providers.base import (
     RateLimited,
 )
 from calsync.providers.budget import RequestBudget
+from calsync.providers.retry_after import parse_retry_after
 from calsync.security.urlguard import GuardedNetworkBackend, check_url_async
 
 log = logging.getLogger(__name__)
@@ -191,26 +190,13 @@ def _loopback(url: str) -> bool:
         return False
 
 
-def _retry_after(value: str | None) -> float | None:
-    if not value:
-        return None
-    value = value.strip()
-    if value.isdigit():
-        return float(value)
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=dt.UTC)
-    return max(0.0, (when - dt.datetime.now(dt.UTC)).total_seconds())
-
-
 def _result(status: int, headers: httpx.Headers) -> str:
     """The `result` label of an answered request, as `raise_for` would judge it."""
     if status < 400:
         return "ok"
-    if status == 429 or (status == 503 and _retry_after(headers.get("Retry-After")) is not None):
+    if status == 429 or (
+        status == 503 and parse_retry_after(headers.get("Retry-After")) is not None
+    ):
         return "throttled"
     if status in (401, 403):
         return "unauthorized"
@@ -406,7 +392,7 @@ class DavSession:
                 )
             raise AuthenticationFailed(f"{what}: the server refused the credentials")
         if status in (429, 503):
-            retry_after = _retry_after(reply.headers.get("Retry-After"))
+            retry_after = parse_retry_after(reply.headers.get("Retry-After"))
             if status == 429 or retry_after is not None:
                 raise RateLimited(f"{what}: rate limited", retry_after=retry_after)
         if status == 403:
