@@ -12,8 +12,9 @@ as `json.loads` would. The other members of the page are skipped without being b
 Google benchmark's 8.7 MB listing this is about twice as fast as the standard library's
 decoder alone, and three times our earlier scanner-based split.
 
-Anything that is not one JSON object (truncated, trailing text, invalid UTF-8), or whose items
-member is not an array, raises ValueError with msgspec's description of the fault.
+Anything that is not one JSON object (truncated, trailing text, invalid UTF-8, nesting deeper
+than the decoder's stack), or whose items member is not an array, raises ValueError with
+msgspec's description of the fault.
 """
 
 from __future__ import annotations
@@ -61,4 +62,6 @@ class PageReader:
             raise ValueError(f"not a listing page: {exc}") from None
         except (msgspec.DecodeError, UnicodeDecodeError) as exc:
             raise ValueError(f"not JSON: {exc}") from None
+        except RecursionError:
+            raise ValueError("not a listing page: nested deeper than the decoder's stack") from None
         return head, items

@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 
 import pytest
+from hypothesis import example, given, settings
+from hypothesis import strategies as st
 
 from calsync.providers.jsonpage import PageReader
 
@@ -68,3 +70,39 @@ def test_what_is_not_one_listing_object_is_refused(text: bytes) -> None:
 def test_a_required_items_array_must_be_there(text: bytes) -> None:
     with pytest.raises(ValueError):
         GRAPH.read(text)
+
+
+# -- hostile pages --------------------------------------------------------------------------------
+
+_LEAF = st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=30)
+_JSON = st.recursive(
+    _LEAF,
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=12), inner),
+    max_leaves=25,
+)
+_PAGES = st.fixed_dictionaries(
+    {}, optional={"items": _JSON, "nextPageToken": _JSON, "nextSyncToken": _JSON}
+).map(lambda page: json.dumps(page).encode())
+
+
+def _deep(depth: int, where: str) -> bytes:
+    nest = b"[" * depth + b"]" * depth
+    if where == "item":
+        return b'{"items": [{"a": ' + nest + b"}]}"
+    return b'{"nextPageToken": ' + nest + b', "items": []}'
+
+
+@given(st.binary(max_size=1024) | _PAGES)
+@example(_deep(100_000, "item"))
+@example(_deep(100_000, "member"))
+@example(b"\xff\xfe{}")
+@settings(max_examples=300, deadline=None)
+def test_any_page_is_read_or_refused_with_a_value_error(content: bytes) -> None:
+    reader = PageReader("items", ["nextPageToken", "nextSyncToken"])
+    try:
+        head, items = reader.read(content)
+    except ValueError as exc:
+        assert str(exc)
+        return
+    assert set(head) <= {"nextPageToken", "nextSyncToken"}
+    assert all(isinstance(text, str) for _, text in items)
