@@ -11,7 +11,6 @@ import base64
 import datetime as dt
 import json
 import subprocess
-import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -407,13 +406,6 @@ async def test_rotate_if_due_follows_the_primary_keys_age(
 
 
 def keys_command() -> list[str]:
-    """`calsync keys` once registered in calsync/cli.py; the module entry point until then."""
-    from calsync.cli import build_parser
-
-    try:
-        build_parser().parse_args(["keys", "list"])
-    except SystemExit:
-        return [sys.executable, "-m", "calsync.cli_keys"]
     return [str(BIN / "calsync"), "keys"]
 
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from calsync.cli import main
-from calsync.cli_events import store_key
+from calsync.cli.events import store_key
 from calsync.model import ChangePage
 from calsync.providers.ical import parse_resource
 from calsync.store import EventStore

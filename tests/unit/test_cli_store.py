@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from calsync.cli import main
-from calsync.cli_store import backup_sqlite
+from calsync.cli.store import backup_sqlite
 
 pytestmark = pytest.mark.unit
 

@@ -1,7 +1,9 @@
 """`calsync simulate google|microsoft`: serve a provider simulator until interrupted.
 
-The simulators live in `calsync.testing`; this only binds one to a socket, prints its base URL
-(tests and scripts read the first line) and stops cleanly on Ctrl-C or SIGTERM.
+The simulators live in `calsync.testing`, which no runtime module may import (an import
+contract in pyproject.toml); the CLI may, and does so only when this command runs. This binds
+one simulator to a socket, prints its base URL (tests and scripts read the first line) and stops
+cleanly on Ctrl-C or SIGTERM.
 """
 
 from __future__ import annotations
@@ -39,6 +41,19 @@ async def _serve(provider: str, host: str, port: int) -> None:
             flush=True,
         )
         await stop.wait()
+
+
+def add_simulate_parser(sub: Any) -> None:
+    sim = sub.add_parser(
+        "simulate",
+        help="run a provider simulator (Google Calendar API, Microsoft Graph) for tests",
+        description="Serve a faithful in-memory simulator of a provider's API and OAuth "
+        "endpoints on 127.0.0.1, with an admin API under /_admin/ (see docs/simulators/).",
+    )
+    sim.add_argument("provider", choices=["google", "microsoft"])
+    sim.add_argument("--port", type=int, default=0, help="port (default: a free one, printed)")
+    sim.add_argument("--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1)")
+    sim.set_defaults(func=simulate)
 
 
 def simulate(args: argparse.Namespace) -> int:

@@ -24,7 +24,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from calsync.store import EventStore, default_store_url
+# The store loads SQLAlchemy and lightkube is only needed with --connection: both are imported
+# inside the command, so building the parser (`calsync --help`) imports neither.
 
 DEFAULT_PAST_DAYS = 365
 DEFAULT_FUTURE_DAYS = 730
@@ -165,6 +166,8 @@ async def _show_events(args: argparse.Namespace) -> int:
     else:
         key = args.connection_key
         label = f"connection key {key}"
+    from calsync.store import EventStore, default_store_url
+
     store = await EventStore.open(args.store or default_store_url())
     try:
         stored = [c.id for c in await store.calendars(key)]
@@ -223,6 +226,38 @@ def _die_of_sigpipe() -> int:
     signal.signal(signal.SIGPIPE, signal.SIG_DFL)
     os.kill(os.getpid(), signal.SIGPIPE)
     return 128 + signal.SIGPIPE  # not reached where SIGPIPE kills
+
+
+def add_events_parser(sub: Any) -> None:
+    ev = sub.add_parser(
+        "events",
+        help="show a connection's events from the store",
+        description="Read events from the event store, recurring series expanded in the range.",
+    )
+    which = ev.add_mutually_exclusive_group(required=True)
+    which.add_argument(
+        "--connection",
+        help="NAMESPACE/NAME of the connection, looked up in the cluster of $KUBECONFIG",
+    )
+    which.add_argument(
+        "--connection-key",
+        metavar="UID",
+        help="the connection's store key (its metadata.uid): read the store without a cluster",
+    )
+    ev.add_argument("--calendar", help="only this calendar id")
+    ev.add_argument(
+        "--from", dest="start", help="range start (ISO date or date-time; default: 365 days ago)"
+    )
+    ev.add_argument("--to", dest="end", help="range end (default: 730 days ahead)")
+    ev.add_argument("--format", choices=["table", "json", "ics"], default="table")
+    ev.add_argument("--limit", type=int, default=10_000, help="at most this many occurrences")
+    ev.add_argument(
+        "--include-cancelled",
+        action="store_true",
+        help="also show cancelled events and occurrences (left out by default)",
+    )
+    ev.add_argument("--store", help="event store URL (default: CALSYNC_STORE_URL or SQLite)")
+    ev.set_defaults(func=show_events)
 
 
 def show_events(args: argparse.Namespace) -> int:

@@ -271,15 +271,3 @@ def run_keys(args: argparse.Namespace) -> int:
     print(f"calsync: {message}", file=sys.stderr)
     return 1
 
-
-def main(argv: list[str] | None = None) -> int:
-    """`python -m calsync.cli_keys ...`: the same command without the rest of the CLI."""
-    parser = argparse.ArgumentParser(prog="calsync")
-    add_keys_parser(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(["keys", *(sys.argv[1:] if argv is None else argv)])
-    result: int = args.func(args)
-    return result
-
-
-if __name__ == "__main__":
-    sys.exit(main())
