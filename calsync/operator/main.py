@@ -29,6 +29,7 @@ from calsync.controllers.tokens import KeyringCreateForbidden, TokenVault, rotat
 from calsync.observability import metrics
 from calsync.observability.metrics import REGISTRY
 from calsync.operator.leader import LeaderElector, LeadershipLost
+from calsync.operator.listeners import GATEWAY, METRICS, ListenError, check_listeners, listen_error
 from calsync.scaling.controller import ScalingController
 from calsync.settings import Settings, default_keyring_namespace
 from calsync.store import EventStore, default_store_url
@@ -163,6 +164,10 @@ async def run(
     stop_flag: threading.Event | None = None,
 ) -> None:
     """Run the Kopf controllers, the SyncJob worker, the gateway, or any of them together."""
+    try:  # first: a taken port is a one-line error, before the cluster or the store is touched
+        check_listeners(settings, operator=operator, worker=worker, gateway=gateway)
+    except ListenError as exc:
+        raise StartupError(str(exc)) from exc
     client = _client()
     try:
         kinds = kube.kinds_for(operator=operator, worker=worker, gateway=gateway)
@@ -187,7 +192,13 @@ async def run(
             await client.close()
             raise StartupError(f"cannot open the event store: {exc}") from exc
     if settings.metrics_port and (operator or worker):
-        start_http_server(settings.metrics_port, addr=settings.bind_address, registry=REGISTRY)
+        try:
+            start_http_server(settings.metrics_port, addr=settings.bind_address, registry=REGISTRY)
+        except OSError as exc:  # taken since check_listeners
+            if store is not None:
+                await store.close()
+            await client.close()
+            raise StartupError(str(listen_error(METRICS, settings, exc))) from exc
     log.info(
         "calsync starting",
         extra={
@@ -210,11 +221,8 @@ async def run(
                 gateway_runner = await serve_gateway(
                     ctx, settings.bind_address, settings.gateway_port
                 )
-            except OSError as exc:
-                raise StartupError(
-                    f"cannot listen on {settings.bind_address}:{settings.gateway_port} for the "
-                    f"gateway: {exc}"
-                ) from exc
+            except OSError as exc:  # taken since check_listeners
+                raise StartupError(str(listen_error(GATEWAY, settings, exc))) from exc
         identity = settings.worker_identity or f"{socket.gethostname()}-{os.getpid()}"
         if worker:
             assert store is not None
