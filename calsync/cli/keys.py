@@ -270,4 +270,3 @@ def run_keys(args: argparse.Namespace) -> int:
         message = f"cannot reach the Kubernetes API server: {exc}"
     print(f"calsync: {message}", file=sys.stderr)
     return 1
-
