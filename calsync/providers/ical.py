@@ -5,22 +5,21 @@ an initial sync of a large calendar spends most of its time there while the stor
 dozen fields per VEVENT (the raw text is kept verbatim anyway). This module unfolds the lines,
 walks BEGIN/END, and reads only the properties `calsync.model.Event` carries.
 
-Time zones: a TZID that `zoneinfo` knows is used as is (the embedded VTIMEZONE is ignored, as
-every mainstream client does). Other TZIDs, such as Outlook's "W. Europe Standard Time" or
-libical's "/freeassociation.sourceforge.net/Europe/Berlin", are mapped to an IANA zone with
-icalendar's Windows table or by their trailing path; failing that the object's own VTIMEZONE
-definition is used (through dateutil, which is also what icalendar uses for custom zones, but
-without icalendar's process-wide cache of custom definitions, which a hostile server could grow
-without bound and which would let one object's definition leak into another's). A TZID that
-resolves to nothing is treated as floating.
+Time zones: every TZID goes through the one resolver, `calsync.timezones.resolve` (IANA keys,
+UTC spellings, Outlook's Windows names such as "W. Europe Standard Time", libical's
+"/freeassociation.sourceforge.net/Europe/Berlin"); an IANA zone found there wins over the
+embedded VTIMEZONE, as every mainstream client does. Failing that, the object's own VTIMEZONE
+definition is used (`calsync.timezones.defined_zone`, scoped to this object: one object's
+definition never leaks into another's). A TZID that resolves to nothing is read as UTC and
+reported as written (docs/decisions/0012).
 
 Conventions of the extracted values:
 - start/end/last_modified/series_end are aware UTC datetimes; a DATE becomes midnight UTC and
   sets `all_day`; floating times are read as UTC with `timezone=None`.
 - recurrence_id, rdates, exdates are `datetime.isoformat()` strings of UTC datetimes
   ("2025-03-01T09:00:00+00:00").
-- `timezone` is the IANA name when one is known, else the TZID as written, "UTC" for UTC times,
-  None for floating times and dates.
+- `timezone` is the IANA name when one is known, else the TZID as written (a VTIMEZONE-defined
+  or unknown zone), "UTC" for UTC times, None for floating times and dates.
 - organizer/attendees are the calendar addresses without a leading "mailto:".
 - A missing DTEND is DTSTART + DURATION, else one day for dates and zero for date-times
   (RFC 5545 3.6.1); DURATION weeks and days are nominal (wall clock), hours and less exact.
@@ -38,13 +37,12 @@ capped.
 from __future__ import annotations
 
 import datetime as dt
-import io
 import re
 from typing import Final
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from calsync.model import Event, EventStatus, Resource
 from calsync.providers.base import ProviderError
+from calsync.timezones import defined_zone, resolve
 
 __all__ = [
     "MAX_COMPONENTS",
@@ -226,44 +224,7 @@ def _address(value: str) -> str:
 # --- time zones -------------------------------------------------------------------------------
 
 _MISSING: Final = object()
-_ZONES: dict[str, ZoneInfo | None] = {}
 _ZONE_CACHE_LIMIT: Final = 2048
-
-
-def _zoneinfo(key: str) -> ZoneInfo | None:
-    """An IANA zone by exact key, or None; cached, including misses (bounded)."""
-    found = _ZONES.get(key, _MISSING)
-    if found is _MISSING:
-        zone: ZoneInfo | None = None
-        if 0 < len(key) <= 64 and key.isprintable() and ".." not in key:
-            try:
-                zone = ZoneInfo(key)
-            except (ZoneInfoNotFoundError, ValueError, OSError):
-                zone = None
-        if len(_ZONES) < _ZONE_CACHE_LIMIT:
-            _ZONES[key] = zone
-        return zone
-    return found  # type: ignore[return-value]  # the sentinel was excluded above
-
-
-def _mapped_zone(tzid: str) -> ZoneInfo | None:
-    """Outlook's Windows names and "/vendor/Olson/Name" TZIDs, as icalendar maps them."""
-    from icalendar.timezone.windows_to_olson import WINDOWS_TO_OLSON
-
-    cleaned = tzid.strip().strip('"').strip()
-    olson = WINDOWS_TO_OLSON.get(cleaned)
-    if olson is not None:
-        return _zoneinfo(olson)
-    if cleaned.startswith("/"):
-        parts = cleaned.strip("/").split("/")
-        for begin in range(1, len(parts)):
-            zone = _zoneinfo("/".join(parts[begin:]))
-            if zone is not None:
-                return zone
-    return None
-
-
-_VTZ_RULE_PARTS: Final = frozenset({"FREQ", "BYMONTH", "BYDAY", "BYMONTHDAY", "UNTIL", "COUNT"})
 
 
 def _vtimezone_blocks(lines: list[str]) -> dict[str, list[str]]:
@@ -286,34 +247,8 @@ def _vtimezone_blocks(lines: list[str]) -> dict[str, list[str]]:
     return blocks
 
 
-def _defined_zone(tzid: str, block: list[str]) -> dt.tzinfo | None:
-    """A VTIMEZONE definition as a tzinfo, through dateutil; None when unusable.
-
-    Only yearly transition rules are accepted: an adversarial RRULE in a VTIMEZONE would make
-    every offset lookup walk dateutil's recurrence to the year 9999.
-    """
-    from dateutil.tz import tzical
-
-    for line in block:
-        if line[:5].upper() == "RRULE" and not _safe_vtimezone_rule(_content_line(line)[2]):
-            return None
-    try:
-        zone = tzical(io.StringIO("\n".join(block) + "\n")).get(tzid)
-        if zone is None:
-            return None
-        zone.utcoffset(dt.datetime(2000, 1, 1))  # fail here, not later, on a broken one
-    except Exception:  # dateutil raises assorted types on bad definitions
-        return None
-    return zone
-
-
-def _safe_vtimezone_rule(rule: str) -> bool:
-    parts = _rule_parts(rule.upper())
-    return parts.get("FREQ") == "YEARLY" and set(parts) <= _VTZ_RULE_PARTS
-
-
 class _Zones:
-    """TZID resolution for one object: zoneinfo, then mapped names, then its VTIMEZONEs."""
+    """TZID resolution for one object: `calsync.timezones.resolve`, then its own VTIMEZONEs."""
 
     __slots__ = ("_blocks", "_resolved", "_text")
 
@@ -323,19 +258,19 @@ class _Zones:
         self._blocks: dict[str, list[str]] | None = None
 
     def get(self, tzid: str) -> tuple[dt.tzinfo | None, str | None]:
-        """(tzinfo, name to report) for a TZID; (None, None) when it names nothing."""
+        """(tzinfo, name to report) for a TZID; (None, TZID) when it names nothing (read as UTC)."""
         hit = self._resolved.get(tzid)
         if hit is not None:
             return hit
-        zone = _zoneinfo(tzid) or _mapped_zone(tzid)
-        result: tuple[dt.tzinfo | None, str | None] = (None, None)
+        zone = resolve(tzid)
+        result: tuple[dt.tzinfo | None, str | None] = (None, tzid)
         if zone is not None:
             result = (zone, zone.key)
         else:
             if self._blocks is None:
                 self._blocks = _vtimezone_blocks(self._text.split("\n"))
             block = self._blocks.get(tzid)
-            defined = _defined_zone(tzid, block) if block is not None else None
+            defined = defined_zone(tzid, block) if block is not None else None
             if defined is not None:
                 result = (defined, tzid)
         self._resolved[tzid] = result

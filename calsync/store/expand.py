@@ -13,9 +13,10 @@ that window's start, so the walk yields a series' instances in start order, and 
 the earliest ones.
 
 JSON resources (Google, Graph) keep no iCalendar text. Their masters are expanded from the
-stored RRULE, RDATE and EXDATE with dateutil in the event's IANA zone (UTC when the zone is not
-an IANA name); instances that have an override row elsewhere in the calendar (same UID,
-recurrence id = the instance start) are left to that row. This fallback also serves an
+stored RRULE, RDATE and EXDATE with dateutil in the event's zone as the one resolver,
+`calsync.timezones`, reads its name (UTC when it resolves to nothing, which is how the readers
+read wall times in such a zone); instances that have an override row elsewhere in the calendar
+(same UID, recurrence id = the instance start) are left to that row. This fallback also serves an
 iCalendar resource whose raw text the library cannot expand. It knows nothing of
 RANGE=THISANDFUTURE or per-instance durations.
 
@@ -27,7 +28,6 @@ from __future__ import annotations
 import datetime as dt
 import heapq
 import logging
-import zoneinfo
 from collections.abc import Iterator, Mapping, Set
 from typing import Any
 
@@ -35,6 +35,7 @@ import icalendar
 import recurring_ical_events  # type: ignore[import-untyped]
 from dateutil.rrule import rrule, rruleset, rrulestr
 
+from calsync import timezones
 from calsync.store.results import Occurrence
 from calsync.store.rows import json_list, occurrence_from_row
 
@@ -189,7 +190,7 @@ def _zone_name(component: Any, start: dt.date | dt.datetime) -> str | None:
     prop = component.get("DTSTART")
     tzid = prop.params.get("TZID") if prop is not None else None
     if tzid:
-        return str(tzid)
+        return timezones.zone_name(str(tzid))
     if isinstance(start, dt.datetime) and start.tzinfo is not None:
         return str(getattr(start.tzinfo, "key", None) or "UTC")
     return None
@@ -286,12 +287,9 @@ def master_occurrences(
 
 
 def _zone(name: str | None) -> dt.tzinfo:
-    if not name:
-        return UTC
-    try:
-        return zoneinfo.ZoneInfo(name)
-    except (zoneinfo.ZoneInfoNotFoundError, ValueError):
-        return UTC
+    """The zone a stored name stands for (`calsync.timezones`); UTC when unknown or absent."""
+    zone = timezones.resolve(name) if name else None
+    return zone if zone is not None else UTC
 
 
 def _rule(text: str, dtstart: dt.datetime, zone: dt.tzinfo) -> rrule:

@@ -148,7 +148,6 @@ def test_other_zones_cancelled_and_free() -> None:
     [
         {"start": None},
         {"start": {"dateTime": "yesterday", "timeZone": "UTC"}},
-        {"start": {"dateTime": "2025-01-01T00:00:00", "timeZone": "Mars/Olympus"}},
         {"end": {"dateTime": "2025-03-03T16:00:00", "timeZone": "UTC"}},
         {"type": "seriesMaster"},
     ],
@@ -240,3 +239,11 @@ async def test_a_page_skips_malformed_items_and_keeps_the_last_mention() -> None
     assert page.deletes == ["gone"]
     assert page.complete and page.full and page.cursor is not None
     assert [pid for pid, _ in provider.skipped] == ["bad", ""]
+
+
+def test_a_wall_time_in_an_unknown_zone_is_read_as_utc() -> None:
+    # One rule for unknown zones everywhere (calsync.timezones, decision 0012): kept, read as UTC.
+    event = to_event(
+        item(start={"dateTime": "2025-01-01T00:00:00.0000000", "timeZone": "Mars/Olympus"})
+    )
+    assert event.start == dt.datetime(2025, 1, 1, tzinfo=UTC)

@@ -457,10 +457,10 @@ def test_custom_vtimezone_definition_is_used() -> None:
     assert event.series_end == dt.datetime(2025, 3, 8, 4, 30, tzinfo=UTC)
 
 
-def test_unknown_tzid_without_definition_is_floating() -> None:
+def test_unknown_tzid_without_definition_is_read_as_utc_and_named_as_written() -> None:
     event = _one("UID:u", "DTSTART;TZID=Mars/Olympus_Mons:20250301T100000")
     assert event.start == dt.datetime(2025, 3, 1, 10, tzinfo=UTC)
-    assert event.timezone is None
+    assert event.timezone == "Mars/Olympus_Mons"
 
 
 def test_vtimezone_with_an_explosive_rule_is_not_used() -> None:
@@ -469,7 +469,8 @@ def test_vtimezone_with_an_explosive_rule_is_not_used() -> None:
         "TZOFFSETTO:+0530\r\nRRULE:FREQ=SECONDLY;BYMONTH=2;BYMONTHDAY=30\r\n",
     )
     event = _one("UID:h", "DTSTART;TZID=Custom Zone 1:20250301T100000", tz=hostile)
-    assert event.timezone is None
+    assert event.start == dt.datetime(2025, 3, 1, 10, tzinfo=UTC)  # as an unknown zone
+    assert event.timezone == "Custom Zone 1"
 
 
 # --- hostile input -----------------------------------------------------------------------------

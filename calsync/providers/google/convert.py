@@ -13,7 +13,9 @@ Times:
 - `{"dateTime": "2025-03-01T09:00:00+01:00", "timeZone": "Europe/Berlin"}`: the instant from
   the offset. A `dateTime` without an offset is wall time in `timeZone`. The event's zone is
   its `timeZone`, else the calendar's (Google reads a missing `timeZone` that way, and a
-  recurring series expands in it); the store expands masters on that zone's wall clock.
+  recurring series expands in it); the store expands masters on that zone's wall clock. Zone
+  names go through the one resolver, `calsync.timezones` (reported as their IANA key); one that
+  resolves to nothing is kept as written and its wall times are read as UTC (decision 0012).
 - Recurrence lines are RFC 5545: `RRULE:` (the first one is kept; a second makes the series
   open-ended, since the model holds one rule), `RDATE` / `EXDATE` with `TZID=`, UTC (`Z`),
   floating (read in the event's zone) or `VALUE=DATE` values. A date EXDATE on a timed series
@@ -31,17 +33,16 @@ import json
 from collections.abc import Mapping
 from typing import Any, Final
 
+from calsync import timezones
 from calsync.model import Event, EventStatus, Resource
 from calsync.providers.base import ProviderError
 from calsync.providers.ical import (
     MalformedCalendarData,
     _content_line,
-    _mapped_zone,
     _params,
     _series_end,
     _stamp,
     _When,
-    _zoneinfo,
 )
 
 UTC: Final = dt.UTC
@@ -71,22 +72,6 @@ def raw_text(item: Mapping[str, Any]) -> str:
     return json.dumps(item, ensure_ascii=False, separators=(",", ":"))
 
 
-_ZONES: dict[str, dt.tzinfo | None] = {}  # name -> zone (None: unknown), bounded
-
-
-def _zone(name: Any) -> dt.tzinfo | None:
-    if type(name) is not str:
-        return None
-    try:
-        return _ZONES[name]
-    except KeyError:
-        pass
-    zone: dt.tzinfo | None = (_zoneinfo(name) or _mapped_zone(name)) if name else None
-    if len(_ZONES) < 4096:
-        _ZONES[name] = zone
-    return zone
-
-
 class _Time:
     """A start / end / originalStartTime as read: the UTC instant, its zone, its wall time."""
 
@@ -97,11 +82,11 @@ class _Time:
             raise MalformedEvent(f"{field} is not an object")
         stamp = value.get("dateTime")
         own = value.get("timeZone")
-        zone = _zone(own) if own is not None else None
-        if zone is not None:
+        if type(own) is str and own:  # else Google means the calendar's zone
             zone_name = own
-        else:
-            zone = _zone(zone_name)
+        zone = timezones.resolve(zone_name) if zone_name else None
+        if zone is not None:
+            zone_name = zone.key
         if stamp is None:
             date_text = value.get("date")
             if type(date_text) is not str:
@@ -126,7 +111,7 @@ class _Time:
         self.all_day = False
         self.utc = parsed.astimezone(UTC)
         self.zone = zone
-        self.zone_name = zone_name if zone is not None else "UTC"
+        self.zone_name = zone_name or "UTC"  # unknown: as written, its times read as UTC
 
     @property
     def local(self) -> dt.datetime:
@@ -142,9 +127,7 @@ class _Time:
 def _time_list(value: str, params: str, start: _Time) -> list[_When]:
     """RDATE / EXDATE values as `_When`s on the series' wall clock."""
     tzid = _params(params).get("TZID") if params else None
-    own = _zone(tzid) if tzid else None
-    if tzid and own is None:
-        raise MalformedEvent(f"unknown TZID {tzid[:40]!r} in a recurrence line")
+    own = timezones.resolve(tzid) if tzid else None  # unknown: read as UTC, as everywhere
     out: list[_When] = []
     for item in value.split(","):
         text = item.strip().partition("/")[0]  # a PERIOD's start
@@ -162,8 +145,8 @@ def _time_list(value: str, params: str, start: _Time) -> list[_When]:
                 out.append(_When(wall, start.zone, start.zone_name, False))
         elif is_utc:
             out.append(_When(local, None, "UTC", False))
-        elif own is not None:
-            out.append(_When(local, own, tzid, False))
+        elif tzid:
+            out.append(_When(local, own, timezones.zone_name(tzid), False))
         else:
             out.append(_When(local, start.zone, start.zone_name, False))
     return out

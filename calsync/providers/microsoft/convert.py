@@ -21,10 +21,11 @@ So the instances of one series share a UID but differ by recurrence id, and the 
 duplicate check, which groups by (uid, recurrence id), does not report a normal series.
 
 Times: the provider asks for `Prefer: outlook.timezone="UTC"`, but zones named otherwise
-(an IANA name, or a Windows name such as "Pacific Standard Time") are converted too. An
-all-day event keeps its dates: midnight UTC of the first day to midnight UTC after the last.
-`timezone` is the event's own zone (`originalStartTimeZone`) as an IANA name when it maps to
-one, otherwise as Graph wrote it; None for all-day events, as the CalDAV extractor does for
+(an IANA name, or a Windows name such as "Pacific Standard Time") are converted too, by the one
+resolver, `calsync.timezones`; a wall time in a zone it cannot resolve is read as UTC (decision
+0012). An all-day event keeps its dates: midnight UTC of the first day to midnight UTC after the
+last. `timezone` is the event's own zone (`originalStartTimeZone`) as an IANA name when it maps
+to one, otherwise as Graph wrote it; None for all-day events, as the CalDAV extractor does for
 dates.
 
 Anything unusable raises `MalformedEvent`; the provider skips and reports that item.
@@ -34,20 +35,16 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import zoneinfo
 from collections.abc import Mapping
-from functools import lru_cache
 from typing import Any, Final
 
+from calsync import timezones
 from calsync.model import Event, EventStatus, Resource
 from calsync.providers.base import ProviderError
 
 UTC: Final = dt.UTC
 GLOBAL_OBJECT_CLASS: Final = "040000008200E00074C5B7101A82E008"
 INSTANCE_TYPES: Final = ("singleInstance", "occurrence", "exception")
-_UTC_NAMES: Final = frozenset(
-    {"utc", "tzone://microsoft/utc", "coordinated universal time", "gmt", "etc/utc", "z"}
-)
 
 
 class MalformedEvent(ProviderError):
@@ -57,37 +54,9 @@ class MalformedEvent(ProviderError):
     reason = "MalformedEvent"
 
 
-@lru_cache(maxsize=256)
 def iana_zone(name: str | None) -> str | None:
     """The IANA name for a Graph zone name (IANA or Windows), or None when unknown."""
-    if not name:
-        return None
-    cleaned = name.strip()
-    if cleaned.lower() in _UTC_NAMES:
-        return "UTC"
-    try:
-        zoneinfo.ZoneInfo(cleaned)
-        return cleaned
-    except (zoneinfo.ZoneInfoNotFoundError, ValueError):
-        pass
-    from icalendar.timezone.windows_to_olson import WINDOWS_TO_OLSON
-
-    olson = WINDOWS_TO_OLSON.get(cleaned)
-    if olson is None:
-        return None
-    try:
-        zoneinfo.ZoneInfo(olson)
-    except (zoneinfo.ZoneInfoNotFoundError, ValueError):
-        return None
-    return str(olson)
-
-
-@lru_cache(maxsize=256)
-def _tzinfo(name: str) -> dt.tzinfo | None:
-    iana = iana_zone(name)
-    if iana is None:
-        return None
-    return UTC if iana == "UTC" else zoneinfo.ZoneInfo(iana)
+    return timezones.zone_key(name)
 
 
 _fromisoformat: Final = dt.datetime.fromisoformat
@@ -132,10 +101,9 @@ def parse_when(value: Any, what: str) -> tuple[dt.datetime, dt.datetime]:
         return local.astimezone(UTC), local
     if zone_name == "UTC":  # what the provider asks for: no conversion
         return local.replace(tzinfo=UTC), local
-    zone = _tzinfo(zone_name) if isinstance(zone_name, str) and zone_name else UTC
-    if zone is None:
-        raise MalformedEvent(f"{what} is in an unknown time zone: {zone_name!r}")
-    return local.replace(tzinfo=zone).astimezone(UTC), local
+    # An unknown zone is read as UTC, as every reader does (calsync.timezones).
+    zone = timezones.resolve(zone_name) if isinstance(zone_name, str) and zone_name else None
+    return local.replace(tzinfo=zone or UTC).astimezone(UTC), local
 
 
 def _timestamp(value: Any) -> dt.datetime | None:
@@ -200,10 +168,10 @@ def to_event(item: Mapping[str, Any]) -> Event:
     timezone = None
     if not all_day:
         if isinstance(original_zone, str) and original_zone:
-            timezone = iana_zone(original_zone) or original_zone
+            timezone = timezones.zone_name(original_zone)
         else:
             zone = (item.get("start") or {}).get("timeZone")
-            timezone = iana_zone(zone) if isinstance(zone, str) else None
+            timezone = timezones.zone_name(zone) if isinstance(zone, str) and zone else None
     if kind == "singleInstance":
         ical_uid = item.get("iCalUId")
         uid = ical_uid if isinstance(ical_uid, str) and ical_uid else str(item["id"])
@@ -216,7 +184,7 @@ def to_event(item: Mapping[str, Any]) -> Event:
                 raise MalformedEvent("an exception without originalStart")
             original = start
         if all_day:
-            zone = _tzinfo(original_zone) if isinstance(original_zone, str) else None
+            zone = timezones.resolve(original_zone) if isinstance(original_zone, str) else None
             original = _midnight(original.astimezone(zone or UTC).date())
         recurrence_id = original.isoformat()
     subject = item.get("subject")
