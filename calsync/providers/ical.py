@@ -23,11 +23,11 @@ Conventions of the extracted values:
 - organizer/attendees are the calendar addresses without a leading "mailto:".
 - A missing DTEND is DTSTART + DURATION, else one day for dates and zero for date-times
   (RFC 5545 3.6.1); DURATION weeks and days are nominal (wall clock), hours and less exact.
-- `series_end` is the end of the last occurrence: UNTIL plus the event's duration, or for COUNT
-  the last occurrence (by arithmetic for the plain rules, else with dateutil when that is
-  bounded), extended by later RDATEs; None (open-ended, so never excluded from a window) when
-  unbounded or too costly to know (COUNT above 5,000, sparse BY-rules that could make dateutil
-  search to the year 9999).
+- `series_end` is the end of the last occurrence: the start `calsync.recurrence.last_start`
+  gives (UNTIL as a bound, read as the store's expansion reads it; COUNT exactly, by
+  arithmetic for the plain rules, else with dateutil when that is bounded) plus the event's
+  duration, extended by later RDATEs; None (open-ended, so never excluded from a window) when
+  unbounded or too costly to know.
 
 Hostile input (see PROTOCOLS.md) ends in MalformedCalendarData, never in a hang or an
 unbounded allocation: object size, nesting depth, component count and recurrence expansion are
@@ -42,6 +42,7 @@ from typing import Final
 
 from calsync.model import Event, EventStatus, Resource
 from calsync.providers.base import ProviderError
+from calsync.recurrence import last_start
 from calsync.timezones import defined_zone, resolve
 
 __all__ = [
@@ -56,7 +57,6 @@ __all__ = [
 MAX_OBJECT_SIZE: Final = 1 << 20  # characters of one calendar object resource
 MAX_DEPTH: Final = 8  # VCALENDAR > VTIMEZONE > STANDARD is 3; real data never nears 8
 MAX_COMPONENTS: Final = 10_000  # a master with thousands of overrides is still plausible
-MAX_COUNT_EXPANSION: Final = 5_000  # COUNT above this: series_end stays open (None)
 
 UTC: Final = dt.UTC
 
@@ -407,132 +407,6 @@ def add_duration(start: _When, days: int, seconds: int) -> dt.datetime:
     return base + dt.timedelta(seconds=seconds)
 
 
-# --- recurrence -------------------------------------------------------------------------------
-
-_SUBDAILY: Final = frozenset({"SECONDLY", "MINUTELY", "HOURLY"})
-_FREQS: Final = frozenset({"DAILY", "WEEKLY", "MONTHLY", "YEARLY"}) | _SUBDAILY
-# BY-parts that can make a rule match rarely or never (dateutil would then search to the year
-# 9999, which takes seconds); such COUNT rules keep an open series_end.
-_SPARSE: Final = frozenset({"BYYEARDAY", "BYWEEKNO", "BYSETPOS", "BYMONTHDAY"})
-
-
-def _rule_parts(rrule: str) -> dict[str, str]:
-    parts: dict[str, str] = {}
-    for part in rrule.split(";"):
-        key, _, value = part.partition("=")
-        parts[key.strip().upper()] = value.strip()
-    return parts
-
-
-def _last_start(rrule: str, parts: dict[str, str], start: _When) -> dt.datetime | None:
-    """Start (UTC) of a rule's last occurrence, or None when unbounded or not cheaply known."""
-    until = parts.get("UNTIL")
-    if until:
-        moment, is_utc, is_date = _stamp(until)
-        if is_utc or is_date:
-            return moment.replace(tzinfo=UTC)
-        return _When(moment, start.zone, None, False).utc
-    count_text = parts.get("COUNT")
-    if not count_text:
-        return None
-    try:
-        count = int(count_text)
-    except ValueError:
-        return None
-    freq = parts.get("FREQ", "")
-    if count < 1 or count > MAX_COUNT_EXPANSION or freq not in _FREQS:
-        return None
-    by_parts = {k for k in parts if k.startswith("BY")}
-    if freq in _SUBDAILY and by_parts:
-        return None
-    if by_parts & _SPARSE and not _plain_monthday(parts):
-        return None
-    try:
-        interval = int(parts.get("INTERVAL") or 1)
-    except ValueError:
-        return None
-    if interval < 1:
-        return None
-    try:
-        last = _last_by_arithmetic(freq, parts, by_parts, count, interval, start.local)
-    except (ValueError, OverflowError):
-        return None
-    if last is _EXPAND:
-        last = _last_by_dateutil(rrule, start.local)
-    if last is None:
-        return None
-    assert isinstance(last, dt.datetime)
-    return _When(last, start.zone, None, start.is_date).utc
-
-
-_EXPAND: Final = object()
-_WEEKDAYS: Final = {"MO": 0, "TU": 1, "WE": 2, "TH": 3, "FR": 4, "SA": 5, "SU": 6}
-
-
-def _last_by_arithmetic(
-    freq: str, parts: dict[str, str], by_parts: set[str], count: int, interval: int, s: dt.datetime
-) -> dt.datetime | object:
-    """The last occurrence of the common simple rules without expanding them; else _EXPAND.
-
-    Like dateutil (and unlike RFC 5545's "DTSTART is always the first instance"), a DTSTART
-    that does not match its rule is not counted; well-formed data never has one.
-    """
-    if not by_parts or by_parts == {"BYDAY"} or by_parts == {"BYMONTHDAY"}:
-        pass
-    else:
-        return _EXPAND
-    if freq == "DAILY" and not by_parts:
-        return s + dt.timedelta(days=interval * (count - 1))
-    if freq == "WEEKLY" and parts.get("WKST", "MO") == "MO" and "BYMONTHDAY" not in by_parts:
-        tokens = parts["BYDAY"].split(",") if by_parts else []
-        if any(t not in _WEEKDAYS for t in tokens):
-            return _EXPAND  # ordinals are meaningless in WEEKLY; let dateutil judge
-        days = sorted({_WEEKDAYS[t] for t in tokens}) or [s.weekday()]
-        monday = s - dt.timedelta(days=s.weekday())
-        first_week = [d for d in days if d >= s.weekday()]
-        if count <= len(first_week):
-            return monday + dt.timedelta(days=first_week[count - 1])
-        weeks, index = divmod(count - len(first_week) - 1, len(days))
-        return monday + dt.timedelta(weeks=interval * (weeks + 1), days=days[index])
-    if freq == "MONTHLY" and "BYDAY" not in by_parts:
-        days = sorted({int(d) for d in parts["BYMONTHDAY"].split(",")}) if by_parts else [s.day]
-        if not all(1 <= d <= 28 for d in days):
-            return _EXPAND
-        first_month = [d for d in days if d >= s.day]
-        if count <= len(first_month):
-            return s.replace(day=first_month[count - 1])
-        months, index = divmod(count - len(first_month) - 1, len(days))
-        year, month = divmod(s.year * 12 + s.month - 1 + interval * (months + 1), 12)
-        return s.replace(year=year, month=month + 1, day=days[index])
-    if freq == "YEARLY" and not by_parts and (s.month, s.day) != (2, 29):
-        return s.replace(year=s.year + interval * (count - 1))
-    return _EXPAND
-
-
-def _last_by_dateutil(rrule: str, local: dt.datetime) -> dt.datetime | None:
-    from dateutil.rrule import rrulestr
-
-    try:
-        rule = rrulestr(rrule, dtstart=local, ignoretz=True)
-        last = None
-        for last in rule:  # noqa: B007  # only the final value matters
-            pass
-    except (ValueError, TypeError, OverflowError):
-        return None
-    return last if isinstance(last, dt.datetime) else None
-
-
-def _plain_monthday(parts: dict[str, str]) -> bool:
-    """BYMONTHDAY 1..28 (alone among the sparse parts) matches every month: cheap to expand."""
-    if {k for k in parts if k in _SPARSE} != {"BYMONTHDAY"} or "BYMONTH" in parts:
-        return False
-    try:
-        days = [int(d) for d in parts["BYMONTHDAY"].split(",")]
-    except ValueError:
-        return False
-    return all(1 <= d <= 28 for d in days)
-
-
 # --- the walk ---------------------------------------------------------------------------------
 
 
@@ -684,7 +558,7 @@ def _series_end(event: Event, start: _When, rdates: list[_When]) -> dt.datetime 
     assert event.start is not None and event.end is not None
     last = event.start
     if event.rrule:
-        rule_last = _last_start(event.rrule, _rule_parts(event.rrule), start)
+        rule_last = last_start(event.rrule, start.local, start.zone)
         if rule_last is None:
             return None
         last = max(rule_last, last)

@@ -33,9 +33,10 @@ from typing import Any
 
 import icalendar
 import recurring_ical_events  # type: ignore[import-untyped]
-from dateutil.rrule import rrule, rruleset, rrulestr
+from dateutil.rrule import rruleset
 
 from calsync import timezones
+from calsync.recurrence import dateutil_rule
 from calsync.store.results import Occurrence
 from calsync.store.rows import json_list, occurrence_from_row
 
@@ -255,7 +256,7 @@ def master_occurrences(
     rules = rruleset()
     rules.rdate(local(first))
     if master["rrule"]:
-        rules.rrule(_rule(master["rrule"], local(first), zone))
+        rules.rrule(dateutil_rule(master["rrule"], local(first), zone))
     for text in json_list(master["rdates"]):
         instant = parse_utc(text)
         if instant is not None:
@@ -290,35 +291,3 @@ def _zone(name: str | None) -> dt.tzinfo:
     """The zone a stored name stands for (`calsync.timezones`); UTC when unknown or absent."""
     zone = timezones.resolve(name) if name else None
     return zone if zone is not None else UTC
-
-
-def _rule(text: str, dtstart: dt.datetime, zone: dt.tzinfo) -> rrule:
-    """An RRULE value as a dateutil rule on naive local time, its UNTIL moved to local time too.
-
-    dateutil insists that UNTIL and DTSTART agree on having a zone, which stored rules (UTC
-    UNTIL, date UNTIL for all-day events) often do not; expanding on naive wall-clock times in
-    the event's zone sidesteps that and keeps local times across DST changes.
-    """
-    body = text.strip()
-    if body.upper().startswith("RRULE:"):
-        body = body[6:]
-    parts = [p for p in body.split(";") if p]
-    until = next((p.split("=", 1)[1] for p in parts if p.upper().startswith("UNTIL=")), None)
-    kept = ";".join(p for p in parts if not p.upper().startswith("UNTIL="))
-    parsed = rrulestr(kept, dtstart=dtstart)
-    if not isinstance(parsed, rrule):
-        raise ValueError(f"not a single recurrence rule: {text!r}")
-    if until is None:
-        return parsed
-    return parsed.replace(until=_until(until, zone))
-
-
-def _until(value: str, zone: dt.tzinfo) -> dt.datetime:
-    value = value.strip()
-    if len(value) == 8:
-        day = dt.datetime.strptime(value, "%Y%m%d")
-        return day.replace(hour=23, minute=59, second=59)
-    if value.endswith("Z"):
-        instant = dt.datetime.strptime(value, "%Y%m%dT%H%M%SZ").replace(tzinfo=UTC)
-        return instant.astimezone(zone).replace(tzinfo=None)
-    return dt.datetime.strptime(value, "%Y%m%dT%H%M%S")
