@@ -616,7 +616,11 @@ async def create_connections(
     try:
         await client.create(
             Secret(
-                metadata=ObjectMeta(name=SECRET_NAME, namespace=namespace),
+                metadata=ObjectMeta(
+                    name=SECRET_NAME,
+                    namespace=namespace,
+                    labels={"calsync.io/credentials": "true"},
+                ),
                 stringData={"username": RADICALE_USER, "password": RADICALE_PASSWORD},
             )
         )

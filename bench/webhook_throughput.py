@@ -943,7 +943,12 @@ def _secret(name: str, namespace: str, **data: str) -> Any:
     from lightkube.models.meta_v1 import ObjectMeta
     from lightkube.resources.core_v1 import Secret
 
-    return Secret(metadata=ObjectMeta(name=name, namespace=namespace), stringData=data)
+    return Secret(
+        metadata=ObjectMeta(
+            name=name, namespace=namespace, labels={"calsync.io/credentials": "true"}
+        ),
+        stringData=data,
+    )
 
 
 def part2(platform: Platform, sizes: dict[str, Any]) -> dict[str, Any]:

@@ -345,7 +345,7 @@ def secret_manifest(name: str, username: str, password: str) -> dict[str, Any]:
     return {
         "apiVersion": "v1",
         "kind": "Secret",
-        "metadata": {"name": name},
+        "metadata": {"name": name, "labels": {"calsync.io/credentials": "true"}},
         "stringData": {"username": username, "password": password},
     }
 

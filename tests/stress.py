@@ -474,7 +474,12 @@ def oauth_connection(
 
 
 def secret(name: str, **data: str) -> dict[str, Any]:
-    return {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": name}, "stringData": data}
+    return {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": {"name": name, "labels": {"calsync.io/credentials": "true"}},
+        "stringData": data,
+    }
 
 
 def create_all(

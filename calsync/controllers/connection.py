@@ -24,7 +24,6 @@ so a namespace deletion never hangs on a store that is down.
 from __future__ import annotations
 
 import asyncio
-import base64
 import datetime as dt
 import logging
 from collections import defaultdict
@@ -62,7 +61,14 @@ Key = tuple[str, str]  # (namespace, name)
 
 
 class SecretCache:
-    """Decoded data of the Secrets connections reference, read once, then kept by the watch."""
+    """Decoded data of the Secrets connections reference, read once, then kept by the watch.
+
+    The watch sees only Secrets labelled `calsync.io/credentials=true` (the operator's Kopf
+    settings): an unlabelled Secret is read once by name, kept as `UnlabelledSecret` (no
+    data), and becomes usable when the label appears, which the watch reports as ADDED.
+    A DELETED event is also what the watch sends when the label goes, so it drops the entry
+    and the next reconcile reads the Secret by name again to tell the two apart.
+    """
 
     def __init__(self, client: AsyncClient) -> None:
         self._client = client
@@ -76,7 +82,9 @@ class SecretCache:
         # Reconciles of connections sharing a Secret miss together: one read serves them all.
         reading = self._reading.get(key)
         if reading is None:
-            reading = asyncio.create_task(kube.read_secret(self._client, namespace, name))
+            reading = asyncio.create_task(
+                kube.read_credentials_secret(self._client, namespace, name)
+            )
             self._reading[key] = reading
             reading.add_done_callback(lambda _: self._reading.pop(key, None))
         data = await asyncio.shield(reading)
@@ -88,10 +96,10 @@ class SecretCache:
         if key not in self._data and kind != "ADDED":
             return  # nobody asked for it yet: the first read fetches it
         if kind == "DELETED":
-            self._data[key] = None
+            # Deleted, or no longer labelled: the next get() reads it by name to tell.
+            self._data.pop(key, None)
             return
-        data = {k: base64.b64decode(v) for k, v in (obj.get("data") or {}).items()}
-        self._data[key] = data
+        self._data[key] = kube.secret_credentials(obj)
 
     def drop(self, namespace: str, name: str) -> None:
         self._data.pop((namespace, name), None)
@@ -313,6 +321,7 @@ async def _reconcile(ctx: ConnectionContext, key: Key, body: dict[str, Any]) -> 
         {k: v for k, v in secrets.items() if k in referenced},
         tokens_stored=stored,
         token_problem=problem,
+        namespace=namespace,
     )
     digest = policy.credentials_digest(secrets)
     current = body

@@ -3,13 +3,22 @@
 Pure functions, no I/O: the connection controller reads the Secrets and hands their data here.
 Each provider needs particular keys; an empty value counts as missing, because an empty password
 would only fail later with a far less helpful message from the provider.
+
+Secrets opt in (docs/decisions/0013): calsync uses a Secret named in a connection's spec only
+when it carries the label `calsync.io/credentials: "true"`, and watches only such Secrets. The
+readers (`credentials_from`) turn an unlabelled Secret into `UnlabelledSecret`, which holds no
+data at all, so no code path can send its contents anywhere; `refusal` names the condition. A
+Secret may also name the one host its CalDAV credentials are for (annotation
+`calsync.io/allowed-host`); a connection whose URL points elsewhere is refused before any
+request.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
+from urllib.parse import urlsplit
 
 from calsync.api import CalendarConnectionSpec
 
@@ -18,6 +27,84 @@ OAUTH_CLIENT_KEYS = ("client_id", "client_secret")
 OAUTH_TOKEN_KEYS = ("refresh_token",)
 
 Status = Literal["True", "False", "Unknown"]
+
+CREDENTIALS_LABEL = "calsync.io/credentials"
+CREDENTIALS_LABEL_VALUE = "true"
+# The label selector of every Secret watch and listing calsync makes.
+CREDENTIALS_SELECTOR = f"{CREDENTIALS_LABEL}={CREDENTIALS_LABEL_VALUE}"
+ALLOWED_HOST_ANNOTATION = "calsync.io/allowed-host"
+
+
+class SecretData(dict[str, bytes]):
+    """The decoded data of a labelled Secret, with the host its annotation allows (if any)."""
+
+    allowed_host: str | None = None
+
+    def __init__(self, data: Mapping[str, bytes], allowed_host: str | None = None) -> None:
+        super().__init__(data)
+        self.allowed_host = allowed_host
+
+
+class UnlabelledSecret(Mapping[str, bytes]):
+    """A Secret that exists but lacks the opt-in label: no data, on purpose.
+
+    Anything that reads it as data finds it empty, so an unlabelled Secret's contents never
+    leave the reader even where a caller forgets to check.
+    """
+
+    def __getitem__(self, key: str) -> bytes:
+        raise KeyError(key)
+
+    def __iter__(self) -> Any:
+        return iter(())
+
+    def __len__(self) -> int:
+        return 0
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, UnlabelledSecret)
+
+    def __hash__(self) -> int:
+        return hash(UnlabelledSecret)
+
+    def __repr__(self) -> str:
+        return "UnlabelledSecret()"
+
+
+UNLABELLED = UnlabelledSecret()
+
+
+def is_labelled(labels: Mapping[str, str] | None) -> bool:
+    return (labels or {}).get(CREDENTIALS_LABEL) == CREDENTIALS_LABEL_VALUE
+
+
+def credentials_from(
+    labels: Mapping[str, str] | None,
+    annotations: Mapping[str, str] | None,
+    data: Mapping[str, bytes],
+) -> SecretData | UnlabelledSecret:
+    """What calsync may use of a Secret: its data when labelled, else nothing."""
+    if not is_labelled(labels):
+        return UNLABELLED
+    host = ((annotations or {}).get(ALLOWED_HOST_ANNOTATION) or "").strip()
+    return SecretData(data, host or None)
+
+
+def label_command(name: str, namespace: str | None) -> str:
+    where = f" -n {namespace}" if namespace else ""
+    return f"kubectl label secret {name}{where} {CREDENTIALS_SELECTOR}"
+
+
+def _host(url: str | None) -> str:
+    try:
+        return (urlsplit(url or "").hostname or "").lower()
+    except ValueError:
+        return ""
+
+
+def _allowed(host: str, allowed: str) -> bool:
+    allowed = allowed.strip().lower().rstrip(".")
+    return bool(host) and host.rstrip(".") == allowed
 
 
 @dataclass(frozen=True)
@@ -65,12 +152,50 @@ def referenced_secrets(spec: CalendarConnectionSpec) -> set[str]:
     return {need.name for need in secret_needs(spec)}
 
 
+def refusal(
+    spec: CalendarConnectionSpec,
+    secrets: Mapping[str, Mapping[str, bytes] | None],
+    namespace: str | None = None,
+) -> tuple[str, str] | None:
+    """Why calsync may not use the Secrets the spec names, as (reason, message), or None.
+
+    `CredentialsNotLabelled`: a named Secret lacks the opt-in label (the message gives the
+    command that adds it). `CredentialsHostMismatch`: the CalDAV credentials Secret allows
+    one host (annotation `calsync.io/allowed-host`) and `spec.caldav.url` names another.
+    Missing Secrets are not judged here (`evaluate` says SecretNotFound).
+    """
+    for need in secret_needs(spec):
+        data = secrets.get(need.name)
+        if isinstance(data, UnlabelledSecret):
+            return (
+                "CredentialsNotLabelled",
+                f"Secret {need.name!r} named in {need.field} is not labelled "
+                f'{CREDENTIALS_LABEL}: "{CREDENTIALS_LABEL_VALUE}"; calsync uses only Secrets '
+                f"that opt in: run `{label_command(need.name, namespace)}`",
+            )
+    for need in secret_needs(spec):
+        data = secrets.get(need.name)
+        allowed = getattr(data, "allowed_host", None)
+        if need.field != "spec.caldav.credentialsSecretRef" or not allowed:
+            continue
+        host = _host(spec.caldav_url)
+        if not _allowed(host, allowed):
+            return (
+                "CredentialsHostMismatch",
+                f"Secret {need.name!r} named in {need.field} may be used only for host "
+                f"{allowed!r} (annotation {ALLOWED_HOST_ANNOTATION}), but spec.caldav.url "
+                f"points at {host or 'no host'!r}: no request is sent",
+            )
+    return None
+
+
 def evaluate(
     spec: CalendarConnectionSpec,
     secrets: Mapping[str, Mapping[str, bytes] | None],
     *,
     tokens_stored: bool = False,
     token_problem: tuple[str, str] | None = None,
+    namespace: str | None = None,
 ) -> Verdict:
     """Judge the credentials from the Secrets' data (None = the Secret does not exist).
 
@@ -85,10 +210,15 @@ def evaluate(
     for need in secret_needs(spec):
         data = secrets.get(need.name)
         if data is None:
-            message = f"Secret {need.name!r} named in {need.field} does not exist"
+            message = (
+                f"Secret {need.name!r} named in {need.field} does not exist (calsync sees only "
+                f"Secrets labelled {CREDENTIALS_SELECTOR})"
+            )
             return Verdict(
                 ("False", "SecretNotFound", message), ("False", "SecretNotFound", message)
             )
+        if isinstance(data, UnlabelledSecret):
+            break  # refusal() below says what to do
         missing = [key for key in need.keys if not data.get(key)]
         if missing:
             message = (
@@ -98,6 +228,11 @@ def evaluate(
             return Verdict(
                 ("False", "SecretKeyMissing", message), ("False", "SecretKeyMissing", message)
             )
+
+    refused = refusal(spec, secrets, namespace)
+    if refused is not None:
+        reason, message = refused
+        return Verdict(("False", reason, message), ("False", reason, message))
 
     if token_problem is not None:
         reason, problem = token_problem

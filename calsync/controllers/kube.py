@@ -32,6 +32,13 @@ from calsync.api.meta import (
     WEBHOOK_SUBSCRIPTION,
     KindInfo,
 )
+from calsync.controllers.credentials import (
+    UNLABELLED,
+    SecretData,
+    UnlabelledSecret,
+    credentials_from,
+    is_labelled,
+)
 
 log = logging.getLogger(__name__)
 
@@ -124,6 +131,41 @@ async def _list_one(client: AsyncClient, plural: str, namespace: str) -> None:
                 raise
             log.info("the API server is not ready yet (%s); asking again", exc.status.message)
         await asyncio.sleep(1.0)
+
+
+async def read_credentials_secret(
+    client: AsyncClient, namespace: str, name: str
+) -> SecretData | UnlabelledSecret | None:
+    """A Secret named in a connection's spec, as calsync may use it: its data when it carries
+    the opt-in label, `UnlabelledSecret` (no data) when it does not, None when it is missing."""
+    try:
+        secret = await client.get(Secret, name=name, namespace=namespace)
+    except ApiError as exc:
+        if exc.status.code == 404:
+            return None
+        raise
+    meta = secret.metadata
+    labels = meta.labels if meta is not None else None
+    if not is_labelled(labels):
+        return UNLABELLED
+    return credentials_from(labels, meta.annotations if meta is not None else None, _data(secret))
+
+
+def secret_credentials(obj: Mapping[str, Any]) -> SecretData | UnlabelledSecret:
+    """The same from a Secret as a watch delivers it (a plain dict)."""
+    meta = obj.get("metadata") or {}
+    labels = meta.get("labels")
+    if not is_labelled(labels):
+        return UNLABELLED
+    data = {k: base64.b64decode(v) for k, v in (obj.get("data") or {}).items()}
+    return credentials_from(labels, meta.get("annotations"), data)
+
+
+def _data(secret: Secret) -> dict[str, bytes]:
+    data = {k: base64.b64decode(v) for k, v in (secret.data or {}).items()}
+    for key, value in (secret.stringData or {}).items():  # only set on unsaved objects
+        data[key] = value.encode()
+    return data
 
 
 async def read_secret(client: AsyncClient, namespace: str, name: str) -> Mapping[str, bytes] | None:

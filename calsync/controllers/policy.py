@@ -37,6 +37,7 @@ from typing import Any
 from calsync.api import CalendarConnectionSpec
 from calsync.api.meta import parse_timestamp
 from calsync.controllers import push_policy
+from calsync.controllers.credentials import UnlabelledSecret
 
 BACKOFF_CAP = 6 * 3600.0
 QUEUE_FULL_RECHECK = 30.0
@@ -70,8 +71,14 @@ def credentials_digest(secrets: Mapping[str, Mapping[str, bytes] | None]) -> str
         if data is None:
             h.update(b"-")
             continue
+        if isinstance(data, UnlabelledSecret):
+            h.update(b"?")  # exists without the opt-in label: labelling it is a change
+            continue
         for key in sorted(data):
             h.update(key.encode() + b"\x02" + bytes(data[key]) + b"\x03")
+        allowed = getattr(data, "allowed_host", None)
+        if allowed:  # a new allowed host is a change of the credentials too
+            h.update(b"\x04" + allowed.encode())
     return h.hexdigest()[:16]
 
 

@@ -16,6 +16,7 @@ from typing import Any
 import httpx
 
 from calsync.api import CalendarConnectionSpec
+from calsync.controllers.credentials import refusal
 from calsync.controllers.oauth_setup import OAUTH_PROVIDERS, OAuthSetupError, connection_client
 from calsync.controllers.tokens import StoredTokens, TokenStoreError, TokenVault
 from calsync.observability import metrics
@@ -93,6 +94,9 @@ async def build_provider(
     """The provider for a connection; OAuth providers use `tokens` when the caller has
     already looked them up (`stored_tokens`), else look them up here."""
     settings = deps.settings
+    refused = refusal(spec, secrets)
+    if refused is not None:  # the callers judged it already; this guards every path
+        raise InvalidConfiguration(refused[1])
     if spec.provider in ("caldav", "icloud"):
         assert spec.caldav is not None  # the CRD's rules guarantee it
         ref = spec.caldav.credentials_secret_ref

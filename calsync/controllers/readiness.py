@@ -32,6 +32,8 @@ CREDENTIAL_REASONS = frozenset(
     {
         "SecretNotFound",
         "SecretKeyMissing",
+        "CredentialsNotLabelled",
+        "CredentialsHostMismatch",
         "ConsentRequired",
         "TokenUnreadable",
         "TokenSecretConflict",

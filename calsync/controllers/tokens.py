@@ -34,6 +34,7 @@ from lightkube.models.meta_v1 import ObjectMeta, OwnerReference
 from lightkube.resources.core_v1 import Secret
 
 from calsync.api.meta import API_VERSION, CALENDAR_CONNECTION
+from calsync.controllers.credentials import CREDENTIALS_LABEL, CREDENTIALS_LABEL_VALUE
 from calsync.providers.oauth import TokenSet
 from calsync.security.keyring import (
     DecryptionError,
@@ -559,6 +560,8 @@ class TokenVault:
             **MANAGED_BY,
             CONNECTION_LABEL: _label_value(ctx.name),
             TOKEN_STORE_LABEL: TOKEN_STORE_VERSION,
+            # The operator and workers watch only Secrets with this label.
+            CREDENTIALS_LABEL: CREDENTIALS_LABEL_VALUE,
         }
         owner = OwnerReference(
             apiVersion=str(connection.get("apiVersion") or API_VERSION),
@@ -658,6 +661,11 @@ async def _reencrypt_one(
         current.data = {k: base64.b64encode(v).decode("ascii") for k, v in data.items()}
         if current.metadata is not None:
             current.metadata.managedFields = None
+            # Token Secrets of older versions get the label the watches select on.
+            current.metadata.labels = {
+                **(current.metadata.labels or {}),
+                CREDENTIALS_LABEL: CREDENTIALS_LABEL_VALUE,
+            }
         try:
             await client.replace(current)
         except ApiError as exc:

@@ -25,6 +25,7 @@ from prometheus_client import start_http_server
 from calsync.controllers import connection as connection_controller
 from calsync.controllers import kube
 from calsync.controllers import subscriptions as subscription_controller
+from calsync.controllers.credentials import CREDENTIALS_SELECTOR
 from calsync.controllers.tokens import KeyringCreateForbidden, TokenVault, rotate_if_due
 from calsync.observability import metrics
 from calsync.observability.metrics import REGISTRY
@@ -62,6 +63,15 @@ def configure_kopf(settings: kopf.OperatorSettings) -> None:
     settings.watching.client_timeout = 330
     # Namespaces appear and go: with cluster-wide watching there is nothing to scan.
     settings.scanning.disabled = True
+    # Secrets opt in (docs/decisions/0013): the API server lists and watches only labelled
+    # ones for us, so no other Secret of the cluster ever reaches this process.
+    selectors = getattr(settings.watching, "label_selectors", None)
+    if selectors is None:
+        raise StartupError(
+            "this kopf version cannot filter watches by label (kopf >= 1.45 is needed); "
+            "calsync would list every Secret of the cluster: upgrade kopf"
+        )
+    selectors["", "v1", "secrets"] = CREDENTIALS_SELECTOR
     # Kopf logs every handled watch event at INFO ("Handler 'secret_event' succeeded"): one
     # line per Secret and SyncJob change in the cluster. Keep its failures, drop the chatter,
     # unless the operator runs at DEBUG.

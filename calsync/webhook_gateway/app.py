@@ -41,7 +41,7 @@ from pydantic import ValidationError
 
 from calsync.api import CalendarConnectionSpec
 from calsync.controllers import kube
-from calsync.controllers.credentials import referenced_secrets
+from calsync.controllers.credentials import referenced_secrets, refusal
 from calsync.controllers.oauth_setup import (
     OAUTH_PROVIDERS,
     OAuthSetupError,
@@ -187,9 +187,12 @@ async def _connection(
 
 async def _client_for(ctx: GatewayContext, namespace: str, spec: CalendarConnectionSpec) -> Any:
     secrets = {
-        name: await kube.read_secret(ctx.client, namespace, name)
+        name: await kube.read_credentials_secret(ctx.client, namespace, name)
         for name in sorted(referenced_secrets(spec))
     }
+    refused = refusal(spec, secrets, namespace)
+    if refused is not None:
+        raise OAuthSetupError(refused[1])
     return connection_client(spec, secrets, ctx.settings)
 
 

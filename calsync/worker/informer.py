@@ -42,6 +42,7 @@ class Informer:
         on_change: Callable[[str, dict[str, Any]], None] | None = None,
         index: Callable[[Key, dict[str, Any] | None], None] | None = None,
         name: str = "informer",
+        labels: dict[str, Any] | None = None,
     ) -> None:
         self._client = client
         self._resource = resource
@@ -49,6 +50,7 @@ class Informer:
         self._on_change = on_change
         self._index = index
         self._name = name
+        self._labels = labels  # a server-side label selector (equality terms)
         self._objects: dict[Key, dict[str, Any]] = {}
         self._synced: set[str] = set()
         self.ready = asyncio.Event()
@@ -115,7 +117,9 @@ class Informer:
             await asyncio.sleep(RETRY_SECONDS)
 
     async def _list(self, namespace: str) -> str:
-        listing = self._client.list(self._resource, namespace=namespace, chunk_size=500)
+        listing = self._client.list(
+            self._resource, namespace=namespace, chunk_size=500, labels=self._labels
+        )
         fresh: dict[Key, dict[str, Any]] = {}
         async for obj in listing:
             body = _plain(obj)
@@ -141,6 +145,7 @@ class Informer:
             namespace=namespace,
             resource_version=version,
             server_timeout=WATCH_TIMEOUT,
+            labels=self._labels,
         ):
             body = _plain(obj)
             meta = body["metadata"]

@@ -29,7 +29,6 @@ through the store's heartbeats), so the fleet as a whole keeps to the configured
 from __future__ import annotations
 
 import asyncio
-import base64
 import contextlib
 import dataclasses
 import datetime as dt
@@ -49,7 +48,12 @@ from pydantic import ValidationError
 
 from calsync.api import CalendarConnectionSpec, SyncJobSpec
 from calsync.controllers import kube, policy
-from calsync.controllers.credentials import evaluate, referenced_secrets
+from calsync.controllers.credentials import (
+    CREDENTIALS_LABEL,
+    CREDENTIALS_LABEL_VALUE,
+    evaluate,
+    referenced_secrets,
+)
 from calsync.controllers.oauth_setup import OAUTH_PROVIDERS
 from calsync.controllers.provider_factory import (
     ProviderDeps,
@@ -184,8 +188,15 @@ class Worker:
             index=self.index.update,
             name="syncjobs",
         )
-        # Credentials come from a watch-fed cache, not one GET per run.
-        self.secrets = Informer(client, Secret, namespaces, name="secrets")
+        # Credentials come from a watch-fed cache, not one GET per run; only Secrets that opt
+        # in (label calsync.io/credentials=true) are ever listed.
+        self.secrets = Informer(
+            client,
+            Secret,
+            namespaces,
+            name="secrets",
+            labels={CREDENTIALS_LABEL: CREDENTIALS_LABEL_VALUE},
+        )
         # Connections whose claim the store just refused: not asked again before this time.
         self.refused: dict[tuple[str, str], float] = {}
         self.connections = Informer(
@@ -633,7 +644,7 @@ class Worker:
             if conn.provider in OAUTH_PROVIDERS
             else None
         )
-        verdict = evaluate(conn, referenced, tokens_stored=stored is not None)
+        verdict = evaluate(conn, referenced, tokens_stored=stored is not None, namespace=namespace)
         if verdict.ready[0] != "True":
             raise JobFailed(verdict.ready[1], verdict.ready[2])
         key = store_key(body)
@@ -667,9 +678,9 @@ class Worker:
     async def _secret(self, namespace: str, name: str) -> Mapping[str, bytes] | None:
         """A Secret's decoded data, from the watch-fed cache (read once when not there yet)."""
         cached = self.secrets.get(namespace, name)
-        if cached is None:
-            return await kube.read_secret(self.client, namespace, name)
-        return {k: base64.b64decode(v) for k, v in (cached.get("data") or {}).items()}
+        if cached is None:  # missing, not labelled, or not seen by the watch yet
+            return await kube.read_credentials_secret(self.client, namespace, name)
+        return kube.secret_credentials(cached)
 
     async def _stored_tokens(
         self,

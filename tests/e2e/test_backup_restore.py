@@ -124,7 +124,7 @@ def test_a_store_restored_from_an_older_backup_catches_up_with_the_calendar(
         {
             "apiVersion": "v1",
             "kind": "Secret",
-            "metadata": {"name": "dav"},
+            "metadata": {"name": "dav", "labels": {"calsync.io/credentials": "true"}},
             "stringData": {"username": caldav_calendar.user, "password": caldav_calendar.password},
         },
         ns,

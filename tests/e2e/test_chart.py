@@ -991,7 +991,7 @@ def test_default_release_runs_and_syncs_as_its_service_account(
             {
                 "apiVersion": "v1",
                 "kind": "Secret",
-                "metadata": {"name": "dav"},
+                "metadata": {"name": "dav", "labels": {"calsync.io/credentials": "true"}},
                 "stringData": {
                     "username": caldav_calendar.user,
                     "password": caldav_calendar.password,

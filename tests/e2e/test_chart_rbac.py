@@ -304,7 +304,12 @@ def components(
 
 
 def secret(name: str, **data: str) -> dict[str, Any]:
-    return {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": name}, "stringData": data}
+    return {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": {"name": name, "labels": {"calsync.io/credentials": "true"}},
+        "stringData": data,
+    }
 
 
 def google_connection(name: str, email: str) -> dict[str, Any]:

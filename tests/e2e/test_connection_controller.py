@@ -31,7 +31,12 @@ def caldav_connection(
 
 
 def secret(name: str, **data: str) -> dict[str, Any]:
-    return {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": name}, "stringData": data}
+    return {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": {"name": name, "labels": {"calsync.io/credentials": "true"}},
+        "stringData": data,
+    }
 
 
 def events(kubectl: Kubectl, namespace: str, name: str) -> list[dict[str, Any]]:

@@ -31,7 +31,7 @@ def client_secret(name: str = "google-client") -> dict[str, Any]:
     return {
         "apiVersion": "v1",
         "kind": "Secret",
-        "metadata": {"name": name},
+        "metadata": {"name": name, "labels": {"calsync.io/credentials": "true"}},
         "stringData": {"client_id": "unregistered-client", "client_secret": "s3cr3t"},
     }
 

@@ -153,7 +153,12 @@ class Prometheus:
 
 
 def secret(name: str, **data: str) -> dict[str, Any]:
-    return {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": name}, "stringData": data}
+    return {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": {"name": name, "labels": {"calsync.io/credentials": "true"}},
+        "stringData": data,
+    }
 
 
 def caldav_connection(name: str, url: str, secret_name: str) -> dict[str, Any]:

@@ -211,7 +211,12 @@ def gateway(
 
 
 def secret(name: str, **data: str) -> dict[str, Any]:
-    return {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": name}, "stringData": data}
+    return {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": {"name": name, "labels": {"calsync.io/credentials": "true"}},
+        "stringData": data,
+    }
 
 
 def connection(name: str, provider: str, owner: str) -> dict[str, Any]:

@@ -57,7 +57,7 @@ def google_connection(kubectl: Kubectl, namespace: str, name: str) -> dict[str, 
         {
             "apiVersion": "v1",
             "kind": "Secret",
-            "metadata": {"name": "google-client"},
+            "metadata": {"name": "google-client", "labels": {"calsync.io/credentials": "true"}},
             "stringData": {"client_id": "id", "client_secret": "client-secret"},
         },
         namespace,
