@@ -65,11 +65,15 @@ def _zoneinfo(key: str) -> ZoneInfo | None:
         return None
 
 
-@lru_cache(maxsize=4096)
 def resolve(name: str) -> ZoneInfo | None:
     """The IANA zone a zone name stands for (see the module docstring), or None when unknown."""
     if not name or len(name) > MAX_NAME:
-        return None
+        return None  # checked before the cache, which must not keep huge hostile keys
+    return _resolve(name)
+
+
+@lru_cache(maxsize=4096)
+def _resolve(name: str) -> ZoneInfo | None:
     cleaned = name.strip().strip('"').strip()
     if not cleaned or not cleaned.isprintable():
         return None
@@ -100,7 +104,8 @@ def zone_key(name: str | None) -> str | None:
 
 def zone_name(name: str) -> str:
     """The name to report for a zone: its IANA key when it has one, else the name as written."""
-    return zone_key(name) or name
+    zone = resolve(name)
+    return zone.key if zone is not None else name
 
 
 def defined_zone(tzid: str, block: Iterable[str]) -> dt.tzinfo | None:

@@ -168,3 +168,10 @@ def test_the_resolver_itself() -> None:
     assert timezones.zone_key("x" * 10_000) is None
     assert timezones.zone_key("") is None
     assert timezones.zone_name("Nowhere Standard Time") == "Nowhere Standard Time"
+
+
+def test_huge_names_are_not_kept_in_the_cache() -> None:
+    before = timezones._resolve.cache_info().currsize
+    for size in range(300, 310):
+        assert timezones.resolve("x" * size * 1000) is None
+    assert timezones._resolve.cache_info().currsize == before
