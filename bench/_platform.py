@@ -627,6 +627,13 @@ async def create_connections(
     except ApiError as exc:
         if exc.status.code != 409:
             raise
+        # Left by an older run: make sure it carries the opt-in label calsync needs.
+        await client.patch(
+            Secret,
+            SECRET_NAME,
+            {"metadata": {"labels": {"calsync.io/credentials": "true"}}},
+            namespace=namespace,
+        )
     names = [f"conn-{i:05d}" for i in range(count)]
 
     async def make(i: int, name: str) -> None:

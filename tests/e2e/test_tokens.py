@@ -144,6 +144,7 @@ async def test_save_load_round_trip_without_plaintext_and_gc_with_the_connection
         "app.kubernetes.io/managed-by": "calsync",
         "calsync.io/connection": "alice",
         "calsync.io/token-store": "v1",
+        "calsync.io/credentials": "true",  # the label the Secret watches select on
     }
     [owner] = obj["metadata"]["ownerReferences"]
     assert (owner["kind"], owner["name"], owner["uid"]) == (

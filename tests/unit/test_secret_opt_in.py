@@ -4,6 +4,7 @@ optional calsync.io/allowed-host annotation names. Pure decisions, no cluster.""
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import pytest
@@ -178,3 +179,63 @@ def test_labelling_or_a_new_allowed_host_changes_the_credentials_digest() -> Non
     hosted = credentials_digest({"s": SecretData(CALDAV_DATA, allowed_host="a.example")})
     assert hosted != plain
     assert hosted != credentials_digest({"s": SecretData(CALDAV_DATA, allowed_host="b.example")})
+
+
+# -- watches ---------------------------------------------------------------------------------
+
+
+def test_the_operator_watches_only_labelled_secrets() -> None:
+    import kopf
+    from kopf._cogs.structs import references
+
+    from calsync.operator.main import configure_kopf
+
+    settings = kopf.OperatorSettings()
+    configure_kopf(settings)
+    secrets = references.Resource(
+        group="", version="v1", plural="secrets", kind="Secret", namespaced=True
+    )
+    assert list(settings.watching.label_selectors.collect(secrets)) == [
+        "calsync.io/credentials=true"
+    ]
+
+
+async def test_the_worker_lists_and_watches_only_labelled_secrets() -> None:
+    from lightkube.resources.core_v1 import Secret
+
+    from calsync.worker.runner import Worker
+
+    calls: list[tuple[str, Any, Any]] = []
+
+    class Listing:
+        resourceVersion = "1"
+
+        def __aiter__(self) -> Any:
+            return self
+
+        async def __anext__(self) -> Any:
+            raise StopAsyncIteration
+
+    class Client:
+        def list(self, resource: Any, **kwargs: Any) -> Listing:
+            calls.append(("list", resource, kwargs.get("labels")))
+            return Listing()
+
+        async def watch(self, resource: Any, **kwargs: Any) -> Any:
+            calls.append(("watch", resource, kwargs.get("labels")))
+            raise asyncio.CancelledError
+            yield  # pragma: no cover
+
+    class NoStore:
+        store_id = "s"
+
+    worker = Worker(Client(), NoStore(), Settings(), identity="w1")  # type: ignore[arg-type]
+    try:
+        with pytest.raises(asyncio.CancelledError):
+            await worker.secrets.run()
+    finally:
+        await worker.http.aclose()
+    assert calls == [
+        ("list", Secret, {"calsync.io/credentials": "true"}),
+        ("watch", Secret, {"calsync.io/credentials": "true"}),
+    ]
