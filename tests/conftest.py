@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 import pytest
 import yaml
 
-from tests.support import ROOT, Kubectl, Process, free_port, poll
+from tests.support import ROOT, Kubectl, Process, free_port, poll, private_cluster
 
 if TYPE_CHECKING:
     from tests.fixtures.simulators import Simulator
@@ -67,21 +67,8 @@ def quiet_kubectl() -> Iterator[Kubectl]:
     connections to its own store and run their jobs. `CALSYNC_E2E_KUBECONFIG` does not apply
     here: this cluster is always local.
     """
-    from calsync.devcluster import Cluster
-
-    cluster = Cluster(f"e2e-quiet-{os.getpid()}")
-    path = cluster.up(log=False)
-    quiet = Kubectl(path)
-    try:
-        quiet("apply", "--server-side", "--force-conflicts", "-f", str(ROOT / "crds"))
-        names = [
-            yaml.safe_load(p.read_text())["metadata"]["name"]
-            for p in sorted((ROOT / "crds").glob("*.yaml"))
-        ]
-        quiet("wait", "--for=condition=Established", "--timeout=60s", *[f"crd/{n}" for n in names])
+    with private_cluster("e2e-quiet") as quiet:
         yield quiet
-    finally:
-        cluster.down(log=False)
 
 
 @pytest.fixture

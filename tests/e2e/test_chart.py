@@ -26,7 +26,8 @@ import httpx
 import pytest
 import yaml
 
-from tests.support import BIN, ROOT, Kubectl, Process, condition, free_port, poll, private_cluster
+from tests.fixtures.serviceaccounts import helm_binary
+from tests.support import ROOT, Kubectl, Process, condition, free_port, poll, private_cluster
 
 pytestmark = pytest.mark.e2e
 
@@ -47,16 +48,7 @@ PG = {"store": {"type": "postgresql", "postgresql": {"existingSecret": "calsync-
 @pytest.fixture(scope="module")
 def helm() -> str:
     """The cached helm binary (`make helm` / `calsync devcluster helm` builds it once)."""
-    done = subprocess.run(
-        [str(BIN / "calsync"), "devcluster", "helm"],
-        capture_output=True,
-        text=True,
-        timeout=900,
-        check=False,
-    )
-    if done.returncode != 0:
-        pytest.fail(f"no helm (run `make helm`): {done.stderr}")
-    return done.stdout.strip().splitlines()[-1]
+    return helm_binary()
 
 
 def merge(*parts: dict[str, Any]) -> dict[str, Any]:
