@@ -176,10 +176,7 @@ async def read_secret(client: AsyncClient, namespace: str, name: str) -> Mapping
         if exc.status.code == 404:
             return None
         raise
-    data = {k: base64.b64decode(v) for k, v in (secret.data or {}).items()}
-    for key, value in (secret.stringData or {}).items():  # only set on unsaved objects
-        data[key] = value.encode()
-    return data
+    return _data(secret)
 
 
 async def _get(
