@@ -7,6 +7,7 @@ chart's values list the same names and defaults. Durations accept Go-style strin
 
 from __future__ import annotations
 
+import ipaddress
 import math
 import os
 from collections.abc import Mapping
@@ -31,6 +32,22 @@ def _seconds(value: object) -> object:
             raise ValueError(f"{value!r} is not a finite number of seconds")
         return seconds
     return value
+
+
+def _check_nameserver(text: str) -> None:
+    """An IP address with an optional port: `192.0.2.53`, `127.0.0.1:5353`, `[::1]:53`."""
+    host, port = text.strip(), "53"
+    if host.startswith("["):
+        host, _, rest = host[1:].partition("]")
+        port = rest[1:] if rest.startswith(":") else ("53" if not rest else "x")
+    elif host.count(":") == 1:
+        host, _, port = host.partition(":")
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        raise ValueError(f"{text!r} is not an IP address (with an optional :port)") from None
+    if not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f"{text!r}: the port must be a number from 1 to 65535")
 
 
 class Settings(BaseModel):
@@ -68,6 +85,11 @@ class Settings(BaseModel):
         default=5.0, gt=0, description="first retry delay; doubles per attempt, capped at 5 min"
     )
     provider_timeout: float = Field(default=30.0, gt=0, description="one provider request")
+    dns_nameservers: tuple[str, ...] = Field(
+        default=(),
+        description="DNS servers (IP or IP:port, comma-separated) for CalDAV SRV discovery "
+        "(spec.caldav.domain); empty = the system resolver",
+    )
 
     # OAuth providers' endpoints: the public services by default; point them at the simulators
     # (`calsync simulate google|microsoft`) for tests and demos.
@@ -267,6 +289,16 @@ class Settings(BaseModel):
     def _split_namespaces(cls, value: object) -> object:
         if isinstance(value, str):
             return tuple(ns.strip() for ns in value.split(",") if ns.strip())
+        return value
+
+    @field_validator("dns_nameservers", mode="before")
+    @classmethod
+    def _split_nameservers(cls, value: object) -> object:
+        if isinstance(value, str):
+            value = tuple(ns.strip() for ns in value.split(",") if ns.strip())
+        if isinstance(value, tuple | list):
+            for entry in value:
+                _check_nameserver(str(entry))
         return value
 
     @field_validator("log_level", mode="before")
