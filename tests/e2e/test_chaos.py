@@ -449,9 +449,19 @@ def test_store_converges_through_worker_kills_and_an_apiserver_restart(
         def all_ready() -> dict[str, Any] | None:
             fleet.supervise()
             ready, items = ready_names(kubectl, namespace)
+            # What the connections still waiting say, printed with the figures if this times out.
+            figures["not_ready"] = {
+                name: [
+                    f"{c['type']}={c['status']} {c.get('reason', '')}: {c.get('message', '')}"[:200]
+                    for c in (items.get(name, {}).get("status") or {}).get("conditions", [])
+                ]
+                for name in sorted(set(connections) - ready)[:5]
+            }
+            figures["not_ready_count"] = len(set(connections) - ready)
             return items if len(ready) == len(connections) else None
 
         items = poll(all_ready, timeout=DEADLINE, interval=3, what="every connection Ready")
+        del figures["not_ready"], figures["not_ready_count"]
         figures["setup_seconds"] = round(time.monotonic() - began, 1)
 
         # The chaos.
@@ -652,6 +662,16 @@ def test_store_converges_through_worker_kills_and_an_apiserver_restart(
             wrong[:5]
         )
     finally:
+        if "error_log_lines" not in figures:  # cut short: say what the components complained of
+            figures["error_log_lines"] = dict(
+                Counter(
+                    f"{line.get('level')}: {str(line.get('message', '')).splitlines()[0][:120]}"
+                    for line in fleet.log_lines()
+                    if line.get("level") in ("warning", "error", "critical")
+                ).most_common(15)
+            )
+            listed = jobs(kubectl, namespace) or {}
+            figures["jobs_when_cut_short"] = dict(Counter(phase(j) for j in listed.values()))
         figures["exit_codes"] = fleet.stop()
         figures["unexpected_exits"] = [
             {"component": e.component, "code": e.code, "log": str(e.log), "last": e.tail[-300:]}
