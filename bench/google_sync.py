@@ -16,12 +16,14 @@ rounds each, medians reported:
   `showDeleted=false`, `maxResults=2500`, following `nextPageToken` to the `nextSyncToken`) and
   decoding each page's JSON; nothing stored. The floor for any client of this API.
 
-Events/s is resources listed per second. Target: ours >= 0.5x the bare paging rate.
-
-For scale, each of our sync children also times SQLite alone after its sync (untimed in ours):
-plain sqlite3 inserting the very rows the sync stored into an empty copy of the schema, with the
+Each of our sync children also times SQLite alone after its sync (untimed in ours): plain
+sqlite3 inserting the very rows the sync stored into an empty copy of the schema, with the
 store's settings and one transaction per page, with no decoding, conversion or row building.
 That is a floor no store-backed sync on this machine can go below.
+
+The reference is the sum of the two floors, bare paging plus SQLite alone (medians): what a
+client that stores what it reads cannot go below. Target: ours <= 1.5x that sum. Events/s is
+resources listed per second.
 
 `python -m bench google_sync` runs it (once registered in bench/__main__.py);
 `python -m bench.google_sync --profile FILE` also runs one more sync of ours, untimed, under
@@ -56,7 +58,7 @@ BATCH_SIZE = 500
 USER = "bench@example.com"
 CONNECTION = "bench"
 PAST_DAYS, FUTURE_DAYS = 365, 730
-TARGET = 0.5  # ours / bare paging, in events per second
+TARGET = 1.5  # ours / (bare paging + plain SQLite inserts of the same rows), in seconds
 TOOLS = ("ours", "provider", "bare")
 TOKEN_VARIABLE = "CALSYNC_BENCH_GOOGLE_TOKEN"  # noqa: S105 - a variable name, not a token
 
@@ -411,20 +413,23 @@ def print_report(results: Results) -> None:
         print(
             f"{name:<22} | {seconds:>8.3f} | {rate:>9.0f} | {rate / bare_rate:>6.2f} | {memory:>14}"
         )
-    ratio = bare / ours
+    floor = median(results.sqlite_floor)
+    reference = bare + floor
+    ratio = ours / reference
     print()
     print(
-        f"target: ours >= {TARGET}x the bare paging rate: {ratio:.2f}x {verdict(ratio >= TARGET)}"
+        f"SQLite alone: plain sqlite3 inserting the rows our sync stored, into an empty copy of "
+        f"the schema with the store's settings (no decoding, conversion or row building): "
+        f"{floor:.3f} s"
+    )
+    print(f"reference: bare paging + SQLite alone = {bare:.3f} + {floor:.3f} = {reference:.3f} s")
+    print(
+        f"target: ours <= {TARGET}x the reference: {ours:.3f} s is {ratio:.2f}x "
+        f"{verdict(ratio <= TARGET)} (vs bare paging alone: {bare / ours:.2f}x of its rate)"
     )
     print(
         f"of our sync's {ours:.3f} s, the provider alone (HTTP, JSON, conversion) takes "
         f"{provider:.3f} s; the rest is the engine and the store"
-    )
-    floor = median(results.sqlite_floor)
-    print(
-        f"SQLite alone: plain sqlite3 inserting the rows our sync stored, into an empty copy of "
-        f"the schema with the store's settings (no decoding, conversion or row building): "
-        f"{floor:.3f} s, {bare / floor:.2f}x the bare paging rate"
     )
     print(
         "raw rounds (s): ours "
