@@ -42,7 +42,17 @@ MIN_POLL_INTERVAL_SECONDS = 60.0
 MAX_POLL_INTERVAL_SECONDS = 86400.0
 PROVIDER_MAX_LENGTH = 64
 
-MSG_CALDAV_URL_REQUIRED = "spec.caldav.url is required when provider is caldav"
+MSG_CALDAV_URL_REQUIRED = (
+    "spec.caldav.url or spec.caldav.domain is required when provider is caldav"
+)
+MSG_URL_AND_DOMAIN = (
+    "spec.caldav.url and spec.caldav.domain are exclusive: set the server's URL, or the domain "
+    "whose DNS SRV records name the server, not both"
+)
+MSG_DOMAIN_MALFORMED = (
+    "spec.caldav.domain must be a DNS domain name such as example.com (no scheme, path, port "
+    "or user; for alice@example.com write example.com)"
+)
 MSG_CALDAV_CREDENTIALS_REQUIRED = (
     "spec.caldav.credentialsSecretRef is required when provider is caldav or icloud"
 )
@@ -93,6 +103,13 @@ _POLL_INTERVAL_BOUNDED = (
     "))+$"
 )
 _URL_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+# A DNS name: dot-separated labels of letters, digits, '-' and '_' (not first or last), at most
+# 253 characters, an optional final dot. The same pattern is the CRD's.
+DOMAIN_MAX_LENGTH = 254
+DOMAIN_PATTERN = (
+    r"^[A-Za-z0-9_]([A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?"
+    r"([.][A-Za-z0-9_]([A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?)*[.]?$"
+)
 
 
 def _url_problem(url: str) -> bool:
@@ -136,16 +153,34 @@ class CalDAVSettings(SpecModel):
         },
         description=(
             "Where discovery starts: the server's root (well-known lookup, RFC 6764), a "
-            "principal or a single calendar collection. Required for caldav; for icloud it "
-            f"defaults to {ICLOUD_CALDAV_URL}."
+            "principal or a single calendar collection. Required for caldav unless domain is "
+            f"set; for icloud it defaults to {ICLOUD_CALDAV_URL}."
+        ),
+    )
+    domain: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=DOMAIN_MAX_LENGTH,
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                cel_rule(f"self.matches('{DOMAIN_PATTERN}')", MSG_DOMAIN_MALFORMED)
+            ]
+        },
+        description=(
+            "Instead of url: the domain (e.g. the part after @ of the account's address) whose "
+            "DNS names the server (RFC 6764): the SRV record _caldavs._tcp.<domain> gives host "
+            "and port, its TXT record path=... the path (default /.well-known/caldav). "
+            "_caldav._tcp.<domain> (plain HTTP) is looked up only with allowInsecureHTTP. The "
+            "URL found passes the same address checks as a configured one."
         ),
     )
     allow_insecure_http: bool = Field(
         default=False,
         alias="allowInsecureHTTP",
         description=(
-            "Permit a plain http:// URL. Credentials then cross the network unencrypted: "
-            "meant for local servers in demos and tests only."
+            "Permit a plain http:// URL (with domain: the _caldav._tcp SRV record). "
+            "Credentials then cross the network unencrypted: meant for local servers in "
+            "demos and tests only."
         ),
     )
     credentials_secret_ref: SecretReference = Field(
@@ -160,6 +195,15 @@ class CalDAVSettings(SpecModel):
     def _url_is_usable(cls, value: str | None) -> str | None:
         if value is not None and _url_problem(value):
             raise ValueError(MSG_URL_MALFORMED)
+        return value
+
+    @field_validator("domain")
+    @classmethod
+    def _domain_is_usable(cls, value: str | None) -> str | None:
+        if value is not None and (
+            len(value) > DOMAIN_MAX_LENGTH or not re.fullmatch(DOMAIN_PATTERN, value)
+        ):
+            raise ValueError(MSG_DOMAIN_MALFORMED)
         return value
 
 
@@ -268,10 +312,17 @@ class SyncSettings(SpecModel):
 
 _CONNECTION_RULES: list[JsonValue] = [
     cel_rule(
-        "self.provider != 'caldav' || (has(self.caldav) && has(self.caldav.url))",
+        "self.provider != 'caldav'"
+        " || (has(self.caldav) && (has(self.caldav.url) || has(self.caldav.domain)))",
         MSG_CALDAV_URL_REQUIRED,
         field_path=".caldav.url",
         reason="FieldValueRequired",
+    ),
+    cel_rule(
+        "!has(self.caldav) || !has(self.caldav.url) || !has(self.caldav.domain)",
+        MSG_URL_AND_DOMAIN,
+        field_path=".caldav.domain",
+        reason="FieldValueForbidden",
     ),
     cel_rule(
         f"!(self.provider in [{_CALDAV_LIST}])"
@@ -359,8 +410,12 @@ class CalendarConnectionSpec(SpecModel):
     def _admission_rules(self) -> CalendarConnectionSpec:
         problems = []
         caldav, oauth = self.caldav, self.oauth
-        if self.provider == "caldav" and (caldav is None or caldav.url is None):
+        if self.provider == "caldav" and (
+            caldav is None or (caldav.url is None and caldav.domain is None)
+        ):
             problems.append(MSG_CALDAV_URL_REQUIRED)
+        if caldav is not None and caldav.url is not None and caldav.domain is not None:
+            problems.append(MSG_URL_AND_DOMAIN)
         if self.provider in CALDAV_PROVIDERS and caldav is None:
             problems.append(MSG_CALDAV_CREDENTIALS_REQUIRED)
         if self.provider in OAUTH_PROVIDERS and oauth is None:
@@ -381,10 +436,19 @@ class CalendarConnectionSpec(SpecModel):
         return self
 
     @property
+    def caldav_domain(self) -> str | None:
+        """The domain whose DNS SRV records name the CalDAV server (instead of a URL)."""
+        return self.caldav.domain if self.caldav is not None else None
+
+    @property
     def caldav_url(self) -> str | None:
-        """The CalDAV URL to start from, with iCloud's well-known default filled in."""
+        """The CalDAV URL to start from, with iCloud's well-known default filled in.
+
+        None when the URL comes from DNS (`caldav_domain`)."""
         if self.caldav is not None and self.caldav.url is not None:
             return self.caldav.url
+        if self.caldav is not None and self.caldav.domain is not None:
+            return None
         if self.provider == "icloud":
             return ICLOUD_CALDAV_URL
         return None

@@ -51,15 +51,16 @@ def _digest(value: Any) -> str:
 
 def scope_digest(spec: CalendarConnectionSpec) -> str:
     """What a full sync mirrors: changing any of it asks for a full re-read."""
-    return _digest(
-        {
-            "provider": spec.provider,
-            "url": spec.caldav_url,
-            "include": list(spec.calendars.include),
-            "exclude": list(spec.calendars.exclude),
-            "window": [spec.sync.window.past_days, spec.sync.window.future_days],
-        }
-    )
+    scope: dict[str, Any] = {
+        "provider": spec.provider,
+        "url": spec.caldav_url,
+        "include": list(spec.calendars.include),
+        "exclude": list(spec.calendars.exclude),
+        "window": [spec.sync.window.past_days, spec.sync.window.future_days],
+    }
+    if spec.caldav_domain is not None:  # only then: a URL connection keeps its old digest
+        scope["domain"] = spec.caldav_domain.rstrip(".").lower()
+    return _digest(scope)
 
 
 def credentials_digest(secrets: Mapping[str, Mapping[str, bytes] | None]) -> str:

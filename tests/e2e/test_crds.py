@@ -52,7 +52,7 @@ def test_every_example_applies(kubectl: Kubectl, namespace: str, path: Path) -> 
     [
         (
             {"provider": "caldav", "caldav": {"credentialsSecretRef": {"name": "s"}}},
-            "spec.caldav.url is required when provider is caldav",
+            "spec.caldav.url or spec.caldav.domain is required when provider is caldav",
         ),
         (
             {
@@ -70,6 +70,24 @@ def test_every_example_applies(kubectl: Kubectl, namespace: str, path: Path) -> 
             "spec.oauth.clientSecretRef: Required value",
         ),
         ({"provider": "yahoo"}, "spec.provider must be one of google, microsoft, caldav, icloud"),
+        (
+            {
+                "provider": "caldav",
+                "caldav": {
+                    "url": "https://dav.example.com/",
+                    "domain": "example.com",
+                    "credentialsSecretRef": {"name": "s"},
+                },
+            },
+            "spec.caldav.url and spec.caldav.domain are exclusive",
+        ),
+        (
+            {
+                "provider": "caldav",
+                "caldav": {"domain": "alice@example.com", "credentialsSecretRef": {"name": "s"}},
+            },
+            "spec.caldav.domain must be a DNS domain name such as example.com",
+        ),
     ],
     ids=[
         "caldav-without-url",
@@ -77,6 +95,8 @@ def test_every_example_applies(kubectl: Kubectl, namespace: str, path: Path) -> 
         "google-without-oauth",
         "microsoft-empty-oauth",
         "unknown-provider",
+        "url-and-domain",
+        "email-as-domain",
     ],
 )
 def test_impossible_specs_are_refused(
@@ -104,6 +124,16 @@ def test_http_is_accepted_with_the_explicit_opt_in(kubectl: Kubectl, namespace: 
     assert got["spec"]["caldav"]["allowInsecureHTTP"] is True
     # Left unset: the operator's CALDAV_POLL_INTERVAL applies, so the schema defaults nothing.
     assert "pollInterval" not in got["spec"]["sync"]
+
+
+def test_a_domain_alone_is_accepted(kubectl: Kubectl, namespace: str) -> None:
+    spec = {
+        "provider": "caldav",
+        "caldav": {"domain": "example.com", "credentialsSecretRef": {"name": "s"}},
+    }
+    kubectl.apply(connection(spec, "by-domain"), namespace)
+    got = kubectl.json("get", "calconn/by-domain", "-n", namespace)
+    assert got["spec"]["caldav"]["domain"] == "example.com"
 
 
 def test_printer_columns(kubectl: Kubectl, namespace: str) -> None:

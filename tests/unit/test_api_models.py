@@ -134,7 +134,7 @@ def test_icloud_url_defaults_to_apple() -> None:
         (caldav_spec(provider="exchange"), "'google', 'microsoft', 'caldav' or 'icloud'"),
         (
             caldav_spec(caldav={"credentialsSecretRef": {"name": "x"}}),
-            "spec.caldav.url is required when provider is caldav",
+            "spec.caldav.url or spec.caldav.domain is required when provider is caldav",
         ),
         (
             {"provider": "icloud"},

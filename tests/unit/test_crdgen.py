@@ -148,7 +148,7 @@ def test_connection_spec_rules_and_wire_names() -> None:
     spec = schema_of(by_kind("CalendarConnection"))["properties"]["spec"]
     messages = {rule["message"] for rule in spec["x-kubernetes-validations"]}
     assert {
-        "spec.caldav.url is required when provider is caldav",
+        "spec.caldav.url or spec.caldav.domain is required when provider is caldav",
         "spec.caldav.credentialsSecretRef is required when provider is caldav or icloud",
         "spec.oauth.clientSecretRef is required when provider is google or microsoft",
         "spec.caldav.url must use https:// unless spec.caldav.allowInsecureHTTP is true",
