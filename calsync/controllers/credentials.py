@@ -10,7 +10,8 @@ readers (`credentials_from`) turn an unlabelled Secret into `UnlabelledSecret`, 
 data at all, so no code path can send its contents anywhere; `refusal` names the condition. A
 Secret may also name the one host its CalDAV credentials are for (annotation
 `calsync.io/allowed-host`); a connection whose URL points elsewhere is refused before any
-request.
+request. For a connection by `spec.caldav.domain` the host is the SRV target DNS names, known
+only when the provider is built: `discovered_host_refusal` judges it there (docs/decisions/0015).
 """
 
 from __future__ import annotations
@@ -178,6 +179,8 @@ def refusal(
         allowed = getattr(data, "allowed_host", None)
         if need.field != "spec.caldav.credentialsSecretRef" or not allowed:
             continue
+        if spec.caldav_domain is not None:
+            continue  # the host is the SRV target: judged once DNS has named it
         host = _host(spec.caldav_url)
         if not _allowed(host, allowed):
             return (
@@ -185,6 +188,31 @@ def refusal(
                 f"Secret {need.name!r} named in {need.field} may be used only for host "
                 f"{allowed!r} (annotation {ALLOWED_HOST_ANNOTATION}), but spec.caldav.url "
                 f"points at {host or 'no host'!r}: no request is sent",
+            )
+    return None
+
+
+def discovered_host_refusal(
+    spec: CalendarConnectionSpec,
+    secrets: Mapping[str, Mapping[str, bytes] | None],
+    host: str,
+    found_by: str,
+) -> tuple[str, str] | None:
+    """`CredentialsHostMismatch` for the host DNS discovery chose (`found_by` says how), or None.
+
+    The host is the one the credentials would actually be sent to, the SRV target, not the
+    domain the spec names.
+    """
+    for need in secret_needs(spec):
+        allowed = getattr(secrets.get(need.name), "allowed_host", None)
+        if need.field != "spec.caldav.credentialsSecretRef" or not allowed:
+            continue
+        if not _allowed(host.lower(), allowed):
+            return (
+                "CredentialsHostMismatch",
+                f"Secret {need.name!r} named in {need.field} may be used only for host "
+                f"{allowed!r} (annotation {ALLOWED_HOST_ANNOTATION}), but {found_by} points at "
+                f"{host or 'no host'!r}: no request is sent",
             )
     return None
 

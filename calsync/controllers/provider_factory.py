@@ -1,14 +1,17 @@
 """Build the provider object for a connection from its spec, its Secrets and its stored tokens.
 
-CalDAV and iCloud take a username and password from the credentials Secret. Google and Microsoft
-take OAuth tokens: the ones calsync stored encrypted (after consent, or after a refresh rotated
-them) come first, else the refresh token of a pre-provisioned `spec.oauth.tokenSecretRef`. Every
-refresh is written back encrypted before the new token is used, so a rotated refresh token
-(Microsoft issues one on every refresh) survives a crash.
+CalDAV and iCloud take a username and password from the credentials Secret; a CalDAV connection
+by `spec.caldav.domain` first asks DNS where its server is (RFC 6764, `caldav.srv`), and the URL
+found meets the URL guard and the Secret's allowed host before the provider exists. Google and
+Microsoft take OAuth tokens: the ones calsync stored encrypted (after consent, or after a
+refresh rotated them) come first, else the refresh token of a pre-provisioned
+`spec.oauth.tokenSecretRef`. Every refresh is written back encrypted before the new token is
+used, so a rotated refresh token (Microsoft issues one on every refresh) survives a crash.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -16,7 +19,7 @@ from typing import Any
 import httpx
 
 from calsync.api import CalendarConnectionSpec
-from calsync.controllers.credentials import refusal
+from calsync.controllers.credentials import discovered_host_refusal, refusal
 from calsync.controllers.oauth_setup import OAUTH_PROVIDERS, OAuthSetupError, connection_client
 from calsync.controllers.tokens import StoredTokens, TokenStoreError, TokenVault
 from calsync.observability import metrics
@@ -28,11 +31,15 @@ from calsync.providers.base import (
     RateLimited,
 )
 from calsync.providers.caldav import CalDAVProvider, DavTransports
+from calsync.providers.caldav.srv import Discovered, discover
 from calsync.providers.google import GoogleProvider
 from calsync.providers.microsoft import MicrosoftProvider
 from calsync.providers.oauth import RefreshingTokens, TokenSet
+from calsync.security.urlguard import check_url_async
 from calsync.settings import Settings
 from calsync.sync.budget import TokenBucket
+
+log = logging.getLogger(__name__)
 
 
 class ConsentMissing(InvalidConfiguration):
@@ -43,6 +50,50 @@ class ConsentMissing(InvalidConfiguration):
 
 class TokensUnreadable(InvalidConfiguration):
     reason = "TokenUnreadable"
+
+
+class DiscoveredURLRefused(InvalidConfiguration):
+    """DNS named a server the connection may not use (URL guard or the Secret's allowed host)."""
+
+    reason = "DNSDiscoveryRefused"
+
+
+async def discovered_url(
+    spec: CalendarConnectionSpec,
+    secrets: Mapping[str, Mapping[str, bytes] | None],
+    settings: Settings,
+) -> Discovered:
+    """Where DNS says the connection's CalDAV server is, judged before any request to it.
+
+    The Secret's allowed host is compared with the SRV target (the host the credentials would
+    go to), and the URL guard checks the target's addresses, so the error names the DNS record
+    that led there.
+    """
+    assert spec.caldav is not None and spec.caldav.domain is not None
+    found = await discover(
+        spec.caldav.domain,
+        allow_insecure_http=spec.caldav.allow_insecure_http,
+        nameservers=settings.dns_nameservers,
+        lifetime=settings.provider_timeout,
+    )
+    how = f"the DNS SRV record {found.service}"
+    refused = discovered_host_refusal(spec, secrets, found.host, how)
+    if refused is not None:
+        error = DiscoveredURLRefused(refused[1])
+        error.reason = refused[0]
+        raise error
+    try:
+        await check_url_async(
+            found.url,
+            allow_private=settings.allow_private_addresses,
+            allow_insecure_http=spec.caldav.allow_insecure_http,
+        )
+    except InvalidConfiguration as exc:
+        raise DiscoveredURLRefused(
+            f"{how} points at {found.url}, which is refused: {exc}"
+        ) from None
+    log.info("spec.caldav.domain %s: %s", found.domain, found.describe())
+    return found
 
 
 @dataclass
@@ -103,8 +154,13 @@ async def build_provider(
         data = secrets.get(ref.name) if ref is not None else None
         if data is None:
             raise InvalidConfiguration(f"Secret {ref.name if ref else '?'!r} is missing")
-        return CalDAVProvider(
-            spec.caldav_url or "",
+        found = (
+            await discovered_url(spec, secrets, settings)
+            if spec.caldav_domain is not None
+            else None
+        )
+        provider = CalDAVProvider(
+            found.url if found is not None else spec.caldav_url or "",
             data["username"].decode(),
             data["password"].decode(),
             icloud=spec.provider == "icloud",
@@ -114,6 +170,8 @@ async def build_provider(
             timeout=settings.provider_timeout,
             transports=deps.dav_transports,
         )
+        provider.discovered = found
+        return provider
     if spec.provider in OAUTH_PROVIDERS:
         if body is None or deps.http is None:
             raise InvalidConfiguration("OAuth providers need the connection and an HTTP client")

@@ -157,10 +157,16 @@ def apply_sync_success(
     calendars: int,
     duplicates: Sequence[tuple[str, str, list[str]]] | None,
     skipped: Sequence[tuple[str, str]],
+    server: str | None = None,
 ) -> None:
-    """A successful sync; `duplicates` None means not re-checked (nothing changed)."""
+    """A successful sync; `duplicates` None means not re-checked (nothing changed).
+
+    `server` says how DNS discovery found the server (spec.caldav.domain), shown with the count.
+    """
     conds.set(AUTHENTICATED, "True", "Authenticated", "the provider accepted the credentials")
     counted = f"{events} event{'s' * (events != 1)} in {calendars} calendar{'s' * (calendars != 1)}"
+    if server:
+        counted += f"; server found through DNS: {server}"
     conds.set(SYNCED, "True", "Synced", counted)
     if conds.get(THROTTLED) is not None:
         conds.set(THROTTLED, "False", "WithinBudget", "requests are within the budget")

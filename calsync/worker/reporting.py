@@ -51,6 +51,7 @@ class RunContext:
     attempt: str  # digest of (scope, credentials)
     started: dt.datetime
     mode: str
+    server: str | None = None  # how DNS SRV discovery found the server (spec.caldav.domain)
 
 
 def job_conditions(job: Mapping[str, Any], phase: str, reason: str, message: str) -> list[Any]:
@@ -186,6 +187,7 @@ async def report_success(
             calendars=len(calendars),
             duplicates=result.duplicates if result.duplicates_checked else None,
             skipped=result.skipped,
+            server=run.server,
         )
         extra: dict[str, Any] = {
             "eventCount": total,

@@ -658,6 +658,9 @@ class Worker:
             body=body,
             tokens=stored,
         )
+        found = getattr(provider, "discovered", None)
+        if found is not None:
+            run.context.server = found.describe()
         window = Window.around(
             reporting.now(), conn.sync.window.past_days, conn.sync.window.future_days
         )

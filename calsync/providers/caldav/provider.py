@@ -75,6 +75,7 @@ from calsync.providers.base import (
 from calsync.providers.budget import RequestBudget
 from calsync.providers.caldav import xml
 from calsync.providers.caldav.http import DavSession, DavTransports, Reply
+from calsync.providers.caldav.srv import Discovered
 from calsync.providers.ical import MalformedCalendarData, parse_resource
 
 log = logging.getLogger(__name__)
@@ -194,6 +195,8 @@ class CalDAVProvider:
             raise InvalidConfiguration("a CalDAV connection needs a URL")
         self.url = url
         self.icloud = icloud
+        # How DNS SRV discovery found `url` (spec.caldav.domain), None when it was configured.
+        self.discovered: Discovered | None = None
         self.use_sync_collection = use_sync_collection
         self.skipped: list[tuple[str, str]] = []
         self._http = DavSession(
