@@ -20,10 +20,16 @@ import yaml
 from tests.support import ROOT, Kubectl, Process, free_port, poll, private_cluster
 
 if TYPE_CHECKING:
+    from calsync.testing.dns import DnsResponder
     from tests.fixtures.simulators import Simulator
 
 # Fixtures for real servers live in their own modules (one owner each).
-pytest_plugins = ["tests.fixtures.radicale", "tests.fixtures.postgres", "tests.fixtures.simulators"]
+pytest_plugins = [
+    "tests.fixtures.radicale",
+    "tests.fixtures.postgres",
+    "tests.fixtures.simulators",
+    "tests.fixtures.dns",
+]
 
 
 @pytest.fixture(scope="session")
@@ -107,10 +113,11 @@ def operator(
     google_sim: Simulator,
     microsoft_sim: Simulator,
     gateway_url: str,
+    dns_responder: DnsResponder,
 ) -> Iterator[Process]:
     """`calsync run` (controllers, worker, gateway) as a real process against the test cluster.
 
-    Google and Microsoft point at the session's simulators.
+    Google and Microsoft point at the session's simulators, DNS SRV discovery at its responder.
     """
     import httpx
 
@@ -134,6 +141,7 @@ def operator(
         "CALSYNC_GOOGLE_TOKEN_URL": f"{google_sim.url}/token",
         "CALSYNC_MICROSOFT_GRAPH_URL": microsoft_sim.url,
         "CALSYNC_MICROSOFT_LOGIN_URL": microsoft_sim.url,
+        "CALSYNC_DNS_NAMESERVERS": dns_responder.nameserver,
     }
     proc = Process(["run"], env, tmp_path_factory.mktemp("operator") / "operator.log")
 

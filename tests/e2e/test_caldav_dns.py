@@ -1,0 +1,162 @@
+"""CalDAV DNS SRV discovery (RFC 6764, docs/decisions/0015) as a user meets it: a connection
+names a domain instead of a URL, `calsync run` asks DNS (the session's responder on 127.0.0.1,
+`CALSYNC_DNS_NAMESERVERS`), and the calendar of a real Radicale is mirrored; the connection says
+where DNS led. A domain without records, and an SRV target the Secret's allowed host does not
+name, end in a clear message (Ready and Synced False, reason SyncFailed, as any failed sync; the
+SyncJob's Failed condition carries the specific reason) and no sync."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import pytest
+
+from calsync.testing.dns import DnsResponder
+from calsync.testing.radicale import put_event
+from tests.fixtures.radicale import CalDAVCalendar
+from tests.support import Kubectl, Process, condition, poll
+
+pytestmark = pytest.mark.e2e
+
+EVENT = """BEGIN:VCALENDAR
+VERSION:2.0
+PRODID:-//calsync tests//EN
+BEGIN:VEVENT
+UID:{uid}
+DTSTAMP:20260101T000000Z
+DTSTART:{start}
+DURATION:PT1H
+SUMMARY:{summary}
+END:VEVENT
+END:VCALENDAR
+"""
+
+
+def secret(name: str, user: str, password: str, allowed_host: str | None) -> dict[str, Any]:
+    meta: dict[str, Any] = {"name": name, "labels": {"calsync.io/credentials": "true"}}
+    if allowed_host is not None:
+        meta["annotations"] = {"calsync.io/allowed-host": allowed_host}
+    return {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": meta,
+        "stringData": {"username": user, "password": password},
+    }
+
+
+def connection(name: str, domain: str, secret_name: str) -> dict[str, Any]:
+    return {
+        "apiVersion": "calsync.io/v1alpha1",
+        "kind": "CalendarConnection",
+        "metadata": {"name": name},
+        "spec": {
+            "provider": "caldav",
+            "caldav": {
+                "domain": domain,
+                "allowInsecureHTTP": True,  # Radicale speaks plain HTTP: _caldav._tcp is asked
+                "credentialsSecretRef": {"name": secret_name},
+            },
+        },
+    }
+
+
+def ready_with(kubectl: Kubectl, namespace: str, name: str, reason: str) -> dict[str, Any]:
+    def check() -> dict[str, Any] | None:
+        cond = condition(kubectl, namespace, name, "Ready")
+        return cond if cond is not None and cond.get("reason") == reason else None
+
+    return dict(poll(check, timeout=90, what=f"Ready reason {reason} on {name}"))
+
+
+def job_failure(kubectl: Kubectl, namespace: str, connection_name: str) -> dict[str, Any]:
+    """The Failed condition of the connection's (one) SyncJob."""
+
+    def check() -> dict[str, Any] | None:
+        for job in kubectl.json("get", "sj", "-n", namespace)["items"]:
+            if job["spec"]["connection"] != connection_name:
+                continue
+            for cond in (job.get("status") or {}).get("conditions", []):
+                if cond["type"] == "Failed" and cond["status"] == "True":
+                    return dict(cond)
+        return None
+
+    return dict(poll(check, timeout=60, what=f"a Failed SyncJob of {connection_name}"))
+
+
+def test_a_connection_by_domain_syncs_the_calendar_dns_names(
+    kubectl: Kubectl,
+    namespace: str,
+    operator: Process,
+    dns_responder: DnsResponder,
+    caldav_calendar: CalDAVCalendar,
+) -> None:
+    domain = f"{namespace}.test"
+    port = caldav_calendar.server.port
+    dns_responder.add(f"_caldav._tcp.{domain}", "SRV", f"0 1 {port} localhost.")
+    dns_responder.add(f"_caldav._tcp.{domain}", "TXT", f'"path=/{caldav_calendar.user}/"')
+    start = time.strftime("%Y%m%dT100000Z", time.gmtime(time.time() + 86400))
+    put_event(
+        caldav_calendar.url,
+        "dns-1.ics",
+        EVENT.format(uid="dns-1@test", start=start, summary="found through DNS"),
+        caldav_calendar.auth,
+    )
+    kubectl.apply(
+        secret("dav", caldav_calendar.user, caldav_calendar.password, allowed_host="localhost"),
+        namespace,
+    )
+    kubectl.apply(connection("by-domain", domain, "dav"), namespace)
+
+    ready = ready_with(kubectl, namespace, "by-domain", "Synced")
+    assert ready["status"] == "True"
+    expected = f"http://localhost:{port}/{caldav_calendar.user}/"
+    assert f"_caldav._tcp.{domain}" in ready["message"] and expected in ready["message"], ready
+    status = kubectl.json("get", "calconn/by-domain", "-n", namespace)["status"]
+    assert status["eventCount"] == 1
+    assert [c["id"] for c in status["calendars"]] == [caldav_calendar.path]
+    assert f"spec.caldav.domain {domain}: _caldav._tcp.{domain} SRV" in operator.output()
+    # TLS first: _caldavs._tcp was asked before the plain-HTTP record.
+    asked = [name for name, rdtype in dns_responder.queries if rdtype == "SRV"]
+    assert asked.index(f"_caldavs._tcp.{domain}.") < asked.index(f"_caldav._tcp.{domain}.")
+
+
+def test_a_domain_without_records_says_so_and_nothing_syncs(
+    kubectl: Kubectl, namespace: str, operator: Process
+) -> None:
+    domain = f"{namespace}-nothing.test"
+    kubectl.apply(secret("dav", "alice", "irrelevant", allowed_host=None), namespace)
+    kubectl.apply(connection("nowhere", domain, "dav"), namespace)
+
+    ready = ready_with(kubectl, namespace, "nowhere", "SyncFailed")
+    assert ready["status"] == "False"
+    assert f"no CalDAV server found for {domain}" in ready["message"], ready
+    assert f"_caldavs._tcp.{domain} has no SRV record" in ready["message"], ready
+    assert job_failure(kubectl, namespace, "nowhere")["reason"] == "DNSDiscoveryFailed"
+    status = kubectl.json("get", "calconn/nowhere", "-n", namespace)["status"]
+    assert not status.get("eventCount")
+
+
+def test_the_allowed_host_is_judged_on_the_srv_target(
+    kubectl: Kubectl,
+    namespace: str,
+    operator: Process,
+    dns_responder: DnsResponder,
+    caldav_calendar: CalDAVCalendar,
+) -> None:
+    domain = f"{namespace}.test"
+    port = caldav_calendar.server.port
+    dns_responder.add(f"_caldav._tcp.{domain}", "SRV", f"0 1 {port} localhost.")
+    # The Secret allows the domain itself, but DNS sends the credentials to another host.
+    kubectl.apply(
+        secret("dav", caldav_calendar.user, caldav_calendar.password, allowed_host=domain),
+        namespace,
+    )
+    kubectl.apply(connection("elsewhere", domain, "dav"), namespace)
+
+    ready = ready_with(kubectl, namespace, "elsewhere", "SyncFailed")
+    assert ready["status"] == "False"
+    assert job_failure(kubectl, namespace, "elsewhere")["reason"] == "CredentialsHostMismatch"
+    assert f"_caldav._tcp.{domain}" in ready["message"] and "'localhost'" in ready["message"]
+    assert caldav_calendar.password not in ready["message"]
+    assert not kubectl.json("get", "calconn/elsewhere", "-n", namespace)["status"].get("eventCount")
