@@ -430,3 +430,12 @@ def test_the_synced_condition_says_where_dns_led() -> None:
     assert synced is not None and ready is not None
     assert synced.message == f"2 events in 1 calendar; server found through DNS: {how}"
     assert ready.status == "True" and how in ready.message
+
+
+async def test_a_domain_or_nameserver_no_lookup_can_use_is_a_configuration_error() -> None:
+    from calsync.providers.caldav.srv import discover
+
+    with pytest.raises(DiscoveryFailed, match="not a DNS domain name"):
+        await discover("bücher.example", allow_insecure_http=False, nameservers=["127.0.0.1"])
+    with pytest.raises(DiscoveryFailed):
+        await discover("example.com", allow_insecure_http=False, nameservers=["dns.example"])

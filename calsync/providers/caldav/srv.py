@@ -245,8 +245,11 @@ async def discover(
 
     `lifetime` bounds each lookup (SRV, TXT) with all its retries, in seconds.
     """
-    domain = normalize_domain(domain)
-    resolver = _resolver(nameservers, lifetime)
+    try:
+        domain = normalize_domain(domain)
+        resolver = _resolver(nameservers, lifetime)
+    except ValueError as exc:  # the API and the settings refuse these already
+        raise DiscoveryFailed(str(exc)) from None
     services = [SECURE, PLAIN] if allow_insecure_http else [SECURE]
     seen: list[str] = []
     for prefix, scheme in services:
