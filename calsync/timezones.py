@@ -38,7 +38,15 @@ from functools import lru_cache
 from typing import Final
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-__all__ = ["MAX_NAME", "defined_zone", "resolve", "zone_key", "zone_name"]
+__all__ = [
+    "MAX_NAME",
+    "ObjectZones",
+    "defined_zone",
+    "resolve",
+    "split_vtimezones",
+    "zone_key",
+    "zone_name",
+]
 
 MAX_NAME: Final = 256  # characters of a zone name worth looking at
 _MAX_KEY: Final = 64  # the longest IANA key is 32 characters
@@ -53,6 +61,7 @@ _UTC_NAMES: Final = frozenset(
         "coordinated universal time",
     }
 )
+_DAY: Final = dt.timedelta(days=1)  # what datetime accepts as an offset is less than this
 _VTZ_RULE_PARTS: Final = frozenset({"FREQ", "BYMONTH", "BYDAY", "BYMONTHDAY", "UNTIL", "COUNT"})
 
 
@@ -112,7 +121,8 @@ def defined_zone(tzid: str, block: Iterable[str]) -> dt.tzinfo | None:
     """A VTIMEZONE definition (its unfolded lines) as a tzinfo for `tzid`; None when unusable.
 
     Only yearly transition rules are accepted: an adversarial RRULE in a VTIMEZONE would make
-    every offset lookup walk dateutil's recurrence to the year 9999.
+    every offset lookup walk dateutil's recurrence to the year 9999. Offsets of a day or more
+    ("+9999", which dateutil reads as 4 days) are refused too: datetime rejects them.
     """
     from dateutil.tz import tzical
 
@@ -125,8 +135,11 @@ def defined_zone(tzid: str, block: Iterable[str]) -> dt.tzinfo | None:
         if zone is None:
             return None
         zone.utcoffset(dt.datetime(2000, 1, 1))  # fail here, not later, on a broken one
+        offsets = [(c.tzoffsetfrom, c.tzoffsetto) for c in getattr(zone, "_comps", ())]
     except Exception:  # dateutil raises assorted types on bad definitions
         return None
+    if any(abs(offset) >= _DAY for pair in offsets for offset in pair):
+        return None  # "+9999": every datetime in that zone would raise ValueError
     return zone
 
 
@@ -136,3 +149,51 @@ def _safe_rule(rule: str) -> bool:
         key, _, value = part.partition("=")
         parts[key.strip()] = value.strip()
     return parts.get("FREQ") == "YEARLY" and set(parts) <= _VTZ_RULE_PARTS
+
+
+def split_vtimezones(lines: Iterable[str]) -> tuple[list[str], dict[str, list[str]]]:
+    """An object's unfolded lines without its VTIMEZONE blocks, and TZID -> the block's lines.
+
+    The first definition of a TZID wins; a VTIMEZONE left open runs to the end of the text.
+    """
+    outside: list[str] = []
+    blocks: dict[str, list[str]] = {}
+    current: list[str] = []
+    tzid: str | None = None
+    depth = 0
+    for line in lines:
+        upper = line[:16].upper()
+        if upper.startswith("BEGIN:VTIMEZONE"):
+            depth += 1
+            if depth == 1:
+                current, tzid = [], None
+        if not depth:
+            outside.append(line)
+            continue
+        current.append(line)
+        if depth == 1 and tzid is None and upper.startswith("TZID") and ":" in line:
+            tzid = line.partition(":")[2]
+        elif upper.startswith("END:VTIMEZONE"):
+            depth -= 1
+            if not depth and tzid is not None:
+                blocks.setdefault(tzid, current)
+    return outside, blocks
+
+
+class ObjectZones:
+    """TZID resolution scoped to one iCalendar object: `resolve`, then the object's own VTIMEZONE
+    (`defined_zone`); None for an unknown zone, which readers read as UTC."""
+
+    __slots__ = ("_blocks", "_found")
+
+    def __init__(self, blocks: dict[str, list[str]]) -> None:
+        self._blocks = blocks
+        self._found: dict[str, dt.tzinfo | None] = {}
+
+    def get(self, tzid: str) -> dt.tzinfo | None:
+        if tzid not in self._found:
+            zone: dt.tzinfo | None = resolve(tzid)
+            if zone is None and tzid in self._blocks:
+                zone = defined_zone(tzid, self._blocks[tzid])
+            self._found[tzid] = zone
+        return self._found[tzid]
