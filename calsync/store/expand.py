@@ -31,12 +31,12 @@ import logging
 from collections.abc import Iterator, Mapping, Set
 from typing import Any
 
-import icalendar
 import recurring_ical_events  # type: ignore[import-untyped]
 from dateutil.rrule import rruleset
 
 from calsync import timezones
 from calsync.recurrence import dateutil_rule
+from calsync.store.ical_zones import parse_zoned
 from calsync.store.results import Occurrence
 from calsync.store.rows import json_list, occurrence_from_row
 
@@ -111,7 +111,7 @@ def ical_occurrences(
     open). The text is parsed now, so unusable text raises here (whatever icalendar or
     recurring-ical-events raise); the occurrences are produced lazily.
     """
-    calendar = icalendar.Calendar.from_ical(raw)
+    calendar = parse_zoned(raw)
     query = recurring_ical_events.of(calendar)
     streams = [
         _series_occurrences(
