@@ -28,14 +28,16 @@ from __future__ import annotations
 import datetime as dt
 import heapq
 import logging
+import math
 from collections.abc import Iterator, Mapping, Set
 from typing import Any
 
+import icalendar
 import recurring_ical_events  # type: ignore[import-untyped]
 from dateutil.rrule import rruleset
 
 from calsync import timezones
-from calsync.recurrence import dateutil_rule
+from calsync.recurrence import Unbounded, bounded_rule, dateutil_rule, rule_step
 from calsync.store.ical_zones import parse_zoned
 from calsync.store.results import Occurrence
 from calsync.store.rows import json_list, occurrence_from_row
@@ -47,15 +49,30 @@ LOWEST = dt.datetime(1000, 1, 1, tzinfo=UTC)
 HIGHEST = dt.datetime(9000, 1, 1, tzinfo=UTC)
 _FIRST_WINDOW = dt.timedelta(days=1)
 _SPARSE = 32  # a window with fewer new instances than this doubles the next one
+# Rule periods (FREQ times INTERVAL) one series, and all series of one query, may walk: the
+# bound on the time a rule that matches rarely (FREQ=SECONDLY;BYHOUR=9;BYMINUTE=0) can take.
+# dateutil takes 0.1 to 5 us per period, depending on the rule.
+SERIES_PERIODS = 200_000
+QUERY_PERIODS = 2_000_000
 
 
 class Truncation:
-    """Set by an expansion that stopped at its cap (or on an error) before the range ended."""
+    """Set by an expansion that stopped at its cap (or on an error) before the range ended.
 
-    __slots__ = ("cut",)
+    It also carries what is left of the query's budget of rule periods (`QUERY_PERIODS`), and
+    the provider ids of the series that were cut off.
+    """
 
-    def __init__(self) -> None:
+    __slots__ = ("cut", "periods", "series")
+
+    def __init__(self, periods: int = QUERY_PERIODS) -> None:
         self.cut = False
+        self.periods = periods
+        self.series: set[str] = set()
+
+    def stop(self, provider_id: str) -> None:
+        self.cut = True
+        self.series.add(provider_id)
 
 
 def start_key(occurrence: Occurrence) -> dt.datetime:
@@ -112,10 +129,12 @@ def ical_occurrences(
     recurring-ical-events raise); the occurrences are produced lazily.
     """
     calendar = parse_zoned(raw)
+    step = _bound_rules(calendar, lower, upper, provider_id, truncation)
     query = recurring_ical_events.of(calendar)
     streams = [
         _series_occurrences(
             series,
+            step=step,
             calendar_id=calendar_id,
             provider_id=provider_id,
             lower=lower,
@@ -131,9 +150,96 @@ def ical_occurrences(
     return heapq.merge(*streams, key=start_key)
 
 
+def _bound_rules(
+    calendar: Any,
+    lower: dt.datetime,
+    upper: dt.datetime,
+    provider_id: str,
+    truncation: Truncation,
+) -> dt.timedelta | None:
+    """Rewrite each master's rule for [lower, upper) (`calsync.recurrence.bounded_rule`): the
+    same instances there, at a cost independent of the series' age. A rule too costly to
+    expand at all is removed (its series keeps DTSTART and RDATEs) and the answer is marked cut.
+    Returns the shortest period of the calendar's rules (None without rules)."""
+    step: dt.timedelta | None = None
+    for component in calendar.walk("VEVENT"):
+        rules = component.get("RRULE")
+        if rules is None or "RECURRENCE-ID" in component:
+            continue
+        rules = rules if isinstance(rules, list) else [rules]
+        texts = [rule.to_ical().decode() for rule in rules]
+        start_prop = component.get("DTSTART")
+        if start_prop is None or len(texts) != 1:
+            for text in texts:
+                step = _shorter(step, rule_step(text))
+            continue
+        begin = start_prop.dt
+        all_day = not isinstance(begin, dt.datetime)
+        zone = None if all_day else begin.tzinfo
+        local = (
+            dt.datetime(begin.year, begin.month, begin.day)
+            if all_day
+            else begin.replace(tzinfo=None)
+        )
+        duration = _duration(component, begin)
+        rule_period = rule_step(texts[0])
+        reach = upper
+        if rule_period is not None and upper - lower > rule_period * SERIES_PERIODS:
+            reach = lower + rule_period * SERIES_PERIODS  # the walk stops there anyway
+        try:
+            text, moved = bounded_rule(
+                texts[0],
+                local,
+                zone,
+                lower=lower,
+                upper=reach,
+                margin=duration,
+                all_day=all_day,
+            )
+        except Unbounded as exc:
+            log.warning("not expanding a series of %s: %s", provider_id, exc)
+            truncation.stop(provider_id)
+            del component["RRULE"]
+            continue
+        except (ValueError, TypeError, OverflowError):
+            step = _shorter(step, rule_period)
+            continue  # the expander judges what this cannot read
+        if text is None:  # nothing of the rule falls in the range
+            del component["RRULE"]
+            continue
+        step = _shorter(step, rule_period)
+        if text != texts[0]:
+            component["RRULE"] = icalendar.vRecur.from_ical(text)
+        if moved != local:
+            shift = moved - local
+            start_prop.dt = begin + shift
+            end_prop = component.get("DTEND")
+            if end_prop is not None:
+                end_prop.dt = end_prop.dt + shift
+    return step
+
+
+def _shorter(step: dt.timedelta | None, other: dt.timedelta | None) -> dt.timedelta | None:
+    return other if step is None else step if other is None else min(step, other)
+
+
+def _duration(component: Any, begin: dt.date | dt.datetime) -> dt.timedelta:
+    end = component.get("DTEND")
+    if end is not None:
+        try:
+            return max(as_utc(end.dt) - as_utc(begin), dt.timedelta(0))
+        except (TypeError, ValueError):
+            return dt.timedelta(days=1)
+    duration = component.get("DURATION")
+    if duration is not None and isinstance(duration.dt, dt.timedelta):
+        return max(duration.dt, dt.timedelta(0))
+    return dt.timedelta(days=1) if not isinstance(begin, dt.datetime) else dt.timedelta(0)
+
+
 def _series_occurrences(
     series: Any,
     *,
+    step: dt.timedelta | None,
     calendar_id: str,
     provider_id: str,
     lower: dt.datetime,
@@ -145,7 +251,7 @@ def _series_occurrences(
     truncation: Truncation,
 ) -> Iterator[Occurrence]:
     count = 0
-    for occurrence in _walk(series, lower, upper, provider_id, truncation):
+    for occurrence in _walk(series, lower, upper, provider_id, truncation, step):
         found = _from_component(
             occurrence.as_component(False), occurrence, calendar_id, provider_id
         )
@@ -154,25 +260,54 @@ def _series_occurrences(
         if not overlaps(found.start, found.end, start, end):
             continue
         if count >= cap:
-            truncation.cut = True
+            truncation.stop(provider_id)
             return
         count += 1
         yield found
 
 
 def _walk(
-    series: Any, lower: dt.datetime, upper: dt.datetime, provider_id: str, truncation: Truncation
+    series: Any,
+    lower: dt.datetime,
+    upper: dt.datetime,
+    provider_id: str,
+    truncation: Truncation,
+    step: dt.timedelta | None = None,
 ) -> Iterator[Any]:
-    span = _FIRST_WINDOW
+    """The series' instances in [lower, upper), window by window.
+
+    The first window holds about `_SPARSE` periods of the rule (at most a day), so a dense rule
+    never materialises more than that at once; windows that come back nearly empty double.
+    Each window costs its length in rule periods, taken from the series' and the query's
+    budgets; a series whose budget is spent stops there, marked cut.
+    """
+    span = _FIRST_WINDOW if step is None else min(_FIRST_WINDOW, max(step * _SPARSE, step))
+    budget = SERIES_PERIODS
     window_start = lower
     seen: set[Any] = set()
     while window_start < upper:
         window_end = upper if upper - window_start <= span else window_start + span
+        if step is not None:
+            allowed = min(budget, truncation.periods)
+            if allowed <= 0:
+                log.warning(
+                    "expansion of a series of %s stopped at %s: its budget of rule periods "
+                    "is spent",
+                    provider_id,
+                    window_start,
+                )
+                truncation.stop(provider_id)
+                return
+            cost = math.ceil((window_end - window_start) / step)
+            if cost > allowed:
+                window_end, cost = window_start + step * allowed, allowed
+            budget -= cost
+            truncation.periods -= cost
         try:
             batch = [o for o in series.between(window_start, window_end) if o.id not in seen]
         except Exception:
             log.warning("cannot expand a series of %s past %s", provider_id, window_start)
-            truncation.cut = True
+            truncation.stop(provider_id)
             return
         seen.update(o.id for o in batch)
         batch.sort(key=lambda o: as_utc(o.start))
@@ -253,10 +388,30 @@ def master_occurrences(
     def local(value: dt.datetime) -> dt.datetime:
         return value.astimezone(zone).replace(tzinfo=None)
 
+    lower = start if start is not None else first
+    upper = min(end, HIGHEST) if end is not None else HIGHEST
+    rule: str | None = master["rrule"] or None
+    step = rule_step(rule) if rule else None
+    if step is not None:
+        # The series' budget of rule periods bounds the walk: UNTIL goes no further.
+        reach = lower + step * SERIES_PERIODS if upper - lower > step * SERIES_PERIODS else upper
+        rule, moved = bounded_rule(
+            rule or "",
+            local(first),
+            zone,
+            lower=lower,
+            upper=reach,
+            margin=duration,
+            all_day=bool(master["all_day"]),
+        )
+        if rule is None:  # nothing of the rule falls in the range
+            step, reach = None, upper
+    else:
+        reach, moved = upper, local(first)
     rules = rruleset()
     rules.rdate(local(first))
-    if master["rrule"]:
-        rules.rrule(dateutil_rule(master["rrule"], local(first), zone))
+    if rule:  # None: no instance of the rule falls in the range
+        rules.rrule(dateutil_rule(rule, moved, zone))
     for text in json_list(master["rdates"]):
         instant = parse_utc(text)
         if instant is not None:
@@ -266,23 +421,40 @@ def master_occurrences(
         if instant is not None:
             rules.exdate(local(instant))
     instances = rules.xafter(local(start - duration), inc=True) if start is not None else rules
+    provider_id = str(master["provider_id"])
 
     def generate() -> Iterator[Occurrence]:
         count = 0
-        for naive in instances:
-            begin = naive.replace(tzinfo=zone).astimezone(UTC)
-            if end is not None and begin >= end:
+        walked = lower
+        try:
+            if step is not None and truncation.periods <= 0:
+                truncation.stop(provider_id)
                 return
-            finish = begin + duration
-            if begin in overridden or not overlaps(begin, finish, start, end):
-                continue
-            if count >= cap:
-                truncation.cut = True
-                return
-            count += 1
-            yield occurrence_from_row(
-                master, start=begin, end=finish, recurrence_id=begin.isoformat()
-            )
+            for naive in instances:
+                begin = naive.replace(tzinfo=zone).astimezone(UTC)
+                if end is not None and begin >= end:
+                    return
+                if step is not None and begin > walked:
+                    truncation.periods -= math.ceil((begin - walked) / step)
+                    walked = begin
+                    if truncation.periods <= 0:
+                        truncation.stop(provider_id)
+                        return
+                finish = begin + duration
+                if begin in overridden or not overlaps(begin, finish, start, end):
+                    continue
+                if count >= cap:
+                    truncation.stop(provider_id)
+                    return
+                count += 1
+                yield occurrence_from_row(
+                    master, start=begin, end=finish, recurrence_id=begin.isoformat()
+                )
+            if reach < upper:  # the rule may go on past what its budget let it walk
+                truncation.stop(provider_id)
+        finally:
+            if step is not None and reach > walked and count < cap:
+                truncation.periods -= math.ceil((reach - walked) / step)
 
     return generate()
 
