@@ -165,6 +165,33 @@ class Settings(BaseModel):
     microsoft_rate_limit: int = Field(default=10_000, ge=1)
     caldav_rate_limit: int = Field(default=100, ge=1)
 
+    # Limits on what one calendar may cost (hostile input, docs/decisions/0014)
+    max_object_size: int = Field(
+        default=1 << 20,
+        ge=1024,
+        description="largest calendar object a sync reads, in characters (an iCalendar "
+        "resource, or one Google/Graph event's JSON); a larger one is skipped and reported on "
+        "the connection",
+    )
+    max_response_size: int = Field(
+        default=256 << 20,
+        ge=1 << 16,
+        description="largest provider response body, in bytes after decompression (CalDAV, "
+        "Google, Graph); a larger one fails the sync attempt for good",
+    )
+    query_series_limit: int = Field(
+        default=3_000,
+        ge=1,
+        description="most occurrences one recurring series expands to in a range query; a "
+        "series with more in the connection's window is named in its Degraded condition",
+    )
+    query_limit: int = Field(
+        default=10_000,
+        ge=1,
+        description="most occurrences one range query (calsync events) returns; a capped "
+        "answer says it is truncated",
+    )
+
     # Push (seed: WEBHOOK_TIMEOUT_MS, WEBHOOK_RATE_LIMIT, WEBHOOK_RENEWAL_THRESHOLD_HOURS)
     webhook_timeout: float = Field(
         default=30.0,
