@@ -51,6 +51,18 @@ from typing import Any
 
 from bench._util import MiB, median, peak_rss_bytes, rotate, ru_maxrss_bytes, verdict
 
+
+def say(message: str) -> None:
+    print(f"  [{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
+def load_average() -> str:
+    try:
+        return " ".join(Path("/proc/loadavg").read_text().split()[:3])
+    except OSError:
+        return "?"
+
+
 COUNT = 10_000
 SEED = 1
 ROUNDS = 3
@@ -347,6 +359,164 @@ def bare_report(collection_url: str, token: str) -> Report:
     return Report(seconds, data)
 
 
+# -- the path users run: kubectl apply against `calsync run` ----------------------------------
+
+
+APPLY_POLL = 0.05  # seconds between two reads of the connection while waiting for Ready
+
+
+def _apply_manifest(namespace: str, collection_url: str) -> str:
+    """Namespace, labelled credentials Secret and CalendarConnection, as a user writes them."""
+    return (
+        "apiVersion: v1\n"
+        "kind: Namespace\n"
+        f"metadata: {{name: {namespace}}}\n"
+        "---\n"
+        "apiVersion: v1\n"
+        "kind: Secret\n"
+        "metadata:\n"
+        f"  name: caldav-credentials\n  namespace: {namespace}\n"
+        '  labels: {calsync.io/credentials: "true"}\n'
+        f"stringData: {{username: {USER}, password: {PASSWORD}}}\n"
+        "---\n"
+        "apiVersion: calsync.io/v1alpha1\n"
+        "kind: CalendarConnection\n"
+        f"metadata: {{name: work, namespace: {namespace}}}\n"
+        "spec:\n"
+        "  provider: caldav\n"
+        "  owner: bench@example.com\n"
+        "  caldav:\n"
+        f"    url: {collection_url}\n"
+        "    allowInsecureHTTP: true\n"
+        "    credentialsSecretRef: {name: caldav-credentials}\n"
+    )
+
+
+@dataclass
+class ApplyRun:
+    seconds: float  # kubectl apply started -> the connection seen Ready with every event
+    apply: float  # the kubectl apply process alone
+    polls: int
+    job: dict[str, Any]  # the SyncJob's status (startedAt, durationSeconds, counts)
+    created_to_ready: float  # the job's creationTimestamp -> Ready seen (1 s resolution)
+
+
+class ApplyPath:
+    """A local control plane, the CRDs and one long-running `calsync run` on shipped defaults."""
+
+    def __init__(self, root: Path, collection_url: str, expected_events: int) -> None:
+        self.root = root
+        self.url = collection_url
+        self.expected = expected_events
+        self.cluster: Any = None
+        self.component: Any = None
+        self.client: Any = None
+        self.kubeconfig = Path()
+        self.env: dict[str, str] = {}
+        self.rounds = 0
+
+    def up(self) -> None:
+        import yaml
+        from lightkube import Client
+        from lightkube.config.kubeconfig import KubeConfig
+
+        from bench._platform import BIN, Component, free_port
+        from calsync.devcluster import Cluster, ensure_binaries
+
+        bins = ensure_binaries(helm=False, log=True)
+        self.cluster = Cluster(f"bench-caldav-{os.getpid()}", self.root / "clusters")
+        self.kubeconfig = self.cluster.up(bins, log=False)
+        self.env = {**os.environ, "KUBECONFIG": str(self.kubeconfig)}
+        kubectl = BIN / "kubectl"
+        self.kubectl_bin = str(kubectl) if kubectl.exists() else "kubectl"
+        self._kubectl("apply", "--server-side", "--force-conflicts", "-f", str(ROOT / "crds"))
+        names = [
+            yaml.safe_load(p.read_text())["metadata"]["name"]
+            for p in sorted((ROOT / "crds").glob("*.yaml"))
+        ]
+        self._kubectl(
+            "wait", "--for=condition=Established", "--timeout=60s", *[f"crd/{n}" for n in names]
+        )
+        (self.root / "logs").mkdir(exist_ok=True)
+        # Shipped defaults except what a user must set on a shared machine: the store under a
+        # temporary folder, free ports, loopback Radicale allowed.
+        self.component = Component(
+            "run",
+            "calsync-run",
+            self.kubeconfig,
+            f"sqlite+aiosqlite:///{self.root / 'calsync-run.db'}",
+            self.root / "logs",
+            {"CALSYNC_GATEWAY_PORT": str(free_port())},
+        )
+        self.component.wait_for_log("operator bound to event store", timeout=90)
+        self.component.wait_for_log("writes to event store", timeout=90)
+        self.client = Client(config=KubeConfig.from_file(str(self.kubeconfig)))
+
+    def _kubectl(self, *args: str, input: str | None = None) -> str:
+        done = subprocess.run(
+            [self.kubectl_bin, *args], env=self.env, input=input, capture_output=True, text=True
+        )
+        if done.returncode != 0:
+            raise RuntimeError(f"kubectl {' '.join(args)}: {done.stderr}")
+        return done.stdout
+
+    def _ready(self, body: dict[str, Any]) -> bool:
+        status = body.get("status") or {}
+        ready = any(
+            c.get("type") == "Ready" and c.get("status") == "True"
+            for c in status.get("conditions") or []
+        )
+        return ready and status.get("eventCount") == self.expected
+
+    def sync_once(self) -> ApplyRun:
+        from calsync.controllers.kube import CalendarConnectionResource, SyncJobResource
+
+        self.rounds += 1
+        namespace = f"bench-{self.rounds}"
+        manifest = _apply_manifest(namespace, self.url)
+        started = time.perf_counter()
+        self._kubectl("apply", "-f", "-", input=manifest)
+        applied = time.perf_counter() - started
+        polls = 0
+        deadline = started + 300
+        while True:
+            polls += 1
+            body = self.client.get(CalendarConnectionResource, "work", namespace=namespace)
+            if self._ready(body.to_dict()):
+                seconds = time.perf_counter() - started
+                seen = time.time()
+                break
+            if time.perf_counter() > deadline:
+                raise RuntimeError(f"not Ready with every event in 300 s: {body.to_dict()}")
+            self.component.check()
+            time.sleep(APPLY_POLL)
+        jobs = [j.to_dict() for j in self.client.list(SyncJobResource, namespace=namespace)]
+        if len(jobs) != 1:
+            _fail(f"the apply made {len(jobs)} SyncJobs, not one")
+        job: dict[str, Any] = jobs[0]
+        created = job.get("metadata", {}).get("creationTimestamp")
+        created_to_ready = (
+            seen - dt.datetime.fromisoformat(created.replace("Z", "+00:00")).timestamp()
+            if created
+            else float("nan")
+        )
+        return ApplyRun(seconds, applied, polls, job.get("status") or {}, created_to_ready)
+
+    def clean(self) -> None:
+        """Delete the round's namespace and wait until the connection's purge let it go."""
+        self._kubectl(
+            "delete", "namespace", f"bench-{self.rounds}", "--wait=true", "--timeout=180s"
+        )
+
+    def down(self) -> None:
+        if self.client is not None:
+            self.client.close()
+        if self.component is not None:
+            self.component.stop()
+        if self.cluster is not None:
+            self.cluster.down(log=False)
+
+
 # -- the run --------------------------------------------------------------------------------------
 
 
@@ -392,6 +562,9 @@ class Bench:
         self.vdir: Vdirsyncer | None = None
         self.token = ""
         self.warmup = 0.0
+        self.applied: list[ApplyRun] = []
+        self.applied_vdirsyncer: list[float] = []
+        self.applied_warm: tuple[float, float] | None = None
 
     def _profile_path(self, case: str, round_: int) -> Path | None:
         if self.profile is None:
@@ -429,6 +602,45 @@ class Bench:
         self.server_vevents = sum(text.count("BEGIN:VEVENT") for text in contents.values())
         if self.server_resources != COUNT:
             _fail(f"the server holds {self.server_resources} resources, {COUNT} were seeded")
+
+    def _vdirsyncer_initial(self, folder: Path) -> float:
+        vdir = Vdirsyncer(self.binary, folder, self.url)
+        vdir.discover()
+        seconds = vdir.sync()
+        if len(vdir.files()) != self.server_resources:
+            _fail(f"vdirsyncer wrote {len(vdir.files())} files, not {self.server_resources}")
+        shutil.rmtree(folder, ignore_errors=True)
+        return seconds
+
+    def apply_path(self) -> None:
+        """The headline initial sync: `kubectl apply` until Ready, beside vdirsyncer."""
+        path = ApplyPath(self.root / "apply", self.url, self.server_vevents)
+        try:
+            say("starting the local control plane and `calsync run`")
+            path.up()
+            # Both sides warm: one untimed initial sync each (Radicale's cache is warm already).
+            warm = path.sync_once()
+            path.clean()
+            warm_vdir = self._vdirsyncer_initial(self.root / "vdirsyncer-apply-warm")
+            self.applied_warm = (warm.seconds, warm_vdir)
+            for round_ in range(ROUNDS):
+                for tool in rotate(("ours", "vdirsyncer"), round_):
+                    if tool == "ours":
+                        self.applied.append(path.sync_once())
+                        path.clean()
+                    else:
+                        folder = self.root / f"vdirsyncer-apply-{round_}"
+                        self.applied_vdirsyncer.append(self._vdirsyncer_initial(folder))
+                say(
+                    f"apply round {round_}: ours {self.applied[-1].seconds:.2f} s, "
+                    f"vdirsyncer {self.applied_vdirsyncer[-1]:.2f} s"
+                )
+        except BaseException:
+            if path.component is not None:
+                print(f"calsync run log tail:\n{path.component.output()[-4000:]}", file=sys.stderr)
+            raise
+        finally:
+            path.down()
 
     def initial(self) -> None:
         for round_ in range(ROUNDS):
@@ -510,12 +722,14 @@ class Bench:
                     if answer.contents():
                         _fail("the no-change REPORT carried changes")
 
-    def print_report(self) -> None:
+    def print_header(self) -> None:
         print(
             f"Python {platform.python_version()}, Radicale {metadata.version('radicale')}, "
             f"vdirsyncer {metadata.version('vdirsyncer')}, httpx {metadata.version('httpx')}, "
-            f"{os.cpu_count()} CPUs"
+            f"{os.cpu_count()} CPUs, load average {load_average()}"
         )
+
+    def print_calendar(self) -> None:
         print(
             f"calendar: {self.server_resources} resources, {self.server_vevents} VEVENTs "
             f"(generate_events({COUNT}, seed={SEED}, start=today 00:00 UTC)); "
@@ -523,8 +737,55 @@ class Bench:
             "Radicale [reporting] max_expand_occurrence = 0 (the 10,000-VEVENT cap per REPORT "
             "lifted for the bare single-REPORT reference)"
         )
+
+    def print_apply(self) -> None:
+        if not self.applied:
+            return
+        ours = [r.seconds for r in self.applied]
+        vdir = self.applied_vdirsyncer
+        ratio = median(ours) / median(vdir)
         print(
-            f"ours: SyncEngine(batch_size={self.batch_size}), SQLite store; after the initial "
+            "initial sync as users run it: `kubectl apply` of a Namespace, a labelled "
+            "credentials Secret and a CalendarConnection (the collection URL) against one "
+            "long-running `calsync run` (shipped defaults; SQLite store; local control plane), "
+            f"until the connection is Ready with status.eventCount == {self.server_vevents}; "
+            f"the connection read every {APPLY_POLL * 1000:.0f} ms (plus one GET's time), "
+            "so the figure is late by up to that. vdirsyncer: initial `sync` of the same "
+            "calendar, fresh vdir and status each round (`discover` untimed). "
+            f"Medians of {ROUNDS} interleaved rounds after one untimed warm-up each "
+            f"(warm-up: ours {self.applied_warm[0] if self.applied_warm else 0:.2f} s, "
+            f"vdirsyncer {self.applied_warm[1] if self.applied_warm else 0:.2f} s); each "
+            "round's namespace is deleted (and the connection purged) before the next."
+        )
+        print()
+        header = (
+            f"{'case':<22} | {'ours (s)':>9} | {'vdirsyncer (s)':>14} | {'ours/vdirsyncer':>15}"
+        )
+        print(header)
+        print("-" * len(header))
+        print(
+            f"{'initial (kubectl apply)':<22} | {median(ours):>9.3f} | {median(vdir):>14.3f} | "
+            f"{ratio:>14.3f}x"
+        )
+        print(f"target: ours <= 0.5x vdirsyncer: {ratio:.3f}x {verdict(ratio <= 0.5)}")
+        print(
+            f"rounds: ours {_list(ours)}  vdirsyncer {_list(vdir)}  "
+            f"ratios {_list([o / v for o, v in zip(ours, vdir, strict=True)])}"
+        )
+        for i, r in enumerate(self.applied):
+            print(
+                f"  round {i}: kubectl apply {r.apply:.3f} s, {r.polls} reads; SyncJob "
+                f"durationSeconds {r.job.get('durationSeconds')}, created -> Ready seen "
+                f"{r.created_to_ready:.2f} s (1 s resolution), counts {r.job.get('counts')}"
+            )
+        print()
+
+    def print_report(self) -> None:
+        if not self.cases["initial"].ours:
+            return
+        print(
+            "in-process detail (not the path users run): "
+            f"SyncEngine(batch_size={self.batch_size}), SQLite store; after the initial "
             f"sync the store holds {self.stored.get('resources')} resources / "
             f"{self.stored.get('events')} events (server: {self.server_resources} / "
             f"{self.server_vevents}) in {self.stored.get('pages')} pages"
@@ -589,7 +850,9 @@ def _list(values: list[float]) -> str:
     return "[" + ", ".join(f"{v:.3f}" for v in values) + "]"
 
 
-def measure(batch_size: int = BATCH_SIZE, profile: Path | None = None) -> None:
+def measure(
+    batch_size: int = BATCH_SIZE, profile: Path | None = None, *, apply_only: bool = False
+) -> None:
     from calsync.testing.radicale import RadicaleServer
 
     find_vdirsyncer()
@@ -600,9 +863,11 @@ def measure(batch_size: int = BATCH_SIZE, profile: Path | None = None) -> None:
     try:
         bench = Bench(root, batch_size, profile)
         bench.seed_and_start(server)
-        bench.initial()
-        bench.incremental()
-        bench.no_change()
+        bench.apply_path()
+        if not apply_only:
+            bench.initial()
+            bench.incremental()
+            bench.no_change()
     except BaseException:
         tail = server.log_tail()
         if tail:
@@ -611,6 +876,9 @@ def measure(batch_size: int = BATCH_SIZE, profile: Path | None = None) -> None:
     finally:
         server.stop()
         shutil.rmtree(root, ignore_errors=True)
+    bench.print_header()
+    bench.print_calendar()
+    bench.print_apply()
     bench.print_report()
 
 
@@ -622,13 +890,18 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.caldav_sync", description=__doc__)
     parser.add_argument("--batch-size", type=int, default=BATCH_SIZE)
     parser.add_argument("--profile", help="pyinstrument text profiles of our syncs go here")
+    parser.add_argument(
+        "--apply-only", action="store_true", help="only the kubectl apply case (the headline)"
+    )
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--store", help=argparse.SUPPRESS)
     parser.add_argument("--url", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child:
         return _child_main(args)
-    measure(args.batch_size, Path(args.profile) if args.profile else None)
+    measure(
+        args.batch_size, Path(args.profile) if args.profile else None, apply_only=args.apply_only
+    )
     return 0
 
 
