@@ -149,7 +149,16 @@ async def _show(args: argparse.Namespace) -> int:
 
 
 async def _show_events(args: argparse.Namespace) -> int:
+    from calsync.settings import SettingsError, load_settings
+
     target = _namespace_and_name(args.connection) if args.connection else None
+    try:
+        settings = load_settings()
+    except SettingsError as exc:
+        print(f"calsync: {exc}", file=sys.stderr)
+        return 2
+    limit = args.limit if args.limit is not None else settings.query_limit
+    series_limit = settings.query_series_limit
     now = dt.datetime.now(dt.UTC)
     try:
         start = parse_when(args.start) if args.start else now - dt.timedelta(days=DEFAULT_PAST_DAYS)
@@ -186,13 +195,28 @@ async def _show_events(args: argparse.Namespace) -> int:
             calendar_id=args.calendar,
             start=start,
             end=end,
-            limit=args.limit,
+            limit=limit,
+            series_limit=series_limit,
             include_cancelled=True if args.include_cancelled else None,
         )
     finally:
         await store.close()
     if args.format == "json":
-        json.dump([occurrence_json(o) for o in result.occurrences], sys.stdout, indent=2)
+        listed = [occurrence_json(o) for o in result.occurrences]
+        if args.envelope:
+            json.dump(
+                {
+                    "occurrences": listed,
+                    "truncated": result.truncated,
+                    "limit": limit,
+                    "series_limit": series_limit,
+                    "capped_series": list(result.capped_series),
+                },
+                sys.stdout,
+                indent=2,
+            )
+        else:
+            json.dump(listed, sys.stdout, indent=2)
         sys.stdout.write("\n")
     else:
         rows = [("START", "END", "SUMMARY", "STATUS", "UID")]
@@ -210,11 +234,25 @@ async def _show_events(args: argparse.Namespace) -> int:
         for row in rows:
             print("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=False)) + "  " + row[4])
     if result.truncated:
+        _warn_truncated(result, limit, series_limit)
+    return 0
+
+
+def _warn_truncated(result: Any, limit: int, series_limit: int) -> None:
+    """Say on stderr which cap cut the answer short: the total, or some series."""
+    capped = list(result.capped_series)
+    if capped:
+        named = ", ".join(capped[:5]) + (f" and {len(capped) - 5} more" if len(capped) > 5 else "")
         print(
-            f"calsync: output truncated at {args.limit} occurrences; narrow --from/--to",
+            f"calsync: output truncated: recurring series cut short at {series_limit} "
+            f"occurrences per series (CALSYNC_QUERY_SERIES_LIMIT) or by their cost: {named}",
             file=sys.stderr,
         )
-    return 0
+    if len(result.occurrences) >= limit or not capped:
+        print(
+            f"calsync: output truncated at {limit} occurrences; narrow --from/--to",
+            file=sys.stderr,
+        )
 
 
 def _die_of_sigpipe() -> int:
@@ -250,7 +288,18 @@ def add_events_parser(sub: Any) -> None:
     )
     ev.add_argument("--to", dest="end", help="range end (default: 730 days ahead)")
     ev.add_argument("--format", choices=["table", "json", "ics"], default="table")
-    ev.add_argument("--limit", type=int, default=10_000, help="at most this many occurrences")
+    ev.add_argument(
+        "--envelope",
+        action="store_true",
+        help="with --format json: print an object with the occurrences and whether a cap cut "
+        "the answer short (truncated, limit, series_limit, capped_series) instead of a bare list",
+    )
+    ev.add_argument(
+        "--limit",
+        type=_positive,
+        default=None,
+        help="at most this many occurrences (default: CALSYNC_QUERY_LIMIT, 10000)",
+    )
     ev.add_argument(
         "--include-cancelled",
         action="store_true",
@@ -260,7 +309,20 @@ def add_events_parser(sub: Any) -> None:
     ev.set_defaults(func=show_events)
 
 
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError("must be at least 1")
+    return value
+
+
 def show_events(args: argparse.Namespace) -> int:
+    if args.envelope and args.format != "json":
+        print("calsync events: --envelope goes with --format json", file=sys.stderr)
+        raise SystemExit(2)
     try:
         code = asyncio.run(_show(args))
         sys.stdout.flush()  # inside the try: a reader that left must not surface at exit

@@ -604,7 +604,7 @@ class EventStore:
                 )
                 found = [occurrence_from_row(row) for row in rows]
                 return QueryResult(found[:limit], len(found) > limit)
-            truncation = Truncation()
+            truncation = Truncation(series_cap=series_limit)
             singles = await self._rows_in_range(
                 conn, connection, calendar_id, start, end, limit, include_cancelled, True
             )
@@ -621,7 +621,11 @@ class EventStore:
             )
             merged = list(itertools.islice(heapq.merge(*streams, key=start_key), limit + 1))
         merged.sort(key=_order)
-        return QueryResult(merged[:limit], truncation.cut or len(merged) > limit)
+        return QueryResult(
+            merged[:limit],
+            truncation.cut or len(merged) > limit,
+            tuple(sorted(truncation.series)),
+        )
 
     async def _rows_in_range(
         self,
@@ -794,7 +798,7 @@ class EventStore:
                     connection,
                     exc,
                 )
-                truncation.cut = True
+                truncation.stop(row["provider_id"])
         overrides.sort(key=start_key)
         streams.append(iter(overrides))
         return streams

@@ -63,16 +63,25 @@ class Truncation:
     the provider ids of the series that were cut off.
     """
 
-    __slots__ = ("cut", "periods", "series")
+    __slots__ = ("cut", "periods", "series", "series_cap")
 
-    def __init__(self, periods: int = QUERY_PERIODS) -> None:
+    def __init__(self, periods: int = QUERY_PERIODS, series_cap: int = 0) -> None:
         self.cut = False
         self.periods = periods
         self.series: set[str] = set()
+        self.series_cap = series_cap  # the per-series cap of the query, when it has one
 
     def stop(self, provider_id: str) -> None:
+        """A series stopped before the range ended (its budget, a rule not expanded)."""
         self.cut = True
         self.series.add(provider_id)
+
+    def capped(self, provider_id: str, count: int) -> None:
+        """A series reached the cap it was given: named when that is the per-series cap (not
+        the query's total, which the query reports by itself)."""
+        self.cut = True
+        if count >= self.series_cap:
+            self.series.add(provider_id)
 
 
 def start_key(occurrence: Occurrence) -> dt.datetime:
@@ -260,7 +269,7 @@ def _series_occurrences(
         if not overlaps(found.start, found.end, start, end):
             continue
         if count >= cap:
-            truncation.stop(provider_id)
+            truncation.capped(provider_id, count)
             return
         count += 1
         yield found
@@ -444,7 +453,7 @@ def master_occurrences(
                 if begin in overridden or not overlaps(begin, finish, start, end):
                     continue
                 if count >= cap:
-                    truncation.stop(provider_id)
+                    truncation.capped(provider_id, count)
                     return
                 count += 1
                 yield occurrence_from_row(

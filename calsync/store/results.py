@@ -58,10 +58,15 @@ class Occurrence:
 
 @dataclass(frozen=True, slots=True)
 class QueryResult:
-    """Occurrences sorted by start; `truncated` when a cap (total or per series) cut some off."""
+    """Occurrences sorted by start; `truncated` when a cap (total or per series) cut some off.
+
+    `capped_series` names the resources (provider ids) whose expansion stopped short: at the
+    per-series cap, at its budget of rule periods, or because the rule is not expanded at all.
+    """
 
     occurrences: list[Occurrence]
     truncated: bool
+    capped_series: tuple[str, ...] = ()
 
     def __iter__(self) -> Iterator[Occurrence]:
         return iter(self.occurrences)
