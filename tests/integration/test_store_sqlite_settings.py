@@ -23,8 +23,13 @@ async def test_sqlite_connections_are_set_up(tmp_path: Path) -> None:
                     "foreign_keys",
                     "busy_timeout",
                     "wal_autocheckpoint",
+                    "temp_store",
                 )
             }
+        # The page writer's own connection (see connect.thread_writer) too.
+        assert store._thread_writer is not None
+        with store._thread_writer.connect() as blocking:
+            writer_temp_store = blocking.exec_driver_sql("PRAGMA temp_store").scalar()
     finally:
         await store.close()
     assert values == {
@@ -33,4 +38,6 @@ async def test_sqlite_connections_are_set_up(tmp_path: Path) -> None:
         "foreign_keys": 1,
         "busy_timeout": 30_000,
         "wal_autocheckpoint": 10_000,
+        "temp_store": 2,  # MEMORY
     }
+    assert writer_temp_store == 2
