@@ -271,14 +271,18 @@ def test_a_worker_frozen_past_its_lease_writes_nothing(
     cal.put({n: cal.files[n].replace("SUMMARY:", "SUMMARY:changed ") for n in names[7::15]})
     cal.put(simple_events("late", 20, NOW))
     create_all(kc, ns, [syncjob_manifest("after-change", "big")])
-    poll(
-        lambda: (
-            (kc.json("get", "sj/after-change", "-n", ns).get("status") or {}).get("phase")
-            == "Succeeded"
-        ),
-        timeout=180,
-        what="the sync after the change",
-    )
+    after: dict[str, Any] = {}
+
+    def after_change_done() -> bool:
+        after.update(kc.json("get", "sj/after-change", "-n", ns).get("status") or {})
+        return after.get("phase") in ("Succeeded", "Superseded", "Failed")
+
+    try:
+        poll(after_change_done, timeout=180, what="the sync after the change")
+    except BaseException:
+        print("the job after the change:", after, "\nother worker:", other.output()[-3000:])
+        raise
+    assert after["phase"] == "Succeeded", after
     truth = cal.truth()
     assert stored_pairs(pg, key) == truth
 
