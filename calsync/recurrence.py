@@ -268,15 +268,25 @@ class Unbounded(ValueError):
     """A rule whose expansion could cost without bound (a sparse COUNT rule): not expanded."""
 
 
+_LONGEST_STEP: Final = dt.timedelta(days=3650)
+
+
 def rule_step(rule: str) -> dt.timedelta | None:
-    """The shortest time between two periods of the rule (FREQ times INTERVAL); None if unread."""
+    """The shortest time between two periods of the rule (FREQ times INTERVAL); None if unread.
+
+    None too for a step longer than `_LONGEST_STEP`: such a rule has few instances in any range,
+    and the budgets multiply the step by their periods, which would overflow a timedelta
+    (FREQ=MONTHLY;INTERVAL=1000 crashed every range query of its connection).
+    """
     parts = rule_parts(rule)
     period = PERIODS.get(parts.get("FREQ", ""))
     try:
         interval = int(parts.get("INTERVAL") or 1)
     except ValueError:
         return None
-    return period * interval if period is not None and interval >= 1 else None
+    if period is None or not 1 <= interval <= _LONGEST_STEP // period:
+        return None
+    return period * interval
 
 
 def bounded_rule(

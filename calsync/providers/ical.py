@@ -42,7 +42,7 @@ from typing import Final
 
 from calsync.model import Event, EventStatus, Resource
 from calsync.providers.base import ProviderError
-from calsync.recurrence import last_start, rule_parts
+from calsync.recurrence import check_interval, last_start
 from calsync.timezones import defined_zone, resolve
 
 __all__ = [
@@ -550,14 +550,7 @@ def _fill(
             event.sequence = 0
     if (prop := get("RRULE")) is not None:
         event.rrule = prop[1].strip()
-        interval = rule_parts(event.rrule).get("INTERVAL")
-        if interval is not None and not (
-            interval.isascii() and interval.isdigit() and int(interval)
-        ):
-            # RFC 5545 3.3.10; INTERVAL=0 repeats the first instance forever in every expander
-            raise MalformedCalendarData(
-                f"RRULE INTERVAL is not a positive integer: {interval[:20]!r}"
-            )
+        check_interval(event.rrule)  # INTERVAL=0 would hang every expansion of the series
     if start is not None and (event.rrule or rdates):
         event.series_end = _series_end(event, start, rdates)
 

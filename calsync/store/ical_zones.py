@@ -10,7 +10,9 @@ than yearly ones) were used anyway. The expansion then disagreed with what the e
 nothing), then puts on every zoned date-time of the object (DTSTART, DTEND, DUE, RECURRENCE-ID,
 RDATE, EXDATE) the zone `calsync.timezones` gives its TZID, scoped to this object: an IANA,
 Windows or vendor-path name, else the object's own usable VTIMEZONE, else UTC under the name as
-written (docs/decisions/0012-one-path-for-zones-recurrence-retry-after.md).
+written (docs/decisions/0012-one-path-for-zones-recurrence-retry-after.md). It also refuses
+(ValueError) a rule whose INTERVAL is no positive integer, which the extractor refuses too: one
+stored before that would repeat its first instance forever.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from typing import Any, Final
 
 import icalendar
 
+from calsync.recurrence import check_interval
 from calsync.timezones import ObjectZones, split_vtimezones
 
 __all__ = ["parse_zoned"]
@@ -35,7 +38,7 @@ def _unfolded_lines(raw: str) -> list[str]:
 def parse_zoned(raw: str) -> icalendar.Calendar:
     """The object as icalendar reads it, its zoned times in the zones the extractor used.
 
-    Raises what icalendar raises on text it cannot read.
+    Raises what icalendar raises on text it cannot read, ValueError on INTERVAL=0.
     """
     lines, blocks = split_vtimezones(_unfolded_lines(raw))
     calendar = icalendar.Calendar.from_ical("\r\n".join(lines))
@@ -51,6 +54,9 @@ def parse_zoned(raw: str) -> icalendar.Calendar:
         return named[tzid]
 
     for component in calendar.walk():
+        rules = component.get("RRULE")
+        for rule in rules if isinstance(rules, list) else [rules] if rules is not None else []:
+            check_interval(rule.to_ical().decode())
         for name in _ZONED:
             props = component.get(name)
             if props is None:

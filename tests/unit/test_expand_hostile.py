@@ -16,10 +16,10 @@ import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from calsync.model import ChangePage
+from calsync.model import ChangePage, Event, Resource
 from calsync.providers.ical import MalformedCalendarData, extract_events, parse_resource
-from calsync.store import EventStore, expand
-from calsync.store.expand import Truncation, ical_occurrences
+from calsync.store import EventStore
+from calsync.store.expand import Truncation, ical_occurrences, master_occurrences
 from calsync.store.results import QueryResult
 
 pytestmark = pytest.mark.unit
@@ -31,17 +31,6 @@ SECONDS = 5.0
 SERIES_CAP = 50
 LIMIT = 500
 RANGE = (dt.datetime(2025, 1, 1, tzinfo=UTC), dt.datetime(2026, 1, 1, tzinfo=UTC))
-
-# Without the budget of issue 12 item 2 a single series like these takes 5 to 50 s (and
-# FREQ=SECONDLY;BYMONTH=12 materialises millions of instances): the store tests wait for it.
-bounded = pytest.mark.skipif(
-    not hasattr(expand, "SERIES_PERIODS"),
-    reason="needs the bounded expansion of issue 12 item 2 (a budget of rule periods)",
-)
-# Measured with that budget as first written (2,000,000 periods a series): 6 to 8 s each.
-OVER_BOUND = pytest.mark.xfail(
-    run=False, reason="6-8 s for one series under a 2,000,000-period budget: over the 5 s bound"
-)
 
 
 def calendar(uid: str, *event: str, zones: str = "") -> str:
@@ -66,8 +55,8 @@ HOSTILE_RULES = [
     "FREQ=SECONDLY",
     "FREQ=MINUTELY",
     "FREQ=SECONDLY;BYMONTH=12",
-    pytest.param("FREQ=SECONDLY;BYMONTH=2;BYMONTHDAY=30", marks=OVER_BOUND),
-    pytest.param("FREQ=MINUTELY;BYMONTH=2;BYMONTHDAY=30", marks=OVER_BOUND),
+    "FREQ=SECONDLY;BYMONTH=2;BYMONTHDAY=30",
+    "FREQ=MINUTELY;BYMONTH=2;BYMONTHDAY=30",
     "FREQ=SECONDLY;BYSETPOS=-1",
     "FREQ=SECONDLY;BYHOUR=9;BYMINUTE=0",
     "FREQ=YEARLY;BYSETPOS=1,2,3;BYDAY=MO,TU",
@@ -75,7 +64,9 @@ HOSTILE_RULES = [
     "FREQ=DAILY;COUNT=100000000",
     "FREQ=SECONDLY;COUNT=100000000",
     "FREQ=SECONDLY;COUNT=5000",
-    "FREQ=DAILY;INTERVAL=1000000000",
+    "FREQ=DAILY;INTERVAL=1000000000",  # FREQ times INTERVAL overflowed a timedelta: a crash
+    "FREQ=HOURLY;INTERVAL=1000000",
+    "FREQ=MONTHLY;INTERVAL=1000",  # 28,000 days times the budget's 200,000 periods: a crash
     "FREQ=DAILY;UNTIL=20000101T000000Z",
     "FREQ=SECONDLY;UNTIL=99991231T235959Z",
     pytest.param(
@@ -85,7 +76,11 @@ HOSTILE_RULES = [
         + ",".join(map(str, range(60)))
         + ";BYSECOND="
         + ",".join(map(str, range(60))),
-        marks=OVER_BOUND,
+        marks=pytest.mark.xfail(
+            run=False,
+            reason="5.2 s: windows are sized by rule periods, and one DAILY period holds 86,400 "
+            "instances here (issue 12 item 2, counting instances per period, in progress)",
+        ),
         id="DAILY-every-second",
     ),
 ]
@@ -110,6 +105,7 @@ RULES = st.sampled_from([r for r in HOSTILE_RULES if isinstance(r, str)]) | st.l
             "COUNT=5000",
             "COUNT=99999999",
             "INTERVAL=2",
+            "INTERVAL=1000",
             "INTERVAL=1000000",
             "BYSETPOS=-1",
             "BYMONTH=2",
@@ -179,7 +175,6 @@ def check(result: QueryResult, seconds: float) -> None:
     assert healthy == HEALTHY_STARTS, "a hostile series must not hide the healthy ones"
 
 
-@bounded
 @pytest.mark.parametrize("rule", HOSTILE_RULES)
 def test_a_hostile_rule_costs_a_query_bounded_time_and_caps(
     store: EventStore, loop: asyncio.AbstractEventLoop, rule: str
@@ -193,7 +188,8 @@ def test_a_hostile_rule_costs_a_query_bounded_time_and_caps(
 @given(STARTS, RULES, st.sampled_from(["", "PT1H", "P400D", "PT0S"]))
 @example("20250301T090000Z", "FREQ=SECONDLY", "")
 @example("19000101T000000Z", "FREQ=MINUTELY", "PT1H")
-@bounded
+@example("20250301T090000Z", "FREQ=MONTHLY;BYDAY=-5FR;INTERVAL=1000000", "")
+@example("20250301T090000Z", "FREQ=SECONDLY;BYMONTH=2;BYMONTHDAY=30", "")
 @settings(
     max_examples=30,
     deadline=dt.timedelta(seconds=2 * SECONDS),
@@ -213,7 +209,7 @@ def test_generated_hostile_series_in_the_store(
 # --- time zones: the extractor's reading is the expansion's reading ----------------------------
 
 
-def expand(raw: str) -> list[tuple[dt.datetime | None, str | None]]:
+def expand_ical(raw: str) -> list[tuple[dt.datetime | None, str | None]]:
     truncation = Truncation()
     found = ical_occurrences(
         raw,
@@ -287,12 +283,79 @@ def series(tzid: str, zones: str = "") -> str:
     ],
 )
 def test_the_expansion_reads_a_tzid_as_the_extractor_stored_it(raw: str) -> None:
-    assert expand(raw) == extracted(raw)
+    assert expand_ical(raw) == extracted(raw)
 
 
 def test_one_objects_vtimezone_never_leaks_into_anothers_expansion() -> None:
     defined = series("Leaky Zone", vtimezone("Leaky Zone", "+0500"))
-    assert expand(defined) == extracted(defined)
+    assert expand_ical(defined) == extracted(defined)
     undefined = series("Leaky Zone")  # the same name, no definition: unknown, read as UTC
     assert extracted(undefined)[0] == (dt.datetime(2025, 3, 1, 9, tzinfo=UTC), "Leaky Zone")
-    assert expand(undefined) == extracted(undefined)
+    assert expand_ical(undefined) == extracted(undefined)
+
+
+# --- a rule that repeats its first instance forever --------------------------------------------
+
+
+def stored_before_the_extractor_refused_it(uid: str, rule: str) -> Resource:
+    """A resource as an older extractor stored it (Google stores such recurrence lines too)."""
+    raw = calendar(uid, "DTSTART:20240301T090000Z", "DTEND:20240301T100000Z", f"RRULE:{rule}")
+    start = dt.datetime(2024, 3, 1, 9, tzinfo=UTC)
+    event = Event(uid=uid, start=start, end=start + dt.timedelta(hours=1), timezone="UTC")
+    event.rrule = rule
+    return Resource(f"/cal/{uid}.ics", '"1"', raw, "ical", [event])
+
+
+@pytest.mark.parametrize("rule", ["FREQ=DAILY;INTERVAL=0", "FREQ=SECONDLY;INTERVAL=0"])
+def test_a_stored_interval_0_is_refused_not_expanded_forever(
+    store: EventStore, loop: asyncio.AbstractEventLoop, rule: str
+) -> None:
+    # Found here: dateutil repeats the first instance of INTERVAL=0 forever, so the stored-rule
+    # expansion and recurring-ical-events both hung every range query of the connection.
+    page = ChangePage(
+        upserts=[
+            parse_resource("/cal/healthy.ics", '"1"', HEALTHY),
+            stored_before_the_extractor_refused_it("hostile", rule),
+        ],
+        complete=True,
+        full=True,
+    )
+    loop.run_until_complete(store.apply_page(KEY, CALENDAR, page))
+    began = time.monotonic()
+    result = loop.run_until_complete(
+        store.query(KEY, start=RANGE[0], end=RANGE[1], limit=LIMIT, series_limit=SERIES_CAP)
+    )
+    assert time.monotonic() - began < SECONDS
+    assert [o.start for o in result.occurrences] == HEALTHY_STARTS
+    assert result.truncated  # the series was left out: the answer says something is missing
+
+
+def test_both_expansions_refuse_interval_0_before_expanding() -> None:
+    resource = stored_before_the_extractor_refused_it("zero", "FREQ=DAILY;INTERVAL=0")
+    with pytest.raises(ValueError, match="INTERVAL is not a positive integer"):
+        expand_ical(resource.raw)
+    (event,) = resource.events
+    row = {
+        "uid": event.uid,
+        "recurrence_id": "",
+        "calendar_id": CALENDAR,
+        "provider_id": "p",
+        "status": "confirmed",
+        "start_utc": event.start,
+        "end_utc": event.end,
+        "timezone": "UTC",
+        "all_day": False,
+        "rrule": event.rrule,
+        "rdates": "[]",
+        "exdates": "[]",
+    }
+    with pytest.raises(ValueError, match="INTERVAL is not a positive integer"):
+        master_occurrences(
+            row,
+            overridden=set(),
+            start=RANGE[0],
+            end=RANGE[1],
+            cap=10,
+            include_cancelled=False,
+            truncation=Truncation(),
+        )
