@@ -47,9 +47,11 @@ __all__ = [
     "check_interval",
     "dateutil_rule",
     "last_start",
+    "most_instances",
     "rule_parts",
     "rule_step",
     "until_local",
+    "walk_step",
 ]
 
 UTC: Final = dt.UTC
@@ -396,3 +398,53 @@ def _rebased(
     if over > dt.timedelta(0):
         moved -= step * -(-over // step)
     return moved
+
+
+_TIME_PARTS: Final = {  # the BY-parts that add instances within one period of each frequency
+    "SECONDLY": (),
+    "MINUTELY": ("BYSECOND",),
+    "HOURLY": ("BYMINUTE", "BYSECOND"),
+    "DAILY": ("BYHOUR", "BYMINUTE", "BYSECOND"),
+    "WEEKLY": ("BYHOUR", "BYMINUTE", "BYSECOND"),
+    "MONTHLY": ("BYHOUR", "BYMINUTE", "BYSECOND"),
+    "YEARLY": ("BYHOUR", "BYMINUTE", "BYSECOND"),
+}
+
+
+def most_instances(rule: str, span: dt.timedelta) -> int | None:
+    """An upper bound on the instances of a rule that start within `span`, by arithmetic (no
+    expansion): the periods the span can touch, times the days one period can hold (BYDAY in
+    a WEEKLY rule, day parts in a MONTHLY or YEARLY one), times the times of day its BY-parts
+    add. None when the rule cannot be read. COUNT and UNTIL are ignored (bounds only lower)."""
+    parts = rule_parts(rule)
+    freq = parts.get("FREQ", "")
+    step = rule_step(rule)
+    if step is None or freq not in _TIME_PARTS:
+        return None
+    periods = -(-span // step) + 1
+    if freq == "WEEKLY":
+        days = len(parts["BYDAY"].split(",")) if parts.get("BYDAY") else 1
+    elif freq == "MONTHLY":
+        days = 31 if parts.keys() & {"BYDAY", "BYMONTHDAY"} else 1
+    elif freq == "YEARLY":
+        day_parts = {"BYMONTH", "BYWEEKNO", "BYYEARDAY", "BYMONTHDAY", "BYDAY"}
+        days = 366 if parts.keys() & day_parts else 1
+    else:
+        days = 1
+    times = 1
+    for name in _TIME_PARTS[freq]:
+        if parts.get(name):
+            times *= len(parts[name].split(","))
+    return periods * min(days, 366) * times
+
+
+def walk_step(rule: str) -> dt.timedelta | None:
+    """The rule's step divided by the instances one period can hold (`most_instances`): the
+    unit in which an expansion sizes its windows and counts its cost. FREQ=DAILY with BYHOUR,
+    BYMINUTE and BYSECOND lists holds up to 86,400 instances a period, so it is walked like a
+    SECONDLY rule. None when the rule cannot be read."""
+    step = rule_step(rule)
+    if step is None:
+        return None
+    per_period = most_instances(rule, dt.timedelta(0)) or 1
+    return max(step / per_period, dt.timedelta(microseconds=1))

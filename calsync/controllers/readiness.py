@@ -46,7 +46,7 @@ CREDENTIAL_REASONS = frozenset(
 )
 # Degraded reasons a sync finds (and a clean sync clears); any other reason of Degraded=True
 # comes from the connection's push subscriptions, which the connection controller owns.
-SYNC_DEGRADED_REASONS = frozenset({"DuplicateUID", "MalformedEvents"})
+SYNC_DEGRADED_REASONS = frozenset({"DuplicateUID", "MalformedEvents", "ExpansionCapped"})
 # Reasons the provider gives when it refuses the credentials.
 PROVIDER_AUTH_REASONS = frozenset({"AuthenticationFailed", "CredentialsRevoked", "InvalidGrant"})
 
@@ -158,10 +158,13 @@ def apply_sync_success(
     duplicates: Sequence[tuple[str, str, list[str]]] | None,
     skipped: Sequence[tuple[str, str]],
     server: str | None = None,
+    capped: Sequence[tuple[str, str]] = (),
 ) -> None:
     """A successful sync; `duplicates` None means not re-checked (nothing changed).
 
     `server` says how DNS discovery found the server (spec.caldav.domain), shown with the count.
+    `skipped`: resources that could not be read; `capped`: recurring series with more
+    occurrences in the window than a range query expands (both (provider id, why)).
     """
     conds.set(AUTHENTICATED, "True", "Authenticated", "the provider accepted the credentials")
     counted = f"{events} event{'s' * (events != 1)} in {calendars} calendar{'s' * (calendars != 1)}"
@@ -170,7 +173,7 @@ def apply_sync_success(
     conds.set(SYNCED, "True", "Synced", counted)
     if conds.get(THROTTLED) is not None:
         conds.set(THROTTLED, "False", "WithinBudget", "requests are within the budget")
-    if duplicates is None and not skipped:
+    if duplicates is None and not skipped and not capped:
         derive_ready(conds)  # Degraded stays as the last sync that looked left it
         return
     duplicates = duplicates or []
@@ -181,8 +184,16 @@ def apply_sync_success(
     if skipped:
         ids = ", ".join(pid for pid, _ in skipped[:5])
         problems.append(f"{len(skipped)} resources could not be read and were skipped ({ids})")
+    if capped:
+        named = ", ".join(f"{pid}: {why}" for pid, why in capped[:5])
+        problems.append(
+            f"{len(capped)} recurring series are cut short in range queries "
+            f"(QUERY_SERIES_LIMIT, or too costly to expand): {named}"
+        )
     if problems:
-        reason = "DuplicateUID" if duplicates else "MalformedEvents"
+        reason = (
+            "DuplicateUID" if duplicates else "MalformedEvents" if skipped else "ExpansionCapped"
+        )
         conds.set(DEGRADED, "True", reason, "; ".join(problems))
     elif _degraded_by_sync_or_clear(conds):
         conds.set(DEGRADED, "False", "AsExpected", "no problems in the last sync")

@@ -37,7 +37,14 @@ import recurring_ical_events  # type: ignore[import-untyped]
 from dateutil.rrule import rruleset
 
 from calsync import timezones
-from calsync.recurrence import Unbounded, bounded_rule, dateutil_rule, rule_step
+from calsync.model import Resource
+from calsync.recurrence import (
+    Unbounded,
+    bounded_rule,
+    dateutil_rule,
+    most_instances,
+    walk_step,
+)
 from calsync.store.ical_zones import parse_zoned
 from calsync.store.results import Occurrence
 from calsync.store.rows import json_list, occurrence_from_row
@@ -68,20 +75,20 @@ class Truncation:
     def __init__(self, periods: int = QUERY_PERIODS, series_cap: int = 0) -> None:
         self.cut = False
         self.periods = periods
-        self.series: set[str] = set()
+        self.series: dict[str, str] = {}  # provider id -> why its expansion stopped short
         self.series_cap = series_cap  # the per-series cap of the query, when it has one
 
-    def stop(self, provider_id: str) -> None:
+    def stop(self, provider_id: str, why: str = "too costly to expand in full") -> None:
         """A series stopped before the range ended (its budget, a rule not expanded)."""
         self.cut = True
-        self.series.add(provider_id)
+        self.series.setdefault(provider_id, why)
 
     def capped(self, provider_id: str, count: int) -> None:
         """A series reached the cap it was given: named when that is the per-series cap (not
         the query's total, which the query reports by itself)."""
         self.cut = True
         if count >= self.series_cap:
-            self.series.add(provider_id)
+            self.series.setdefault(provider_id, f"more than {count} occurrences")
 
 
 def start_key(occurrence: Occurrence) -> dt.datetime:
@@ -138,6 +145,7 @@ def ical_occurrences(
     recurring-ical-events raise); the occurrences are produced lazily.
     """
     calendar = parse_zoned(raw)
+    lower = max(lower, _earliest(calendar, lower))  # no walking (and paying) before the series
     step = _bound_rules(calendar, lower, upper, provider_id, truncation)
     query = recurring_ical_events.of(calendar)
     streams = [
@@ -180,7 +188,7 @@ def _bound_rules(
         start_prop = component.get("DTSTART")
         if start_prop is None or len(texts) != 1:
             for text in texts:
-                step = _shorter(step, rule_step(text))
+                step = _shorter(step, walk_step(text))
             continue
         begin = start_prop.dt
         all_day = not isinstance(begin, dt.datetime)
@@ -191,10 +199,8 @@ def _bound_rules(
             else begin.replace(tzinfo=None)
         )
         duration = _duration(component, begin)
-        rule_period = rule_step(texts[0])
-        reach = upper
-        if rule_period is not None and upper - lower > rule_period * SERIES_PERIODS:
-            reach = lower + rule_period * SERIES_PERIODS  # the walk stops there anyway
+        rule_period = walk_step(texts[0])
+        reach = _reach(lower, upper, rule_period)  # the walk stops there anyway
         try:
             text, moved = bounded_rule(
                 texts[0],
@@ -207,7 +213,7 @@ def _bound_rules(
             )
         except Unbounded as exc:
             log.warning("not expanding a series of %s: %s", provider_id, exc)
-            truncation.stop(provider_id)
+            truncation.stop(provider_id, f"not expanded: {exc}")
             del component["RRULE"]
             continue
         except (ValueError, TypeError, OverflowError):
@@ -226,6 +232,40 @@ def _bound_rules(
             if end_prop is not None:
                 end_prop.dt = end_prop.dt + shift
     return step
+
+
+def _earliest(calendar: Any, fallback: dt.datetime) -> dt.datetime:
+    """The earliest start any VEVENT of the text can have (DTSTART, RDATE) minus its duration;
+    `fallback` when something cannot be read."""
+    earliest: dt.datetime | None = None
+    try:
+        for component in calendar.walk("VEVENT"):
+            prop = component.get("DTSTART")
+            if prop is None:
+                return fallback
+            begin = prop.dt
+            starts = [as_utc(begin)]
+            rdates = component.get("RDATE")
+            for listed in rdates if isinstance(rdates, list) else [rdates] if rdates else []:
+                for item in listed.dts:
+                    value = item.dt[0] if isinstance(item.dt, tuple) else item.dt
+                    starts.append(as_utc(value))
+            first = min(starts) - _duration(component, begin)
+            earliest = first if earliest is None else min(earliest, first)
+    except (AttributeError, TypeError, ValueError, OverflowError):
+        return fallback
+    return earliest if earliest is not None else fallback
+
+
+def _reach(lower: dt.datetime, upper: dt.datetime, step: dt.timedelta | None) -> dt.datetime:
+    """How far a series' budget of rule periods goes from `lower` (`upper` at the most)."""
+    if step is None:
+        return upper
+    try:
+        budget = step * SERIES_PERIODS
+        return lower + budget if upper - lower > budget else upper
+    except OverflowError:  # periods of centuries: the budget outlasts any range
+        return upper
 
 
 def _shorter(step: dt.timedelta | None, other: dt.timedelta | None) -> dt.timedelta | None:
@@ -400,10 +440,10 @@ def master_occurrences(
     lower = start if start is not None else first
     upper = min(end, HIGHEST) if end is not None else HIGHEST
     rule: str | None = master["rrule"] or None
-    step = rule_step(rule) if rule else None
+    step = walk_step(rule) if rule else None
     if step is not None:
         # The series' budget of rule periods bounds the walk: UNTIL goes no further.
-        reach = lower + step * SERIES_PERIODS if upper - lower > step * SERIES_PERIODS else upper
+        reach = _reach(lower, upper, step)
         rule, moved = bounded_rule(
             rule or "",
             local(first),
@@ -472,3 +512,83 @@ def _zone(name: str | None) -> dt.tzinfo:
     """The zone a stored name stands for (`calsync.timezones`); UTC when unknown or absent."""
     zone = timezones.resolve(name) if name else None
     return zone if zone is not None else UTC
+
+
+def capped_series(resource: Resource, start: dt.datetime, end: dt.datetime, cap: int) -> str | None:
+    """Why a range query over [start, end) would cut the resource's series short (more than
+    `cap` occurrences, or too costly to expand); None when it would not.
+
+    Run at sync time over the connection's window. A cheap bound (`most_instances`) clears
+    nearly every series; only the rest are expanded, through the query's own path, up to the
+    cap."""
+    suspects = []
+    for event in resource.events:
+        if event.recurrence_id or event.start is None or not event.recurring:
+            continue
+        last = min(end, event.series_end) if event.series_end is not None else end
+        span = last - max(start, event.start)
+        if span < dt.timedelta(0):
+            continue
+        most = most_instances(event.rrule, span) if event.rrule else 0
+        if most is None or most + len(event.rdates) + 1 > cap:
+            suspects.append(event)
+    if not suspects:
+        return None
+    truncation = Truncation(series_cap=cap)
+    pid = resource.provider_id
+    try:
+        if resource.raw_format == "ical":
+            found = ical_occurrences(
+                resource.raw,
+                calendar_id="",
+                provider_id=pid,
+                lower=start,
+                upper=end,
+                start=start,
+                end=end,
+                cap=cap,
+                include_cancelled=True,
+                truncation=truncation,
+            )
+            for _ in found:
+                pass
+        else:
+            for event in suspects:
+                for _ in master_occurrences(
+                    _master_row(pid, event),
+                    overridden=set(),
+                    start=start,
+                    end=end,
+                    cap=cap,
+                    include_cancelled=True,
+                    truncation=truncation,
+                ):
+                    pass
+    except Exception as exc:  # what a query cannot expand, it reads another way or cuts
+        return f"cannot be expanded: {exc}"
+    return truncation.series.get(pid)
+
+
+def _master_row(provider_id: str, event: Any) -> dict[str, Any]:
+    """The fields of a stored event row that `master_occurrences` reads, from an `Event`."""
+    import json
+
+    return {
+        "uid": event.uid,
+        "recurrence_id": "",
+        "calendar_id": "",
+        "provider_id": provider_id,
+        "start_utc": event.start,
+        "end_utc": event.end,
+        "all_day": event.all_day,
+        "timezone": event.timezone,
+        "summary": event.summary,
+        "location": event.location,
+        "status": event.status,
+        "transparency": event.transparency,
+        "organizer": event.organizer,
+        "attendees": json.dumps(event.attendees),
+        "rrule": event.rrule,
+        "rdates": json.dumps(event.rdates),
+        "exdates": json.dumps(event.exdates),
+    }

@@ -7,7 +7,9 @@ committed cursor and replays at most one page, and replaying is harmless because
 whole resources. A cursor the provider rejects (expired sync token, 410) makes the engine drop the
 calendar's cursor and run a full listing, after which whatever the listing did not mention is
 deleted. Resources wholly outside the connection's window are not stored (and are deleted when a
-change moves them out). Malformed resources and duplicate UIDs are reported, never fatal.
+change moves them out). Malformed resources and duplicate UIDs are reported, never fatal, and so
+are recurring series with more occurrences in the window than a range query expands
+(`series_limit`, the `query_series_limit` setting): they are stored whole, and named.
 
 A run may carry the `Fence` of its claim on the connection. Every store write of the run then
 carries it too, and the first write after the claim was taken over (or the connection purged)
@@ -29,6 +31,7 @@ from typing import Literal, TypedDict
 from calsync.model import Calendar, ChangePage, Resource, Window
 from calsync.providers.base import CalendarGone, CalendarProvider, CursorInvalid
 from calsync.store import CalendarRow, EventStore, Fence
+from calsync.store.expand import capped_series
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +60,8 @@ class CalendarResult:
     full: bool = False
     cursor_reset: bool = False  # the provider rejected the cursor; a full resync ran
     duplicates: list[tuple[str, list[str]]] = field(default_factory=list)
+    # Series with more occurrences in the window than a query expands (provider id, why).
+    capped: list[tuple[str, str]] = field(default_factory=list)
 
     @property
     def changed(self) -> bool:
@@ -87,6 +92,10 @@ class SyncResult:
     @property
     def deleted(self) -> int:
         return sum(c.deleted for c in self.calendars)
+
+    @property
+    def capped(self) -> list[tuple[str, str]]:
+        return [item for c in self.calendars for item in c.capped]
 
     @property
     def duplicates(self) -> list[tuple[str, str, list[str]]]:
@@ -138,9 +147,14 @@ def _older_objects_frozen() -> Iterator[None]:
 
 
 class SyncEngine:
-    def __init__(self, store: EventStore, *, batch_size: int = 100) -> None:
+    def __init__(
+        self, store: EventStore, *, batch_size: int = 100, series_limit: int | None = None
+    ) -> None:
+        """`series_limit`: the per-series cap of range queries (`query_series_limit`); a
+        stored series with more occurrences in the window is reported in `capped`."""
         self.store = store
         self.batch_size = batch_size
+        self.series_limit = series_limit
 
     async def sync_connection(
         self,
@@ -338,3 +352,9 @@ class SyncEngine:
         outcome.dropped += len(outside)
         outcome.upserted += applied.upserted
         outcome.deleted += applied.deleted
+        if self.series_limit is not None:
+            for resource in kept:
+                if any(e.recurring for e in resource.events):
+                    why = capped_series(resource, window.start, window.end, self.series_limit)
+                    if why is not None:
+                        outcome.capped.append((resource.provider_id, why))

@@ -187,6 +187,7 @@ async def report_success(
             calendars=len(calendars),
             duplicates=result.duplicates if result.duplicates_checked else None,
             skipped=result.skipped,
+            capped=result.capped,
             server=run.server,
         )
         extra: dict[str, Any] = {

@@ -169,7 +169,9 @@ class Worker:
         self.store = store
         self.settings = settings
         self.identity = identity
-        self.engine = SyncEngine(store, batch_size=settings.sync_batch_size)
+        self.engine = SyncEngine(
+            store, batch_size=settings.sync_batch_size, series_limit=settings.query_series_limit
+        )
         self.rates = {
             "caldav": settings.caldav_rate_limit,
             "icloud": settings.caldav_rate_limit,

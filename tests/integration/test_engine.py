@@ -252,3 +252,38 @@ async def test_a_no_change_run_writes_no_calendar_row_but_a_rename_is_stored(
     assert written == ["Work (renamed)"] and not renamed.calendars_unchanged
     (row,) = await store.calendars(CONN)
     assert (row.name, row.color, row.cursor) == ("Work (renamed)", "#112233", "v1")
+
+
+def _series(name: str, rule: str) -> Resource:
+    start = (NOW - dt.timedelta(days=30)).strftime("%Y%m%dT%H%M%SZ")
+    text = (
+        "BEGIN:VCALENDAR\r\nVERSION:2.0\r\nPRODID:t\r\nBEGIN:VEVENT\r\n"
+        f"UID:{name}\r\nDTSTART:{start}\r\nDURATION:PT15M\r\nRRULE:{rule}\r\n"
+        "SUMMARY:s\r\nEND:VEVENT\r\nEND:VCALENDAR\r\n"
+    )
+    return parse_resource(f"/alice/work/{name}.ics", f'"{name}"', text)
+
+
+async def test_series_over_the_expansion_cap_are_reported(store: EventStore) -> None:
+    items = {
+        r.provider_id: r
+        for r in (
+            _series("daily", "FREQ=DAILY"),
+            _series("minutely", "FREQ=MINUTELY"),
+            _series("never", "FREQ=SECONDLY;COUNT=9;BYMONTH=2;BYMONTHDAY=30"),
+        )
+    }
+    engine = SyncEngine(store, series_limit=3000)
+    result = await engine.sync_connection(CONN, ScriptedProvider(items), window=WINDOW)
+    capped = dict(result.capped)
+    assert sorted(capped) == ["/alice/work/minutely.ics", "/alice/work/never.ics"]
+    assert "more than 3000 occurrences" in capped["/alice/work/minutely.ics"]
+    assert "not expanded" in capped["/alice/work/never.ics"]
+    assert len(await stored_uids(store)) == 3  # stored all the same
+    # The setting lowered: the daily series is over it too.
+    items["/alice/work/daily.ics"] = _series("daily", "FREQ=DAILY;INTERVAL=1")
+    lowered = SyncEngine(store, series_limit=10)
+    result = await lowered.sync_connection(
+        CONN, ScriptedProvider(items), window=WINDOW, mode="full"
+    )
+    assert "/alice/work/daily.ics" in dict(result.capped)

@@ -109,7 +109,7 @@ def test_a_sparse_rule_spends_its_budget_and_says_so() -> None:
         at(2027, 1, 1),
     )
     assert found[:3] == [at(2026, 1, 1), at(2026, 1, 1, 1), at(2026, 1, 1, 2)]
-    assert truncation.cut and truncation.series == {"p"}
+    assert truncation.cut and set(truncation.series) == {"p"}
     assert found[-1] < at(2026, 1, 4)  # 200,000 seconds
     assert took < 5.0
 
@@ -211,3 +211,27 @@ def test_a_series_of_long_overlapping_instances_is_not_expanded() -> None:
     raw = _ical("FREQ=MINUTELY", "20000101T000000Z").replace("DURATION:PT30S", "DURATION:P9000D")
     found, truncation, took = _expand_ical(raw, at(2026, 1, 1), at(2026, 1, 2))
     assert found == [] and truncation.cut and took < 1.0
+
+
+@pytest.mark.parametrize(
+    ("rule", "days", "most"),
+    [
+        ("FREQ=DAILY", 1095, 1096),
+        ("FREQ=WEEKLY;BYDAY=MO,TU,WE,TH,FR", 1095, 157 * 5 + 5),
+        ("FREQ=HOURLY", 10, 241),
+        ("FREQ=DAILY;BYHOUR=9,10,11", 10, 33),
+        ("FREQ=MONTHLY;BYDAY=MO", 365, 15 * 31),
+        ("FREQ=YEARLY", 1095, 4),
+        ("FREQ=MINUTELY;INTERVAL=15;BYSECOND=0,30", 1, 97 * 2),
+    ],
+)
+def test_most_instances_is_a_cheap_upper_bound(rule: str, days: int, most: int) -> None:
+    from calsync.recurrence import most_instances
+
+    assert most_instances(rule, dt.timedelta(days=days)) == most
+
+
+def test_most_instances_of_an_unreadable_rule_is_unknown() -> None:
+    from calsync.recurrence import most_instances
+
+    assert most_instances("FREQ=FORTNIGHTLY", dt.timedelta(days=1)) is None

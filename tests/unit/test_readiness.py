@@ -179,3 +179,19 @@ def test_a_full_queue_throttles_and_room_recovers() -> None:
     assert state(conds)["Throttled"] == ("True", "QueueFull")
     readiness.apply_queue_room(conds)
     assert state(conds)["Throttled"] == ("False", "WithinBudget")
+
+
+def test_series_cut_short_by_the_expansion_cap_are_named_in_degraded() -> None:
+    conds = fresh()
+    capped = [("/cal/minutely.ics", "more than 3000 occurrences")]
+    readiness.apply_sync_success(
+        conds, events=3, calendars=1, duplicates=[], skipped=[], capped=capped
+    )
+    degraded = conds.get("Degraded")
+    assert degraded is not None
+    assert (degraded.status, degraded.reason) == ("True", "ExpansionCapped")
+    assert "/cal/minutely.ics" in degraded.message
+    assert "QUERY_SERIES_LIMIT" in degraded.message
+    assert state(conds)["Ready"] == ("True", "Synced")  # reported, not fatal
+    readiness.apply_sync_success(conds, events=3, calendars=1, duplicates=[], skipped=[])
+    assert state(conds)["Degraded"] == ("False", "AsExpected")
