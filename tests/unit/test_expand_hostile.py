@@ -92,6 +92,8 @@ STARTS = st.sampled_from(
         "20250301",
         "20250301T090000",
         "00010101T000000Z",
+        "99991231T235959Z",
+        "99991231",
     ]
 )
 RULES = st.sampled_from([r for r in HOSTILE_RULES if isinstance(r, str)]) | st.lists(
@@ -191,7 +193,7 @@ def test_a_hostile_rule_costs_a_query_bounded_time_and_caps(
 @example("20250301T090000Z", "FREQ=MONTHLY;BYDAY=-5FR;INTERVAL=1000000", "")
 @example("20250301T090000Z", "FREQ=SECONDLY;BYMONTH=2;BYMONTHDAY=30", "")
 @settings(
-    max_examples=30,
+    max_examples=100,
     deadline=dt.timedelta(seconds=2 * SECONDS),
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
 )
@@ -266,6 +268,10 @@ def series(tzid: str, zones: str = "") -> str:
         series("My Zone", vtimezone("My Zone", "+0500")),
         series("Europe/Berlin", vtimezone("Europe/Berlin", "+0500")),  # IANA wins over a lie
         series("Nowhere/Zone"),
+        series("Twice", vtimezone("Twice", "+0500") + vtimezone("Twice", "-0700")),  # first wins
+        series("Folded", vtimezone("Folded", "+0500").replace("TZID:Folded", "TZID:Fol\r\n ded")),
+        series("Broken", vtimezone("Broken", "banana")),
+        series("Absurd", vtimezone("Absurd", "+9999")),
         series("Bad Zone", vtimezone("Bad Zone", "+0300", "RRULE:FREQ=DAILY")),
         series(
             "Odd Zone", vtimezone("Odd Zone", "+0300", "RRULE:FREQ=YEARLY;BYMONTH=2;BYMONTHDAY=30")
@@ -278,6 +284,10 @@ def series(tzid: str, zones: str = "") -> str:
         "own-vtimezone",
         "iana-vtimezone-lies",
         "unknown",
+        "duplicate-vtimezone",
+        "folded-tzid",
+        "garbage-offset",
+        "absurd-offset",
         "explosive-vtimezone-rule",
         "never-matching-vtimezone-rule",
     ],
