@@ -68,7 +68,9 @@ class MalformedCalendarData(ProviderError):
     reason = "MalformedCalendarData"
 
 
-def parse_resource(provider_id: str, etag: str | None, raw: str | bytes) -> Resource:
+def parse_resource(
+    provider_id: str, etag: str | None, raw: str | bytes, *, max_size: int = MAX_OBJECT_SIZE
+) -> Resource:
     """One calendar object resource: its VEVENTs extracted, the text kept verbatim.
 
     Bytes are decoded as UTF-8 with replacement characters, so a stray Latin-1 byte costs one
@@ -76,7 +78,7 @@ def parse_resource(provider_id: str, etag: str | None, raw: str | bytes) -> Reso
     """
     text = raw.decode("utf-8", "replace") if isinstance(raw, bytes) else raw
     try:
-        events = extract_events(text)
+        events = extract_events(text, max_size=max_size)
     except MalformedCalendarData as exc:
         raise MalformedCalendarData(f"{provider_id}: {exc}") from None
     return Resource(provider_id, etag, text, "ical", events)
@@ -410,11 +412,12 @@ def add_duration(start: _When, days: int, seconds: int) -> dt.datetime:
 # --- the walk ---------------------------------------------------------------------------------
 
 
-def extract_events(raw: str) -> list[Event]:
+def extract_events(raw: str, *, max_size: int = MAX_OBJECT_SIZE) -> list[Event]:
     """Every VEVENT of one VCALENDAR object as an Event (masters and overrides alike)."""
-    if len(raw) > MAX_OBJECT_SIZE:
+    if len(raw) > max_size:
         raise MalformedCalendarData(
-            f"calendar object of {len(raw)} characters exceeds the limit of {MAX_OBJECT_SIZE}"
+            f"calendar object of {len(raw)} characters exceeds the limit of {max_size} "
+            "(MAX_OBJECT_SIZE)"
         )
     text = _unfold(raw)
     body, components = _without_vtimezones(text)
