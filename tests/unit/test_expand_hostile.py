@@ -369,3 +369,44 @@ def test_both_expansions_refuse_interval_0_before_expanding() -> None:
             include_cancelled=False,
             truncation=Truncation(),
         )
+
+
+ZONE_NAMES = st.sampled_from(
+    [
+        "Europe/Berlin",
+        " Europe/Berlin ",
+        '"Europe/Berlin"',
+        "W. Europe Standard Time",
+        "/freeassociation.sourceforge.net/Europe/Berlin",
+        "/Europe/Berlin",
+        "GMT",
+        "Z",
+        "tzone://Microsoft/Utc",
+        "Etc/GMT+5",
+        "Nowhere/Zone",
+        "../../etc/passwd",
+        "My Zone",
+    ]
+)
+OFFSETS = st.sampled_from(["+0500", "-0330", "+0000", "+2359", "+9999", "banana", ""])
+
+
+@given(
+    ZONE_NAMES,
+    st.none() | st.tuples(OFFSETS, st.sampled_from(["", "FREQ=YEARLY;BYMONTH=3", "FREQ=DAILY"])),
+)
+@example("My Zone", ("+0500", ""))
+@settings(max_examples=100, deadline=dt.timedelta(seconds=SECONDS))
+def test_any_tzid_reads_the_same_in_the_extractor_and_the_expansion(
+    tzid: str, definition: tuple[str, str] | None
+) -> None:
+    zones = ""
+    if definition is not None:
+        offset, rule = definition
+        zones = vtimezone(tzid, offset, *([f"RRULE:{rule}"] if rule else []))
+    raw = series(tzid, zones)
+    try:
+        stored = extracted(raw)
+    except MalformedCalendarData:
+        return
+    assert expand_ical(raw) == stored
