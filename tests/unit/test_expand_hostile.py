@@ -76,11 +76,6 @@ HOSTILE_RULES = [
         + ",".join(map(str, range(60)))
         + ";BYSECOND="
         + ",".join(map(str, range(60))),
-        marks=pytest.mark.xfail(
-            run=False,
-            reason="5.2 s: windows are sized by rule periods, and one DAILY period holds 86,400 "
-            "instances here (issue 12 item 2, counting instances per period, in progress)",
-        ),
         id="DAILY-every-second",
     ),
 ]
