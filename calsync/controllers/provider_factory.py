@@ -169,6 +169,8 @@ async def build_provider(
             rate_limiter=budget,
             timeout=settings.provider_timeout,
             transports=deps.dav_transports,
+            max_object_size=settings.max_object_size,
+            max_response_size=settings.max_response_size,
         )
         provider.discovered = found
         return provider
@@ -203,12 +205,16 @@ async def build_provider(
                 access,
                 budget=budget,
                 timeout=settings.provider_timeout,
+                max_object_size=settings.max_object_size,
+                max_response_size=settings.max_response_size,
             )
         return MicrosoftProvider(
             settings.microsoft_graph_url,
             access,
             budget=budget,
             timeout=settings.provider_timeout,
+            max_object_size=settings.max_object_size,
+            max_response_size=settings.max_response_size,
         )
     raise InvalidConfiguration(f"provider {spec.provider!r} is not supported")
 

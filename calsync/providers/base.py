@@ -8,7 +8,7 @@ all their own I/O, parsing and rate limiting; they never import kopf or a Kubern
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
-from typing import Protocol
+from typing import Final, Protocol
 
 from calsync.model import Calendar, ChangePage, Window
 
@@ -97,3 +97,22 @@ class CalendarProvider(Protocol):
         ...
 
     async def aclose(self) -> None: ...
+
+
+# The default of the max_response_size setting: a larger provider response body is not read.
+MAX_RESPONSE_BYTES: Final = 256 << 20
+
+
+def response_too_large(method: str, url: str, cap: int) -> ProviderError:
+    """The refusal of a response body over `cap` bytes: final, a retry would read it again."""
+    size = f"{cap >> 20} MiB" if cap >= 1 << 20 and not cap % (1 << 20) else f"{cap} bytes"
+    error = ProviderError(
+        f"{method} {url}: response larger than {size} (MAX_RESPONSE_SIZE); not read further"
+    )
+    error.retryable = False
+    return error
+
+
+def too_large(size: int, limit: int) -> str:
+    """Why an event's JSON was skipped: the same words as the iCalendar path's refusal."""
+    return f"event of {size} characters exceeds the limit of {limit} (MAX_OBJECT_SIZE)"

@@ -32,7 +32,13 @@ from typing import TYPE_CHECKING, Any
 import httpx
 
 from calsync.observability import metrics
-from calsync.providers.base import AuthenticationFailed, ProviderError, RateLimited
+from calsync.providers.base import (
+    MAX_RESPONSE_BYTES,
+    AuthenticationFailed,
+    ProviderError,
+    RateLimited,
+    response_too_large,
+)
 from calsync.providers.budget import RequestBudget
 from calsync.providers.retry_after import parse_retry_after as parse_retry_after
 
@@ -106,8 +112,10 @@ class JsonApi:
         transport: httpx.AsyncBaseTransport | None = None,
         headers: Mapping[str, str] | None = None,
         provider: str = "other",
+        max_response_bytes: int = MAX_RESPONSE_BYTES,
     ) -> None:
         self.base_url = base_url.rstrip("/")
+        self.max_response_bytes = max_response_bytes  # every body, after decompression
         self.provider = provider  # the label of its requests in the metrics
         self._tokens = tokens
         self._classify = classify
@@ -179,9 +187,14 @@ class JsonApi:
                 async with self._slot():
                     self.requests += 1
                     sent = time.monotonic()
-                    response = await self._http.request(
+                    request = self._http.build_request(
                         method, target, params=params, json=json, headers=request_headers
                     )
+                    response = await self._http.send(request, stream=True)
+                    try:
+                        await self._read(response, method, target)
+                    finally:
+                        await response.aclose()
             except httpx.TransportError as exc:
                 metrics.provider_request(self.provider, "unreachable", time.monotonic() - sent)
                 error: ProviderError = ProviderError(
@@ -230,6 +243,18 @@ class JsonApi:
                 await asyncio.sleep(self._delay(attempt, None))
                 continue
             raise error
+
+    async def _read(self, response: httpx.Response, method: str, target: str) -> None:
+        """Read the body of a streamed response, refusing one over `max_response_bytes`."""
+        chunks: list[bytes] = []
+        size = 0
+        async for chunk in response.aiter_bytes():
+            size += len(chunk)
+            if size > self.max_response_bytes:
+                raise response_too_large(method, httpx.URL(target).path, self.max_response_bytes)
+            chunks.append(chunk)
+        # What `Response.aread` leaves behind, so `.content`, `.json()` and `.text` work.
+        response._content = b"".join(chunks)
 
     async def get_json(
         self,

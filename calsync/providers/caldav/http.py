@@ -27,12 +27,14 @@ import httpx
 
 from calsync.observability import metrics
 from calsync.providers.base import (
+    MAX_RESPONSE_BYTES,
     AuthenticationFailed,
     CalendarGone,
     CredentialsRevoked,
     InvalidConfiguration,
     ProviderError,
     RateLimited,
+    response_too_large,
 )
 from calsync.providers.budget import RequestBudget
 from calsync.providers.retry_after import parse_retry_after
@@ -42,7 +44,6 @@ log = logging.getLogger(__name__)
 
 REDIRECTS: Final = frozenset({301, 302, 303, 307, 308})
 MAX_REDIRECTS: Final = 5
-MAX_RESPONSE_BYTES: Final = 256 << 20
 USER_AGENT: Final = "calsync (+https://calsync.io)"
 
 
@@ -229,9 +230,12 @@ class DavSession:
         transport: httpx.AsyncBaseTransport | None,
         rate_limiter: RequestBudget | None,
         transports: DavTransports | None = None,
+        max_response_bytes: int | None = None,
     ) -> None:
         """`transport` replaces the network (tests); else `transports` lends shared pools;
-        else the session builds its own, closed with it."""
+        else the session builds its own, closed with it. `max_response_bytes` caps every
+        response body (after decompression; default `MAX_RESPONSE_BYTES`)."""
+        self.max_response_bytes = max_response_bytes
         self.icloud = icloud
         self.allow_private = allow_private_addresses
         self.allow_insecure_http = allow_insecure_http
@@ -354,14 +358,11 @@ class DavSession:
             try:
                 chunks: list[bytes] = []
                 size = 0
+                cap = self.max_response_bytes or MAX_RESPONSE_BYTES
                 async for chunk in response.aiter_bytes():
                     size += len(chunk)
-                    if size > MAX_RESPONSE_BYTES:
-                        error = ProviderError(
-                            f"{method} {url}: response larger than {MAX_RESPONSE_BYTES >> 20} MiB"
-                        )
-                        error.retryable = False
-                        raise error
+                    if size > cap:
+                        raise response_too_large(method, url, cap)
                     chunks.append(chunk)
             finally:
                 await response.aclose()

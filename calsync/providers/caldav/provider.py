@@ -77,7 +77,7 @@ from calsync.providers.budget import RequestBudget
 from calsync.providers.caldav import xml
 from calsync.providers.caldav.http import DavSession, DavTransports, Reply
 from calsync.providers.caldav.srv import Discovered
-from calsync.providers.ical import MalformedCalendarData, parse_resource
+from calsync.providers.ical import MAX_OBJECT_SIZE, MalformedCalendarData, parse_resource
 
 log = logging.getLogger(__name__)
 
@@ -190,6 +190,8 @@ class CalDAVProvider:
         transport: httpx.AsyncBaseTransport | None = None,
         use_sync_collection: bool = True,
         transports: DavTransports | None = None,
+        max_object_size: int = MAX_OBJECT_SIZE,
+        max_response_size: int | None = None,
     ) -> None:
         url = (url or "").strip() or (ICLOUD_URL if icloud else "")
         if not url:
@@ -200,9 +202,12 @@ class CalDAVProvider:
         self.discovered: Discovered | None = None
         self.use_sync_collection = use_sync_collection
         self.skipped: list[tuple[str, str]] = []
+        self.max_object_size = max_object_size
+        self.max_response_size = max_response_size
         self._http = DavSession(
             username,
             password,
+            max_response_bytes=max_response_size,
             icloud=icloud,
             allow_private_addresses=allow_private_addresses,
             allow_insecure_http=allow_insecure_http,
@@ -250,7 +255,9 @@ class CalDAVProvider:
     def _parse(self, member: _Member) -> Resource | None:
         assert member.data is not None
         try:
-            return parse_resource(member.provider_id, member.etag, member.data)
+            return parse_resource(
+                member.provider_id, member.etag, member.data, max_size=self.max_object_size
+            )
         except MalformedCalendarData as exc:
             log.warning("skipping unreadable calendar object %s: %s", member.provider_id, exc)
             self.skipped.append((member.provider_id, str(exc)))

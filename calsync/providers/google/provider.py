@@ -62,15 +62,18 @@ import httpx
 
 from calsync.model import Calendar, ChangePage, Resource, Window
 from calsync.providers.base import (
+    MAX_RESPONSE_BYTES,
     AuthenticationFailed,
     CalendarGone,
     CursorInvalid,
     KnownEtags,
     ProviderError,
     RateLimited,
+    too_large,
 )
 from calsync.providers.budget import RequestBudget
 from calsync.providers.google.convert import MalformedEvent, resource_from_json
+from calsync.providers.ical import MAX_OBJECT_SIZE
 from calsync.providers.jsonpage import PageReader
 from calsync.providers.oauth import AccessTokens
 from calsync.providers.rest import JsonApi, abandon_prefetch, error_message, parse_retry_after
@@ -181,7 +184,11 @@ class GoogleProvider:
         timeout: float = 30.0,
         transport: httpx.AsyncBaseTransport | None = None,
         max_results: int = MAX_PAGE_SIZE,
+        max_object_size: int = MAX_OBJECT_SIZE,
+        max_response_size: int = MAX_RESPONSE_BYTES,
     ) -> None:
+        """`max_object_size`: an event whose JSON is longer is skipped and reported;
+        `max_response_size`: a larger response fails the run (the settings of those names)."""
         base = (api_url or GOOGLE_API_URL).rstrip("/")
         if base.endswith(API_PATH):
             base = base[: -len(API_PATH)]
@@ -193,7 +200,9 @@ class GoogleProvider:
             timeout=timeout,
             transport=transport,
             provider="google",
+            max_response_bytes=max_response_size,
         )
+        self.max_object_size = max_object_size
         self.max_results = max(1, min(MAX_PAGE_SIZE, max_results))
         self.skipped: list[tuple[str, str]] = []
         self._zones: dict[str, str] = {}  # calendar id -> its time zone
@@ -349,6 +358,9 @@ class GoogleProvider:
             event_id = item.get("id") if isinstance(item, dict) else None
             if not isinstance(event_id, str) or not event_id:
                 self._skip("?", "an item without an id")
+                continue
+            if len(raw) > self.max_object_size:
+                self._skip(event_id, too_large(len(raw), self.max_object_size))
                 continue
             parent = item.get("recurringEventId")
             if parent is not None and not isinstance(parent, str):

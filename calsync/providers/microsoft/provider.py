@@ -69,13 +69,16 @@ import httpx
 
 from calsync.model import Calendar, ChangePage, Resource, Window
 from calsync.providers.base import (
+    MAX_RESPONSE_BYTES,
     CalendarGone,
     CursorInvalid,
     InvalidConfiguration,
     KnownEtags,
     ProviderError,
+    too_large,
 )
 from calsync.providers.budget import RequestBudget
+from calsync.providers.ical import MAX_OBJECT_SIZE
 from calsync.providers.jsonpage import PageReader
 from calsync.providers.microsoft.convert import MalformedEvent, to_resource
 from calsync.providers.oauth import AccessTokens
@@ -241,7 +244,11 @@ class MicrosoftProvider:
         timeout: float = 30.0,
         transport: httpx.AsyncBaseTransport | None = None,
         max_concurrency: int = 4,
+        max_object_size: int = MAX_OBJECT_SIZE,
+        max_response_size: int = MAX_RESPONSE_BYTES,
     ) -> None:
+        """`max_object_size`: an event whose JSON is longer is skipped and reported;
+        `max_response_size`: a larger response fails the run (the settings of those names)."""
         root = (graph_url or GRAPH_URL).rstrip("/")
         if root.endswith("/v1.0"):
             root = root[: -len("/v1.0")]
@@ -255,7 +262,9 @@ class MicrosoftProvider:
             max_concurrency=max_concurrency,
             transport=transport,
             provider="microsoft",
+            max_response_bytes=max_response_size,
         )
+        self.max_object_size = max_object_size
         self.skipped: list[tuple[str, str]] = []
 
     @property
@@ -375,6 +384,9 @@ class MicrosoftProvider:
             if "@removed" in item:
                 upserts.pop(item_id, None)
                 deletes[item_id] = None
+                continue
+            if len(raw) > self.max_object_size:
+                self.skipped.append((item_id, too_large(len(raw), self.max_object_size)))
                 continue
             try:
                 resource = to_resource(item, raw)
