@@ -27,7 +27,8 @@ pytestmark = pytest.mark.unit
 UTC = dt.UTC
 KEY = "uid-hostile"
 CALENDAR = "/cal/"
-SECONDS = 5.0
+SECONDS = 60.0  # a hang guard, not a speed claim: these inputs used to run for minutes or
+# forever; they now take milliseconds. Speed is measured in bench/query_bounds.py.
 SERIES_CAP = 50
 LIMIT = 500
 RANGE = (dt.datetime(2025, 1, 1, tzinfo=UTC), dt.datetime(2026, 1, 1, tzinfo=UTC))
@@ -189,7 +190,7 @@ def test_a_hostile_rule_costs_a_query_bounded_time_and_caps(
 @example("20250301T090000Z", "FREQ=SECONDLY;BYMONTH=2;BYMONTHDAY=30", "")
 @settings(
     max_examples=100,
-    deadline=dt.timedelta(seconds=2 * SECONDS),
+    deadline=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
 )
 def test_generated_hostile_series_in_the_store(
@@ -391,7 +392,7 @@ OFFSETS = st.sampled_from(["+0500", "-0330", "+0000", "+2359", "+9999", "banana"
     st.none() | st.tuples(OFFSETS, st.sampled_from(["", "FREQ=YEARLY;BYMONTH=3", "FREQ=DAILY"])),
 )
 @example("My Zone", ("+0500", ""))
-@settings(max_examples=100, deadline=dt.timedelta(seconds=SECONDS))
+@settings(max_examples=100, deadline=None)
 def test_any_tzid_reads_the_same_in_the_extractor_and_the_expansion(
     tzid: str, definition: tuple[str, str] | None
 ) -> None:
