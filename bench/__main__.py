@@ -10,6 +10,7 @@ BENCHMARKS = (
     "devcluster_up",
     "store_apply",
     "ical_extract",
+    "query_bounds",
     "caldav_sync",
     "google_sync",
     "microsoft_sync",

@@ -317,7 +317,8 @@ def bounded_rule(
     - such a rule starts over on its own grid, by whole multiples of FREQ times INTERVAL, at
       the last period before `lower - margin`.
     Anything this does not understand is returned unchanged (the expander then judges it).
-    A rule whose instances last longer than `MAX_OVERLAP` of its periods raises `Unbounded`.
+    A rule whose instances last longer than `MAX_OVERLAP` of its periods, or with more than
+    `MAX_OVERLAP` instances in one period, raises `Unbounded`.
     `lower` and `upper` are aware; `margin` is the series' duration.
     """
     parts = rule_parts(rule)
@@ -329,6 +330,13 @@ def bounded_rule(
         raise Unbounded(
             f"each instance overlaps more than {MAX_OVERLAP} others ({freq} lasting {margin})"
         )
+    per_period = _times_of_day(parts, freq)
+    if freq in _FIXED:
+        per_period = most_instances(rule, dt.timedelta(0)) or per_period
+    if per_period > MAX_OVERLAP:
+        # dateutil builds (and caches) a period's instances at once: 86,400 for a DAILY rule
+        # listing every hour, minute and second, and every window reads its cache again.
+        raise Unbounded(f"more than {MAX_OVERLAP} instances in one {freq} period")
     if "COUNT" in parts:
         last = last_start(rule, first, zone)
         by_parts = {k for k in parts if k.startswith("BY")}
@@ -411,6 +419,15 @@ _TIME_PARTS: Final = {  # the BY-parts that add instances within one period of e
 }
 
 
+def _times_of_day(parts: dict[str, str], freq: str) -> int:
+    """The times of day the BY-parts add within one period of `freq` (at least 1)."""
+    times = 1
+    for name in _TIME_PARTS.get(freq, ()):
+        if parts.get(name):
+            times *= len(parts[name].split(","))
+    return times
+
+
 def most_instances(rule: str, span: dt.timedelta) -> int | None:
     """An upper bound on the instances of a rule that start within `span`, by arithmetic (no
     expansion): the periods the span can touch, times the days one period can hold (BYDAY in
@@ -431,11 +448,7 @@ def most_instances(rule: str, span: dt.timedelta) -> int | None:
         days = 366 if parts.keys() & day_parts else 1
     else:
         days = 1
-    times = 1
-    for name in _TIME_PARTS[freq]:
-        if parts.get(name):
-            times *= len(parts[name].split(","))
-    return periods * min(days, 366) * times
+    return periods * min(days, 366) * _times_of_day(parts, freq)
 
 
 def walk_step(rule: str) -> dt.timedelta | None:

@@ -235,3 +235,24 @@ def test_most_instances_of_an_unreadable_rule_is_unknown() -> None:
     from calsync.recurrence import most_instances
 
     assert most_instances("FREQ=FORTNIGHTLY", dt.timedelta(days=1)) is None
+
+
+def test_a_rule_with_thousands_of_instances_per_period_is_not_expanded() -> None:
+    every = ";".join(
+        [
+            "FREQ=DAILY",
+            "BYHOUR=" + ",".join(map(str, range(24))),
+            "BYMINUTE=" + ",".join(map(str, range(60))),
+            "BYSECOND=" + ",".join(map(str, range(60))),
+        ]
+    )
+    found, truncation, took = _expand_ical(
+        _ical(every, "20260101T000000Z"), at(2026, 1, 2), at(2027, 1, 1)
+    )
+    assert found == [] and truncation.cut and took < 1.0
+    # A working day in quarter hours is fine.
+    quarters = "FREQ=WEEKLY;BYDAY=MO,TU,WE,TH,FR;BYHOUR=9,10,11,12,13,14,15,16;BYMINUTE=0,15,30,45"
+    found, truncation, _ = _expand_ical(
+        _ical(quarters, "20251229T090000Z"), at(2026, 1, 5), at(2026, 1, 6)
+    )
+    assert len(found) == 32 and not truncation.cut
