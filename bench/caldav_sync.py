@@ -1,9 +1,22 @@
 """CalDAV sync against a real Radicale calendar of 10,000 events, beside vdirsyncer and the server.
 
-One run measures three cases on the same calendar: the initial sync into an empty store, an
-incremental sync after one event changed on the server, and a sync with nothing changed. Each
-case runs three ways, interleaved round by round (the order rotates) so machine noise hits all
-of them alike, three rounds each, medians reported:
+The headline figure is the initial sync as users run it: a local control plane (`calsync
+devcluster`'s binaries) with the CRDs, one long-running `calsync run` on the shipped defaults
+(only what a user must set: the kubeconfig, a SQLite store URL under a temporary folder, free
+ports, private addresses allowed for the loopback Radicale; no batch size or other tuning), and
+per round `kubectl apply` of a fresh Namespace, a labelled credentials Secret and a
+CalendarConnection on the collection URL, timed from the start of `kubectl apply` until the
+connection reads Ready with `status.eventCount` equal to the calendar's VEVENTs. The connection
+is read every 50 ms (plus one GET's time), so the figure is late by up to that. Beside it,
+vdirsyncer's initial `sync` of the same calendar into a fresh vdir and status (its `discover`
+untimed). Both sides run one untimed warm-up first, then three interleaved rounds (order rotated),
+medians and their ratio; each round's namespace is deleted, and the connection purged from the
+store, before the next. The report adds per round the SyncJob's own duration and counts.
+
+Then, as detail, the engine in-process. One run measures three cases on the same calendar: the
+initial sync into an empty store, an incremental sync after one event changed on the server,
+and a sync with nothing changed. Each case runs three ways, interleaved round by round (the
+order rotates) so machine noise hits all of them alike, three rounds each, medians reported:
 
 - ours: `SyncEngine.sync_connection` with a `CalDAVProvider` on the collection URL into a SQLite
   store, in a child process of its own, timed inside the child around the sync call only (the
@@ -24,9 +37,10 @@ The initial case starts each round from nothing (fresh store, fresh vdir and vdi
 empty token); the last round's state carries on into the incremental rounds (each preceded by a
 PUT of one modified event) and then into the no-change rounds.
 
-`python -m bench caldav_sync` runs it. `python -m bench.caldav_sync --profile DIR` additionally
-runs our side under pyinstrument (install it ad hoc) and writes one text profile per sync to DIR;
-the timings of such a run are inflated by the profiler.
+`python -m bench caldav_sync` runs it; `python -m bench.caldav_sync --apply-only` only the
+headline. `python -m bench.caldav_sync --profile DIR` additionally runs our in-process side
+under pyinstrument (install it ad hoc) and writes one text profile per sync to DIR; the timings
+of such a run are inflated by the profiler.
 """
 
 from __future__ import annotations
