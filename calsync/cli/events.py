@@ -17,6 +17,7 @@ import argparse
 import asyncio
 import datetime as dt
 import json
+import logging
 import os
 import signal
 import sys
@@ -159,6 +160,9 @@ async def _show_events(args: argparse.Namespace) -> int:
         return 2
     limit = args.limit if args.limit is not None else settings.query_limit
     series_limit = settings.query_series_limit
+    # The expansion warns once per series it cuts short (for the worker's log); here the one
+    # line after the output names them.
+    logging.getLogger("calsync.store.expand").setLevel(logging.ERROR)
     now = dt.datetime.now(dt.UTC)
     try:
         start = parse_when(args.start) if args.start else now - dt.timedelta(days=DEFAULT_PAST_DAYS)

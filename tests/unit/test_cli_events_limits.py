@@ -5,6 +5,7 @@ bound the answer, and a capped answer says so: on stderr always, and in the JSON
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -98,3 +99,33 @@ def test_the_settings_defaults_are_the_store_defaults() -> None:
         DEFAULT_LIMIT,
         DEFAULT_SERIES_LIMIT,
     )
+
+
+def test_series_not_expanded_are_named_once_not_warned_each(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import asyncio
+
+    from calsync.model import ChangePage
+    from calsync.providers.ical import parse_resource
+    from calsync.store import EventStore
+
+    url = f"sqlite+aiosqlite:///{tmp_path / 'hostile.db'}"
+    text = (
+        "BEGIN:VCALENDAR\r\nVERSION:2.0\r\nPRODID:t\r\nBEGIN:VEVENT\r\nUID:h\r\n"
+        "DTSTART:20000101T000000Z\r\nDURATION:PT1S\r\n"
+        "RRULE:FREQ=SECONDLY;COUNT=100000;BYMONTH=2;BYMONTHDAY=30\r\nEND:VEVENT\r\n"
+        "END:VCALENDAR\r\n"
+    )
+
+    async def fill() -> None:
+        async with await EventStore.open(url) as store:
+            page = ChangePage(
+                upserts=[parse_resource("h.ics", None, text)], complete=True, full=True
+            )
+            await store.apply_page(KEY, "/cal/", page)
+
+    asyncio.run(fill())
+    code, out, err = run(capsys, "--store", url, "--format", "json")
+    assert (code, out.strip()) == (0, "[]")
+    assert err.count("h.ics") == 1 and "not expanding" not in err
