@@ -256,3 +256,25 @@ def test_a_rule_with_thousands_of_instances_per_period_is_not_expanded() -> None
         _ical(quarters, "20251229T090000Z"), at(2026, 1, 5), at(2026, 1, 6)
     )
     assert len(found) == 32 and not truncation.cut
+
+
+def test_capped_series_reads_json_resources_through_the_fallback() -> None:
+    from calsync.model import Event, Resource
+    from calsync.store.expand import capped_series
+
+    def master(rrule: str) -> Resource:
+        event = Event(
+            uid="g1",
+            start=at(2026, 1, 1, 9),
+            end=at(2026, 1, 1, 9, 30),
+            timezone="Europe/Berlin",
+            rrule=rrule,
+        )
+        return Resource("g1", '"1"', "{}", "google", [event])
+
+    window = (at(2026, 1, 1), at(2027, 1, 1))
+    assert capped_series(master("FREQ=DAILY"), *window, 3000) is None
+    assert capped_series(master("FREQ=MINUTELY"), *window, 3000) == "more than 3000 occurrences"
+    assert capped_series(master("FREQ=DAILY"), *window, 100) == "more than 100 occurrences"
+    why = capped_series(master("FREQ=SECONDLY;COUNT=10;BYMONTH=2;BYMONTHDAY=30"), *window, 100)
+    assert why is not None and why.startswith("cannot be expanded")
