@@ -43,6 +43,7 @@ from calsync.recurrence import (
     bounded_rule,
     dateutil_rule,
     most_instances,
+    rule_parts,
     walk_step,
 )
 from calsync.store.ical_zones import parse_zoned
@@ -531,6 +532,9 @@ def capped_series(resource: Resource, start: dt.datetime, end: dt.datetime, cap:
             continue
         most = most_instances(event.rrule, span) if event.rrule else 0
         if most is None or most + len(event.rdates) + 1 > cap:
+            least = _fewest_instances(event.rrule or "", span) - len(event.exdates)
+            if least > cap:  # a plain rule: over the cap by arithmetic alone
+                return f"more than {cap} occurrences"
             suspects.append(event)
     if not suspects:
         return None
@@ -567,6 +571,16 @@ def capped_series(resource: Resource, start: dt.datetime, end: dt.datetime, cap:
     except Exception as exc:  # what a query cannot expand, it reads another way or cuts
         return f"cannot be expanded: {exc}"
     return truncation.series.get(pid)
+
+
+def _fewest_instances(rule: str, span: dt.timedelta) -> int:
+    """A lower bound on the instances a rule without BY-parts or COUNT has in `span` (0 for
+    any other rule): one per step, but for the periods at either end."""
+    parts = rule_parts(rule) if rule else {}
+    if not parts or "COUNT" in parts or any(k.startswith("BY") for k in parts):
+        return 0
+    step = walk_step(rule)
+    return max(0, span // step - 1) if step is not None else 0
 
 
 def _master_row(provider_id: str, event: Any) -> dict[str, Any]:

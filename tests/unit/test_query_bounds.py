@@ -278,3 +278,18 @@ def test_capped_series_reads_json_resources_through_the_fallback() -> None:
     assert capped_series(master("FREQ=DAILY"), *window, 100) == "more than 100 occurrences"
     why = capped_series(master("FREQ=SECONDLY;COUNT=10;BYMONTH=2;BYMONTHDAY=30"), *window, 100)
     assert why is not None and why.startswith("cannot be expanded")
+
+
+def test_a_plain_dense_rule_is_over_the_cap_by_arithmetic_alone() -> None:
+    from calsync.store.expand import capped_series
+
+    raw = _ical("FREQ=MINUTELY", "20260101T000000Z")
+    from calsync.providers.ical import parse_resource
+
+    resource = parse_resource("m.ics", None, raw)
+    began = time.perf_counter()
+    for _ in range(1000):
+        assert capped_series(resource, at(2026, 1, 1), at(2027, 1, 1), 3000) == (
+            "more than 3000 occurrences"
+        )
+    assert time.perf_counter() - began < 1.0  # no expansion
