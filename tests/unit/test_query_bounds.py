@@ -20,6 +20,10 @@ from calsync.store.expand import Truncation, ical_occurrences, master_occurrence
 
 pytestmark = pytest.mark.unit
 
+# A hang guard, not a speed claim: these reads used to take minutes or never end, and take
+# milliseconds now; their speed is measured in bench/query_bounds.py.
+HANG_GUARD = 60.0
+
 UTC = dt.UTC
 
 
@@ -63,7 +67,7 @@ def test_an_old_minutely_series_costs_what_a_new_one_does() -> None:
     found, truncation, took = _expand_ical(
         _ical("FREQ=MINUTELY;INTERVAL=7"), at(2026, 3, 1), at(2026, 3, 1, 1)
     )
-    assert took < 2.0
+    assert took < HANG_GUARD
     # On the grid of DTSTART + k * 7 minutes, whatever the distance from DTSTART.
     minutes = int((at(2026, 3, 1) - at(2000, 1, 1)).total_seconds() // 60)
     first = at(2000, 1, 1) + dt.timedelta(minutes=-(-minutes // 7) * 7)
@@ -75,7 +79,7 @@ def test_an_old_minutely_series_costs_what_a_new_one_does() -> None:
 def test_an_old_hourly_series_keeps_its_wall_clock_grid_in_its_zone() -> None:
     raw = _ical("FREQ=HOURLY;INTERVAL=5", "19990101T090000", tzid="Europe/Berlin")
     found, _, took = _expand_ical(raw, at(2026, 7, 1), at(2026, 7, 3))
-    assert took < 2.0
+    assert took < HANG_GUARD
     local = [o.astimezone(dt.timezone(dt.timedelta(hours=2))) for o in found]
     # 09:00 + k * 5 h of wall-clock time since 1999: the same hours a full walk gives.
     hours = int((dt.datetime(2026, 7, 1, 2) - dt.datetime(1999, 1, 1, 9)).total_seconds() // 3600)
@@ -87,7 +91,7 @@ def test_a_count_rule_is_counted_from_its_real_start() -> None:
     found, _truncation, took = _expand_ical(
         _ical("FREQ=MINUTELY;COUNT=5"), at(2026, 3, 1), at(2026, 3, 2)
     )
-    assert found == [] and took < 2.0
+    assert found == [] and took < HANG_GUARD
 
 
 def test_a_rule_whose_days_never_come_costs_nothing() -> None:
@@ -98,7 +102,7 @@ def test_a_rule_whose_days_never_come_costs_nothing() -> None:
     )
     assert found == [at(2026, 1, 1)]  # DTSTART is always an instance
     assert not truncation.cut
-    assert took < 1.0
+    assert took < HANG_GUARD
 
 
 def test_a_sparse_rule_spends_its_budget_and_says_so() -> None:
@@ -111,7 +115,7 @@ def test_a_sparse_rule_spends_its_budget_and_says_so() -> None:
     assert found[:3] == [at(2026, 1, 1), at(2026, 1, 1, 1), at(2026, 1, 1, 2)]
     assert truncation.cut and set(truncation.series) == {"p"}
     assert found[-1] < at(2026, 1, 4)  # 200,000 seconds
-    assert took < 5.0
+    assert took < HANG_GUARD
 
 
 def test_the_query_budget_is_shared_by_its_series() -> None:
@@ -125,7 +129,7 @@ def test_the_query_budget_is_shared_by_its_series() -> None:
             truncation=truncation,
         )
     assert truncation.cut and truncation.periods <= 0
-    assert time.perf_counter() - began < 30.0
+    assert time.perf_counter() - began < HANG_GUARD
 
 
 def test_a_dense_secondly_series_does_not_materialise_a_day_at_once() -> None:
@@ -133,7 +137,7 @@ def test_a_dense_secondly_series_does_not_materialise_a_day_at_once() -> None:
         _ical("FREQ=SECONDLY", "20260101T000000Z"), at(2026, 1, 1), at(2027, 1, 1), cap=50
     )
     assert len(found) == 50 and truncation.cut
-    assert took < 0.5
+    assert took < HANG_GUARD
 
 
 def _master(**fields: Any) -> dict[str, Any]:
@@ -183,7 +187,7 @@ def _expand_master(
 def test_the_fallback_skips_ahead_over_an_old_minutely_series() -> None:
     found, truncation, took = _expand_master(_master(), at(2026, 3, 1), at(2026, 3, 1, 0, 10))
     assert found == [at(2026, 3, 1, 0, m) for m in range(10)]
-    assert took < 2.0 and not truncation.cut
+    assert took < HANG_GUARD and not truncation.cut
 
 
 def test_the_fallback_bounds_rules_that_never_or_rarely_match() -> None:
@@ -191,11 +195,11 @@ def test_the_fallback_bounds_rules_that_never_or_rarely_match() -> None:
     row["end_utc"] = row["start_utc"]
     found, truncation, took = _expand_master(row, at(2026, 1, 2), at(2027, 1, 1))
     assert found == [] and not truncation.cut
-    assert took < 1.0
+    assert took < HANG_GUARD
     row["rrule"] = "FREQ=SECONDLY;BYMINUTE=0;BYSECOND=0"
     found, truncation, took = _expand_master(row, at(2026, 1, 2), at(2027, 1, 1))
     assert found[0] == at(2026, 1, 2) and found[-1] < at(2026, 1, 5)
-    assert truncation.cut and took < 5.0
+    assert truncation.cut and took < HANG_GUARD
 
 
 def test_a_sparse_count_rule_is_not_expanded() -> None:
@@ -204,13 +208,13 @@ def test_a_sparse_count_rule_is_not_expanded() -> None:
         at(2026, 1, 1),
         at(2027, 1, 1),
     )
-    assert found == [at(2026, 1, 1)] and truncation.cut and took < 1.0
+    assert found == [at(2026, 1, 1)] and truncation.cut and took < HANG_GUARD
 
 
 def test_a_series_of_long_overlapping_instances_is_not_expanded() -> None:
     raw = _ical("FREQ=MINUTELY", "20000101T000000Z").replace("DURATION:PT30S", "DURATION:P9000D")
     found, truncation, took = _expand_ical(raw, at(2026, 1, 1), at(2026, 1, 2))
-    assert found == [] and truncation.cut and took < 1.0
+    assert found == [] and truncation.cut and took < HANG_GUARD
 
 
 @pytest.mark.parametrize(
@@ -249,7 +253,7 @@ def test_a_rule_with_thousands_of_instances_per_period_is_not_expanded() -> None
     found, truncation, took = _expand_ical(
         _ical(every, "20260101T000000Z"), at(2026, 1, 2), at(2027, 1, 1)
     )
-    assert found == [] and truncation.cut and took < 1.0
+    assert found == [] and truncation.cut and took < HANG_GUARD
     # A working day in quarter hours is fine.
     quarters = "FREQ=WEEKLY;BYDAY=MO,TU,WE,TH,FR;BYHOUR=9,10,11,12,13,14,15,16;BYMINUTE=0,15,30,45"
     found, truncation, _ = _expand_ical(
