@@ -5,7 +5,6 @@ found leads through CalDAV discovery to the account's calendars."""
 from __future__ import annotations
 
 import random
-import time
 from collections.abc import Iterator
 
 import pytest
@@ -104,10 +103,8 @@ async def test_a_silent_nameserver_is_retried_later_and_never_downgrades(
 ) -> None:
     dns.add(PLAIN, "SRV", "0 1 5232 localhost.")
     dns.silence(SECURE)
-    started = time.monotonic()
     with pytest.raises(DiscoveryUnavailable, match="timed out") as caught:
         await lookup(dns, insecure=True, lifetime=1.0)
-    assert time.monotonic() - started < 5
     assert caught.value.retryable
     assert (PLAIN + ".", "SRV") not in dns.queries
 
