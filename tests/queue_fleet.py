@@ -38,6 +38,7 @@ import pytest
 import yaml
 
 from calsync.testing.radicale import RadicaleServer
+from tests.fixtures.manifests import caldav_connection, secret, sync_job
 from tests.support import BIN, Kubectl, Process, free_port, poll
 
 STORE_ID = re.compile(r"event store (\S+) \(")
@@ -342,43 +343,17 @@ def fence_regressions(runs: Iterable[Run]) -> list[tuple[Run, Run]]:
 
 
 def secret_manifest(name: str, username: str, password: str) -> dict[str, Any]:
-    return {
-        "apiVersion": "v1",
-        "kind": "Secret",
-        "metadata": {"name": name, "labels": {"calsync.io/credentials": "true"}},
-        "stringData": {"username": username, "password": password},
-    }
+    return secret(name, username=username, password=password)
 
 
 def connection_manifest(
     name: str, url: str, secret: str, *, poll_interval: str | None = None
 ) -> dict[str, Any]:
-    spec: dict[str, Any] = {
-        "provider": "caldav",
-        "owner": f"{name}@example.com",
-        "caldav": {
-            "url": url,
-            "allowInsecureHTTP": True,
-            "credentialsSecretRef": {"name": secret},
-        },
-    }
-    if poll_interval:
-        spec["sync"] = {"pollInterval": poll_interval}
-    return {
-        "apiVersion": "calsync.io/v1alpha1",
-        "kind": "CalendarConnection",
-        "metadata": {"name": name},
-        "spec": spec,
-    }
+    return caldav_connection(name, url, secret, poll_interval=poll_interval)
 
 
 def syncjob_manifest(name: str, connection: str) -> dict[str, Any]:
-    return {
-        "apiVersion": "calsync.io/v1alpha1",
-        "kind": "SyncJob",
-        "metadata": {"name": name},
-        "spec": {"connection": connection},
-    }
+    return sync_job(name, connection)
 
 
 def apply_all(kubectl: Kubectl, namespace: str, objects: Iterable[Mapping[str, Any]]) -> None:

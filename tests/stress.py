@@ -437,51 +437,6 @@ def vevent(
     return "\r\n".join(lines) + "\r\n"
 
 
-def caldav_connection(
-    name: str, url: str, secret: str, poll_interval: str | None = None
-) -> dict[str, Any]:
-    spec: dict[str, Any] = {
-        "provider": "caldav",
-        "owner": f"{name}@example.com",
-        "caldav": {"url": url, "allowInsecureHTTP": True, "credentialsSecretRef": {"name": secret}},
-    }
-    if poll_interval:
-        spec["sync"] = {"pollInterval": poll_interval}
-    return {
-        "apiVersion": "calsync.io/v1alpha1",
-        "kind": "CalendarConnection",
-        "metadata": {"name": name},
-        "spec": spec,
-    }
-
-
-def oauth_connection(
-    name: str, provider: str, owner: str, client: str, token: str, poll_interval: str | None = None
-) -> dict[str, Any]:
-    spec: dict[str, Any] = {
-        "provider": provider,
-        "owner": owner,
-        "oauth": {"clientSecretRef": {"name": client}, "tokenSecretRef": {"name": token}},
-    }
-    if poll_interval:
-        spec["sync"] = {"pollInterval": poll_interval}
-    return {
-        "apiVersion": "calsync.io/v1alpha1",
-        "kind": "CalendarConnection",
-        "metadata": {"name": name},
-        "spec": spec,
-    }
-
-
-def secret(name: str, **data: str) -> dict[str, Any]:
-    return {
-        "apiVersion": "v1",
-        "kind": "Secret",
-        "metadata": {"name": name, "labels": {"calsync.io/credentials": "true"}},
-        "stringData": data,
-    }
-
-
 def create_all(
     kubectl: Kubectl, namespace: str, objects: list[dict[str, Any]], chunk: int = 100
 ) -> None:

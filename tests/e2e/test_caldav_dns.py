@@ -14,6 +14,7 @@ import pytest
 
 from calsync.testing.dns import DnsResponder
 from calsync.testing.radicale import put_event
+from tests.fixtures.manifests import secret
 from tests.fixtures.radicale import CalDAVCalendar
 from tests.support import Kubectl, Process, condition, poll
 
@@ -33,16 +34,9 @@ END:VCALENDAR
 """
 
 
-def secret(name: str, user: str, password: str, allowed_host: str | None) -> dict[str, Any]:
-    meta: dict[str, Any] = {"name": name, "labels": {"calsync.io/credentials": "true"}}
-    if allowed_host is not None:
-        meta["annotations"] = {"calsync.io/allowed-host": allowed_host}
-    return {
-        "apiVersion": "v1",
-        "kind": "Secret",
-        "metadata": meta,
-        "stringData": {"username": user, "password": password},
-    }
+def dav_secret(name: str, user: str, password: str, allowed_host: str | None) -> dict[str, Any]:
+    annotations = {"calsync.io/allowed-host": allowed_host} if allowed_host else None
+    return secret(name, annotations=annotations, username=user, password=password)
 
 
 def connection(name: str, domain: str, secret_name: str) -> dict[str, Any]:
@@ -103,7 +97,7 @@ def test_a_connection_by_domain_syncs_the_calendar_dns_names(
         caldav_calendar.auth,
     )
     kubectl.apply(
-        secret("dav", caldav_calendar.user, caldav_calendar.password, allowed_host="localhost"),
+        dav_secret("dav", caldav_calendar.user, caldav_calendar.password, allowed_host="localhost"),
         namespace,
     )
     kubectl.apply(connection("by-domain", domain, "dav"), namespace)
@@ -127,7 +121,7 @@ def test_a_domain_without_records_says_so_and_nothing_syncs(
     kubectl: Kubectl, namespace: str, operator: Process
 ) -> None:
     domain = f"{namespace}-nothing.test"
-    kubectl.apply(secret("dav", "alice", "irrelevant", allowed_host=None), namespace)
+    kubectl.apply(dav_secret("dav", "alice", "irrelevant", allowed_host=None), namespace)
     kubectl.apply(connection("nowhere", domain, "dav"), namespace)
 
     ready = ready_with(kubectl, namespace, "nowhere", "SyncFailed")
@@ -151,7 +145,7 @@ def test_the_allowed_host_is_judged_on_the_srv_target(
     dns_responder.add(f"_caldav._tcp.{domain}", "SRV", f"0 1 {port} localhost.")
     # The Secret allows the domain itself, but DNS sends the credentials to another host.
     kubectl.apply(
-        secret("dav", caldav_calendar.user, caldav_calendar.password, allowed_host=domain),
+        dav_secret("dav", caldav_calendar.user, caldav_calendar.password, allowed_host=domain),
         namespace,
     )
     kubectl.apply(connection("elsewhere", domain, "dav"), namespace)

@@ -66,18 +66,16 @@ import pytest
 from calsync.devcluster import Cluster
 from calsync.store import EventStore
 from calsync.testing.radicale import RadicaleServer, delete_event, put_event
+from tests.fixtures.manifests import caldav_connection, oauth_connection, secret, sync_job
 from tests.fixtures.radicale import USERS
 from tests.fixtures.simulators import Simulator
 from tests.stress import (
     Fleet,
     caldav_components,
-    caldav_connection,
     create_all,
     diff,
-    oauth_connection,
     own_cluster,
     ready_names,
-    secret,
     stored_components,
     stored_occurrences,
     vevent,
@@ -381,15 +379,6 @@ def build_world(
 # -- the test ------------------------------------------------------------------------------------
 
 
-def sync_job(name: str, connection: str, mode: str) -> dict[str, Any]:
-    return {
-        "apiVersion": "calsync.io/v1alpha1",
-        "kind": "SyncJob",
-        "metadata": {"name": name},
-        "spec": {"connection": connection, "mode": mode, "reason": "manual"},
-    }
-
-
 def jobs(kubectl: Kubectl, namespace: str) -> dict[str, dict[str, Any]] | None:
     result = kubectl("get", "sj", "-n", namespace, "-o", "json", check=False, timeout=120)
     if result.returncode != 0:
@@ -482,7 +471,7 @@ def test_store_converges_through_worker_kills_and_an_apiserver_restart(
             while not stop.wait(0.2):
                 name = f"manual-{sum(manual.values()):05d}"
                 mode = picker.choice(["incremental", "incremental", "full"])
-                job = sync_job(name, picker.choice(connections), mode)
+                job = sync_job(name, picker.choice(connections), mode, "manual")
                 created = kubectl(
                     "create", "-n", namespace, "-f", "-", input=json.dumps(job), check=False
                 )
@@ -542,7 +531,9 @@ def test_store_converges_through_worker_kills_and_an_apiserver_restart(
         }
 
         # Quiet: one final full sync per connection, then every job must finish.
-        create_all(kubectl, namespace, [sync_job(f"final-{c}", c, "full") for c in connections])
+        create_all(
+            kubectl, namespace, [sync_job(f"final-{c}", c, "full", "manual") for c in connections]
+        )
         finals = {f"final-{c}" for c in connections}
 
         def finals_done() -> dict[str, dict[str, Any]] | None:

@@ -50,6 +50,7 @@ import pytest
 from sqlalchemy.engine import make_url
 
 from calsync.controllers.tokens import token_secret_name
+from tests.fixtures.manifests import secret
 from tests.fixtures.radicale import CalDAVCalendar
 from tests.fixtures.serviceaccounts import (
     api_errors,
@@ -301,15 +302,6 @@ def components(
 
 
 # -- cluster objects ----------------------------------------------------------------------------
-
-
-def secret(name: str, **data: str) -> dict[str, Any]:
-    return {
-        "apiVersion": "v1",
-        "kind": "Secret",
-        "metadata": {"name": name, "labels": {"calsync.io/credentials": "true"}},
-        "stringData": data,
-    }
 
 
 def google_connection(name: str, email: str) -> dict[str, Any]:

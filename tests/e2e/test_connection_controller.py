@@ -6,6 +6,7 @@ from typing import Any
 
 import pytest
 
+from tests.fixtures.manifests import secret
 from tests.support import Kubectl, Process, condition, poll
 
 pytestmark = pytest.mark.e2e
@@ -27,15 +28,6 @@ def caldav_connection(
                 "credentialsSecretRef": {"name": secret},
             },
         },
-    }
-
-
-def secret(name: str, **data: str) -> dict[str, Any]:
-    return {
-        "apiVersion": "v1",
-        "kind": "Secret",
-        "metadata": {"name": name, "labels": {"calsync.io/credentials": "true"}},
-        "stringData": data,
     }
 
 

@@ -44,12 +44,12 @@ import pytest
 from calsync.devcluster import Cluster
 from calsync.store import EventStore
 from calsync.testing.radicale import RadicaleServer, put_event
+from tests.fixtures.manifests import caldav_connection, secret
 from tests.fixtures.radicale import USERS
 from tests.stress import (
     Fleet,
     PeakSampler,
     caldav_components,
-    caldav_connection,
     connections_to,
     create_all,
     diff,
@@ -57,7 +57,6 @@ from tests.stress import (
     own_cluster,
     ready_names,
     scrape,
-    secret,
     stored_components,
     vevent,
     with_store,

@@ -49,6 +49,7 @@ import pytest
 import yaml
 from sqlalchemy.engine import make_url
 
+from tests.fixtures.manifests import caldav_connection, secret
 from tests.fixtures.radicale import CalDAVCalendar
 from tests.fixtures.simulators import Simulator
 from tests.queue_fleet import simple_events
@@ -150,32 +151,6 @@ class Prometheus:
 
 
 # -- the run ------------------------------------------------------------------------------------
-
-
-def secret(name: str, **data: str) -> dict[str, Any]:
-    return {
-        "apiVersion": "v1",
-        "kind": "Secret",
-        "metadata": {"name": name, "labels": {"calsync.io/credentials": "true"}},
-        "stringData": data,
-    }
-
-
-def caldav_connection(name: str, url: str, secret_name: str) -> dict[str, Any]:
-    return {
-        "apiVersion": "calsync.io/v1alpha1",
-        "kind": "CalendarConnection",
-        "metadata": {"name": name},
-        "spec": {
-            "provider": "caldav",
-            "owner": f"{name}@example.com",
-            "caldav": {
-                "url": url,
-                "allowInsecureHTTP": True,
-                "credentialsSecretRef": {"name": secret_name},
-            },
-        },
-    }
 
 
 def google_connection(kc: Kubectl, ns: str, sim: Simulator, name: str) -> str:

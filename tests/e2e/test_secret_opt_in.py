@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 
 from calsync.testing.radicale import RadicaleServer
+from tests.fixtures import manifests
 from tests.support import Kubectl, Process, condition, poll
 
 pytestmark = pytest.mark.e2e
@@ -33,17 +34,10 @@ def secret(
     labels: dict[str, str] | None = None,
     annotations: dict[str, str] | None = None,
 ) -> dict[str, Any]:
-    meta: dict[str, Any] = {"name": name}
-    if labels is not None:
-        meta["labels"] = labels
-    if annotations is not None:
-        meta["annotations"] = annotations
-    return {
-        "apiVersion": "v1",
-        "kind": "Secret",
-        "metadata": meta,
-        "stringData": {"username": user, "password": password},
-    }
+    assert labels in (None, LABEL)
+    return manifests.secret(
+        name, labelled=labels is not None, annotations=annotations, username=user, password=password
+    )
 
 
 def connection(name: str, url: str, secret_name: str) -> dict[str, Any]:
