@@ -150,6 +150,12 @@ def apply_invalid_spec(conds: Conditions, message: str) -> None:
     derive_ready(conds)
 
 
+def _short(why: str, limit: int = 120) -> str:
+    """A skip reason on one bounded line (the worker's log has it whole)."""
+    line = " ".join(why.split())
+    return line if len(line) <= limit else line[: limit - 3] + "..."
+
+
 def apply_sync_success(
     conds: Conditions,
     *,
@@ -182,10 +188,10 @@ def apply_sync_success(
         uids = ", ".join(sorted({uid for _, uid, _ in duplicates})[:5])
         problems.append(f"{len(duplicates)} UIDs appear in more than one resource ({uids})")
     if skipped:
-        ids = ", ".join(pid for pid, _ in skipped[:5])
-        problems.append(f"{len(skipped)} resources could not be read and were skipped ({ids})")
+        named = ", ".join(f"{pid}: {_short(why)}" for pid, why in skipped[:5])
+        problems.append(f"{len(skipped)} resources could not be read and were skipped: {named}")
     if capped:
-        named = ", ".join(f"{pid}: {why}" for pid, why in capped[:5])
+        named = ", ".join(f"{pid}: {_short(why)}" for pid, why in capped[:5])
         problems.append(
             f"{len(capped)} recurring series are cut short in range queries "
             f"(QUERY_SERIES_LIMIT, or too costly to expand): {named}"

@@ -195,3 +195,24 @@ def test_series_cut_short_by_the_expansion_cap_are_named_in_degraded() -> None:
     assert state(conds)["Ready"] == ("True", "Synced")  # reported, not fatal
     readiness.apply_sync_success(conds, events=3, calendars=1, duplicates=[], skipped=[])
     assert state(conds)["Degraded"] == ("False", "AsExpected")
+
+
+def test_skipped_resources_are_named_with_their_reasons() -> None:
+    conds = fresh()
+    long_reason = "calendar object of 2000000 characters exceeds the limit of 1048576 " + "x" * 500
+    readiness.apply_sync_success(
+        conds,
+        events=3,
+        calendars=1,
+        duplicates=[],
+        skipped=[
+            ("/cal/deep.ics", "components nested deeper than 8"),
+            ("/cal/big.ics", long_reason),
+        ],
+    )
+    degraded = conds.get(readiness.DEGRADED)
+    assert degraded is not None and degraded.reason == "MalformedEvents"
+    message = degraded.message
+    assert "/cal/deep.ics: components nested deeper than 8" in message
+    assert "/cal/big.ics: calendar object of 2000000 characters exceeds" in message
+    assert len(message) < 1000, "one bounded line per skipped resource, at most five"
