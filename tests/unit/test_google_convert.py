@@ -193,6 +193,8 @@ def test_a_cancelled_single_event_is_not_a_resource() -> None:
         ({"recurrence": ["RRULE:FREQ=DAILY", "EXDATE:yesterday"]}, "DATE"),
         ({"recurrence": ["RRULE:FREQ=DAILY;UNTIL=soon"]}, "recurrence"),
         ({"recurrence": ["BOGUS:1"]}, "unknown recurrence line"),
+        ({"recurrence": ["RRULE:FREQ=DAILY;INTERVAL=0"]}, "INTERVAL is not a positive integer"),
+        ({"recurrence": ["RRULE:FREQ=WEEKLY;INTERVAL=-2"]}, "INTERVAL is not a positive integer"),
     ],
 )
 def test_malformed_items_raise_with_the_event_id(change: dict[str, Any], message: str) -> None:

@@ -44,6 +44,7 @@ from calsync.providers.ical import (
     _stamp,
     _When,
 )
+from calsync.recurrence import check_interval
 
 UTC: Final = dt.UTC
 _STATUSES: Final[dict[str, EventStatus]] = {
@@ -172,6 +173,10 @@ def _recurrence(lines: Any, event: Event, start: _Time) -> None:
             }
             if parts.get("FREQ", "").strip().upper() not in _FREQS:
                 raise MalformedEvent(f"RRULE without a known FREQ: {value[:60]!r}")
+            try:
+                check_interval(value)  # INTERVAL=0 would make every expansion of it hang
+            except ValueError as exc:
+                raise MalformedEvent(str(exc)) from None
             if event.rrule is None:
                 event.rrule = value.strip()
         elif name == "RDATE":
