@@ -126,7 +126,12 @@ def defined_zone(tzid: str, block: Iterable[str]) -> dt.tzinfo | None:
     """
     from dateutil.tz import tzical
 
-    lines = list(block)
+    # dateutil cuts the TZID line at its first colon: one quoted in a parameter would give
+    # the zone another name. It gets the name as `property_value` read it, without parameters.
+    lines = [
+        f"TZID:{tzid}" if line[:4].upper() == "TZID" and line[4:5] in (":", ";") else line
+        for line in block
+    ]
     for line in lines:
         if line[:5].upper() == "RRULE" and not _safe_rule(line.partition(":")[2]):
             return None
@@ -151,6 +156,18 @@ def _safe_rule(rule: str) -> bool:
     return parts.get("FREQ") == "YEARLY" and set(parts) <= _VTZ_RULE_PARTS
 
 
+def property_value(line: str) -> str | None:
+    """The value of an unfolded content line: what follows the first colon outside a quoted
+    parameter value (`TZID;X-A="a:b":Europe/Berlin` -> `Europe/Berlin`); None without one."""
+    quoted = False
+    for index, char in enumerate(line):
+        if char == '"':
+            quoted = not quoted
+        elif char == ":" and not quoted:
+            return line[index + 1 :]
+    return None
+
+
 def split_vtimezones(lines: Iterable[str]) -> tuple[list[str], dict[str, list[str]]]:
     """An object's unfolded lines without its VTIMEZONE blocks, and TZID -> the block's lines.
 
@@ -171,8 +188,8 @@ def split_vtimezones(lines: Iterable[str]) -> tuple[list[str], dict[str, list[st
             outside.append(line)
             continue
         current.append(line)
-        if depth == 1 and tzid is None and upper.startswith("TZID") and ":" in line:
-            tzid = line.partition(":")[2]
+        if depth == 1 and tzid is None and upper.startswith("TZID"):
+            tzid = property_value(line)
         elif upper.startswith("END:VTIMEZONE"):
             depth -= 1
             if not depth and tzid is not None:

@@ -43,7 +43,7 @@ from typing import Final
 from calsync.model import Event, EventStatus, Resource
 from calsync.providers.base import ProviderError
 from calsync.recurrence import check_interval, last_start
-from calsync.timezones import defined_zone, resolve
+from calsync.timezones import ObjectZones, resolve, split_vtimezones
 
 __all__ = [
     "MAX_COMPONENTS",
@@ -229,35 +229,17 @@ _MISSING: Final = object()
 _ZONE_CACHE_LIMIT: Final = 2048
 
 
-def _vtimezone_blocks(lines: list[str]) -> dict[str, list[str]]:
-    """TZID -> the lines of the object's VTIMEZONE defining it."""
-    blocks: dict[str, list[str]] = {}
-    current: list[str] | None = None
-    tzid: str | None = None
-    for line in lines:
-        upper = line[:16].upper()
-        if upper.startswith("BEGIN:VTIMEZONE"):
-            current, tzid = [line], None
-        elif current is not None:
-            current.append(line)
-            if tzid is None and upper.startswith("TZID"):
-                tzid = _content_line(line)[2]
-            elif upper.startswith("END:VTIMEZONE"):
-                if tzid is not None:
-                    blocks.setdefault(tzid, current)
-                current = None
-    return blocks
-
-
 class _Zones:
-    """TZID resolution for one object: `calsync.timezones.resolve`, then its own VTIMEZONEs."""
+    """TZID resolution for one object: `calsync.timezones.resolve`, then its own VTIMEZONEs
+    through `calsync.timezones.ObjectZones`, the resolver the store's expansion uses too. The
+    object's VTIMEZONE blocks are only cut out when a TZID names no known zone."""
 
-    __slots__ = ("_blocks", "_resolved", "_text")
+    __slots__ = ("_object", "_resolved", "_text")
 
     def __init__(self, text: str) -> None:
         self._text = text
         self._resolved: dict[str, tuple[dt.tzinfo | None, str | None]] = {}
-        self._blocks: dict[str, list[str]] | None = None
+        self._object: ObjectZones | None = None
 
     def get(self, tzid: str) -> tuple[dt.tzinfo | None, str | None]:
         """(tzinfo, name to report) for a TZID; (None, TZID) when it names nothing (read as UTC)."""
@@ -265,18 +247,14 @@ class _Zones:
         if hit is not None:
             return hit
         zone = resolve(tzid)
-        result: tuple[dt.tzinfo | None, str | None] = (None, tzid)
         if zone is not None:
-            result = (zone, zone.key)
+            hit = (zone, zone.key)
         else:
-            if self._blocks is None:
-                self._blocks = _vtimezone_blocks(self._text.split("\n"))
-            block = self._blocks.get(tzid)
-            defined = defined_zone(tzid, block) if block is not None else None
-            if defined is not None:
-                result = (defined, tzid)
-        self._resolved[tzid] = result
-        return result
+            if self._object is None:
+                self._object = ObjectZones(split_vtimezones(self._text.split("\n"))[1])
+            hit = (self._object.get(tzid), tzid)
+        self._resolved[tzid] = hit
+        return hit
 
 
 # --- values -----------------------------------------------------------------------------------

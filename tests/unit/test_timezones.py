@@ -175,3 +175,36 @@ def test_huge_names_are_not_kept_in_the_cache() -> None:
     for size in range(300, 310):
         assert timezones.resolve("x" * size * 1000) is None
     assert timezones._resolve.cache_info().currsize == before
+
+
+@pytest.mark.parametrize(
+    ("line", "value"),
+    [
+        ("TZID:Europe/Berlin", "Europe/Berlin"),
+        ('TZID;X-NOTE="a:b":My Zone', "My Zone"),
+        ("TZID;X-NOTE=plain:Zone:With:Colons", "Zone:With:Colons"),
+        ("TZID", None),
+        ('TZID;X-NOTE="never closed:Zone', None),
+    ],
+)
+def test_property_value_skips_colons_in_quoted_parameters(line: str, value: str | None) -> None:
+    assert timezones.property_value(line) == value
+
+
+def test_a_vtimezone_whose_tzid_line_quotes_a_colon_is_found_by_its_name() -> None:
+    block = [
+        "BEGIN:VTIMEZONE",
+        'TZID;X-NOTE="a:b":My Zone',
+        "BEGIN:STANDARD",
+        "DTSTART:19700101T000000",
+        "TZOFFSETFROM:+0300",
+        "TZOFFSETTO:+0300",
+        "END:STANDARD",
+        "END:VTIMEZONE",
+    ]
+    outside, blocks = timezones.split_vtimezones(["BEGIN:VCALENDAR", *block, "END:VCALENDAR"])
+    assert outside == ["BEGIN:VCALENDAR", "END:VCALENDAR"]
+    assert list(blocks) == ["My Zone"]
+    zone = timezones.ObjectZones(blocks).get("My Zone")
+    assert zone is not None
+    assert zone.utcoffset(dt.datetime(2026, 1, 1)) == dt.timedelta(hours=3)
