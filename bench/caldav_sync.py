@@ -63,19 +63,8 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from bench._platform import load_average, say
 from bench._util import MiB, median, peak_rss_bytes, rotate, ru_maxrss_bytes, verdict
-
-
-def say(message: str) -> None:
-    print(f"  [{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
-
-
-def load_average() -> str:
-    try:
-        return " ".join(Path("/proc/loadavg").read_text().split()[:3])
-    except OSError:
-        return "?"
-
 
 COUNT = 10_000
 SEED = 1
