@@ -107,6 +107,18 @@ def condition(kubectl: Kubectl, namespace: str, name: str, ctype: str) -> dict[s
     return None
 
 
+def ready_reason(
+    kubectl: Kubectl, namespace: str, name: str, reason: str, *, timeout: float = 90.0
+) -> dict[str, Any]:
+    """The connection's Ready condition once its reason is `reason` (polled with a deadline)."""
+
+    def check() -> dict[str, Any] | None:
+        cond = condition(kubectl, namespace, name, "Ready")
+        return cond if cond is not None and cond.get("reason") == reason else None
+
+    return dict(poll(check, timeout=timeout, what=f"Ready reason {reason} on {name}"))
+
+
 async def until(check: Callable[[], Any], *, within: float = 15.0, what: str = "") -> Any:
     """`poll` for async tests: other tasks run while it waits."""
     loop = asyncio.get_running_loop()

@@ -14,9 +14,9 @@ import pytest
 
 from calsync.testing.dns import DnsResponder
 from calsync.testing.radicale import put_event
-from tests.fixtures.manifests import secret
+from tests.fixtures.manifests import caldav_connection, secret
 from tests.fixtures.radicale import CalDAVCalendar
-from tests.support import Kubectl, Process, condition, poll
+from tests.support import Kubectl, Process, poll, ready_reason
 
 pytestmark = pytest.mark.e2e
 
@@ -37,30 +37,6 @@ END:VCALENDAR
 def dav_secret(name: str, user: str, password: str, allowed_host: str | None) -> dict[str, Any]:
     annotations = {"calsync.io/allowed-host": allowed_host} if allowed_host else None
     return secret(name, annotations=annotations, username=user, password=password)
-
-
-def connection(name: str, domain: str, secret_name: str) -> dict[str, Any]:
-    return {
-        "apiVersion": "calsync.io/v1alpha1",
-        "kind": "CalendarConnection",
-        "metadata": {"name": name},
-        "spec": {
-            "provider": "caldav",
-            "caldav": {
-                "domain": domain,
-                "allowInsecureHTTP": True,  # Radicale speaks plain HTTP: _caldav._tcp is asked
-                "credentialsSecretRef": {"name": secret_name},
-            },
-        },
-    }
-
-
-def ready_with(kubectl: Kubectl, namespace: str, name: str, reason: str) -> dict[str, Any]:
-    def check() -> dict[str, Any] | None:
-        cond = condition(kubectl, namespace, name, "Ready")
-        return cond if cond is not None and cond.get("reason") == reason else None
-
-    return dict(poll(check, timeout=90, what=f"Ready reason {reason} on {name}"))
 
 
 def job_failure(kubectl: Kubectl, namespace: str, connection_name: str) -> dict[str, Any]:
@@ -100,9 +76,9 @@ def test_a_connection_by_domain_syncs_the_calendar_dns_names(
         dav_secret("dav", caldav_calendar.user, caldav_calendar.password, allowed_host="localhost"),
         namespace,
     )
-    kubectl.apply(connection("by-domain", domain, "dav"), namespace)
+    kubectl.apply(caldav_connection("by-domain", None, "dav", domain=domain), namespace)
 
-    ready = ready_with(kubectl, namespace, "by-domain", "Synced")
+    ready = ready_reason(kubectl, namespace, "by-domain", "Synced")
     assert ready["status"] == "True"
     expected = f"http://localhost:{port}/{caldav_calendar.user}/"
     assert f"_caldav._tcp.{domain}" in ready["message"] and expected in ready["message"], ready
@@ -122,9 +98,9 @@ def test_a_domain_without_records_says_so_and_nothing_syncs(
 ) -> None:
     domain = f"{namespace}-nothing.test"
     kubectl.apply(dav_secret("dav", "alice", "irrelevant", allowed_host=None), namespace)
-    kubectl.apply(connection("nowhere", domain, "dav"), namespace)
+    kubectl.apply(caldav_connection("nowhere", None, "dav", domain=domain), namespace)
 
-    ready = ready_with(kubectl, namespace, "nowhere", "SyncFailed")
+    ready = ready_reason(kubectl, namespace, "nowhere", "SyncFailed")
     assert ready["status"] == "False"
     assert f"no CalDAV server found for {domain}" in ready["message"], ready
     assert f"_caldavs._tcp.{domain} has no SRV record" in ready["message"], ready
@@ -148,9 +124,9 @@ def test_the_allowed_host_is_judged_on_the_srv_target(
         dav_secret("dav", caldav_calendar.user, caldav_calendar.password, allowed_host=domain),
         namespace,
     )
-    kubectl.apply(connection("elsewhere", domain, "dav"), namespace)
+    kubectl.apply(caldav_connection("elsewhere", None, "dav", domain=domain), namespace)
 
-    ready = ready_with(kubectl, namespace, "elsewhere", "SyncFailed")
+    ready = ready_reason(kubectl, namespace, "elsewhere", "SyncFailed")
     assert ready["status"] == "False"
     assert job_failure(kubectl, namespace, "elsewhere")["reason"] == "CredentialsHostMismatch"
     assert f"_caldav._tcp.{domain}" in ready["message"] and "'localhost'" in ready["message"]

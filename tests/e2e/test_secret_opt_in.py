@@ -18,7 +18,7 @@ import pytest
 
 from calsync.testing.radicale import RadicaleServer
 from tests.fixtures import manifests
-from tests.support import Kubectl, Process, condition, poll
+from tests.support import Kubectl, Process, condition, poll, ready_reason
 
 pytestmark = pytest.mark.e2e
 
@@ -56,14 +56,6 @@ def connection(name: str, url: str, secret_name: str) -> dict[str, Any]:
     }
 
 
-def wait_reason(kubectl: Kubectl, namespace: str, name: str, reason: str) -> dict[str, Any]:
-    def ready() -> dict[str, Any] | None:
-        cond = condition(kubectl, namespace, name, "Ready")
-        return cond if cond is not None and cond.get("reason") == reason else None
-
-    return dict(poll(ready, timeout=60, what=f"Ready reason {reason} on {name}"))
-
-
 @pytest.fixture
 def private_radicale(tmp_path: Path) -> Iterator[RadicaleServer]:
     """A Radicale of this test's own, logging every request it receives."""
@@ -86,7 +78,7 @@ def test_an_unlabelled_secret_is_not_used_until_it_is_labelled(
     kubectl.apply(secret("dav", "carol", "carol-secret"), namespace)  # no label
     kubectl.apply(connection("carol", url, "dav"), namespace)
 
-    ready = wait_reason(kubectl, namespace, "carol", "CredentialsNotLabelled")
+    ready = ready_reason(kubectl, namespace, "carol", "CredentialsNotLabelled", timeout=60)
     assert ready["status"] == "False"
     command = f"kubectl label secret dav -n {namespace} calsync.io/credentials=true"
     assert command in ready["message"], ready
@@ -105,7 +97,7 @@ def test_an_unlabelled_secret_is_not_used_until_it_is_labelled(
 
     # Taking the label away takes the Secret away again.
     kubectl("label", "secret", "dav", "-n", namespace, "calsync.io/credentials-")
-    wait_reason(kubectl, namespace, "carol", "CredentialsNotLabelled")
+    ready_reason(kubectl, namespace, "carol", "CredentialsNotLabelled", timeout=60)
 
 
 def test_credentials_are_never_sent_to_a_host_the_secret_does_not_allow(
@@ -125,7 +117,7 @@ def test_credentials_are_never_sent_to_a_host_the_secret_does_not_allow(
     )
     kubectl.apply(connection("carol", url, "dav"), namespace)
 
-    ready = wait_reason(kubectl, namespace, "carol", "CredentialsHostMismatch")
+    ready = ready_reason(kubectl, namespace, "carol", "CredentialsHostMismatch", timeout=60)
     assert ready["status"] == "False"
     assert "dav.example.org" in ready["message"] and "127.0.0.1" in ready["message"], ready
     assert "carol-secret" not in ready["message"]
