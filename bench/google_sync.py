@@ -48,6 +48,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import IO, Any
 
+from bench._results import Row, at_most
 from bench._util import MiB, median, peak_rss_bytes, rotate, verdict
 
 COUNT = 10_000
@@ -442,8 +443,63 @@ def print_report(results: Results) -> None:
     print("peak RSS ours: the sync child's own peak (VmHWM, max over rounds)")
 
 
-def run() -> None:
-    print_report(measure())
+def rows(results: Results) -> list[Row]:
+    """The headline figures for the table of `python -m bench`, as `print_report` computes them."""
+    ours, provider, bare = median(results.ours), median(results.provider), median(results.bare)
+    floor = median(results.sqlite_floor)
+    reference = bare + floor
+    target, passed = at_most(ours / reference, TARGET)
+    case = f"initial sync, {results.items} resources"
+    return [
+        Row(
+            benchmark="google_sync",
+            case=f"{case}: sync + SQLite store",
+            ours=ours,
+            reference_name="bare paging + SQLite alone",
+            reference=reference,
+            ratio=ours / reference,
+            target=target,
+            passed=passed,
+            extra={
+                "bare_paging_s": bare,
+                "sqlite_alone_s": floor,
+                "provider_only_s": provider,
+                "resources": results.items,
+                "pages": results.pages,
+                "events_per_s": results.items / ours,
+                "peak_rss_mib": max(results.ours_rss) / MiB if results.ours_rss else None,
+                "rounds": ROUNDS,
+                "raw_ours_s": results.ours,
+                "raw_bare_s": results.bare,
+                "raw_sqlite_alone_s": results.sqlite_floor,
+                "raw_provider_only_s": results.provider,
+            },
+        ),
+        Row(
+            benchmark="google_sync",
+            case=f"{case}: sync + SQLite store, rate",
+            ours=ours,
+            reference_name="bare paging",
+            reference=bare,
+            ratio=bare / ours,
+            ratio_is="our rate / the reference's rate",
+        ),
+        Row(
+            benchmark="google_sync",
+            case=f"{case}: provider only, nothing stored, rate",
+            ours=provider,
+            reference_name="bare paging",
+            reference=bare,
+            ratio=bare / provider,
+            ratio_is="our rate / the reference's rate",
+        ),
+    ]
+
+
+def run() -> list[Row]:
+    results = measure()
+    print_report(results)
+    return rows(results)
 
 
 def main(argv: list[str] | None = None) -> int:
