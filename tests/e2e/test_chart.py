@@ -568,6 +568,30 @@ def test_helm_test_hook_checks_readyz_with_the_calsync_image(helm: str) -> None:
             {"gateway": {"ingress": {"enabled": True}}},
             "gateway.ingress.enabled=true needs gateway.ingress.host",
         ),
+        ({"operator": {"replicas": 2}}, "operator.replicas=2: with store.type=sqlite"),
+        (
+            merge(PG, {"keda": {"enabled": True}}),
+            "keda.enabled=true needs keda.serverAddress",
+        ),
+        (
+            merge(PG, {"scaling": {"enabled": True, "minReplicas": 5, "maxReplicas": 2}}),
+            "scaling.minReplicas (5) is above scaling.maxReplicas (2)",
+        ),
+        (
+            merge(
+                PG,
+                {
+                    "gateway": {
+                        "ingress": {
+                            "enabled": True,
+                            "host": "calsync.example.com",
+                            "tls": {"enabled": True},
+                        }
+                    }
+                },
+            ),
+            "gateway.ingress.tls.enabled=true needs gateway.ingress.tls.secretName",
+        ),
     ],
     ids=[
         "sqlite-workers",
@@ -584,6 +608,10 @@ def test_helm_test_hook_checks_readyz_with_the_calsync_image(helm: str) -> None:
         "bad-log-format",
         "operator-replicas",
         "ingress-no-host",
+        "sqlite-operator-standby",
+        "keda-no-server",
+        "scaling-min-above-max",
+        "ingress-tls-no-secret",
     ],
 )
 def test_refused_with_a_clear_message(helm: str, values: dict[str, Any], message: str) -> None:

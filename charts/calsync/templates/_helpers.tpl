@@ -2,7 +2,7 @@
 Names, labels and the shared pieces of every component.
 
 Components: `operator`, `worker` and `gateway` (store.type=postgresql: three Deployments), or
-`run` (store.type=sqlite: one all-in-one `calsync run` Deployment, see deployment-run.yaml).
+`run` (store.type=sqlite: one all-in-one `calsync run` Deployment, see deployments.yaml).
 Each component's Deployment and ServiceAccount are both called `calsync.componentName`.
 */}}
 
