@@ -153,7 +153,7 @@ def document(
     *,
     runs: Sequence[Mapping[str, Any]],
     machine: Mapping[str, Any],
-    commit: Mapping[str, Any],
+    git: Mapping[str, Any],
     started: str,
     finished: str,
 ) -> dict[str, Any]:
@@ -163,7 +163,7 @@ def document(
             "format": 1,
             "started": started,
             "finished": finished,
-            "commit": dict(commit),
+            "git": dict(git),
             "machine": dict(machine),
             "benchmarks": [dict(run) for run in runs],
         }

@@ -64,6 +64,7 @@ from pathlib import Path
 from typing import Any
 
 from bench._platform import load_average, say
+from bench._results import Row, at_most
 from bench._util import MiB, median, peak_rss_bytes, rotate, ru_maxrss_bytes, verdict
 
 COUNT = 10_000
@@ -848,6 +849,82 @@ class Bench:
         if self.profile is not None:
             print(f"pyinstrument profiles in {self.profile} (timings inflated by the profiler)")
 
+    def rows(self) -> list[Row]:
+        """The headline and the in-process figures for the table of `python -m bench`."""
+        found: list[Row] = []
+        if self.applied:
+            ours = median([r.seconds for r in self.applied])
+            vdir = median(self.applied_vdirsyncer)
+            target, passed = at_most(ours / vdir, 0.5)
+            found.append(
+                Row(
+                    benchmark="caldav_sync",
+                    case=(
+                        f"initial, {self.server_resources} objects: kubectl apply -> Ready "
+                        "through `calsync run`"
+                    ),
+                    ours=ours,
+                    reference_name="vdirsyncer initial sync",
+                    reference=vdir,
+                    ratio=ours / vdir,
+                    target=target,
+                    passed=passed,
+                    extra={
+                        "vevents": self.server_vevents,
+                        "rounds": ROUNDS,
+                        "raw_ours_s": [r.seconds for r in self.applied],
+                        "raw_vdirsyncer_s": self.applied_vdirsyncer,
+                        "poll_interval_s": APPLY_POLL,
+                    },
+                )
+            )
+        for name in CASES:
+            case = self.cases[name]
+            if not case.ours:
+                continue
+            ours, vdir, rep = median(case.ours), median(case.vdirsyncer), median(case.report)
+            vs_vdir, vs_report = TARGETS[name]
+            extra: dict[str, Any] = {
+                "bare_report_s": rep,
+                "peak_rss_mib": max(case.ours_rss) / MiB if case.ours_rss else None,
+                "child_wall_s": median(case.ours_wall),
+                "raw_ours_s": case.ours,
+                "raw_vdirsyncer_s": case.vdirsyncer,
+                "raw_report_s": case.report,
+                "batch_size": self.batch_size,
+            }
+            if case.query_listing:
+                extra["bare_propfind_and_query_s"] = median(case.query_listing)
+            target, passed = at_most(ours / vdir, vs_vdir)
+            found.append(
+                Row(
+                    benchmark="caldav_sync",
+                    case=f"{name}, engine in-process",
+                    ours=ours,
+                    reference_name="vdirsyncer",
+                    reference=vdir,
+                    ratio=ours / vdir,
+                    target=target,
+                    passed=passed,
+                    extra=extra,
+                )
+            )
+            if vs_report is not None:
+                target, passed = at_most(ours / rep, vs_report)
+                found.append(
+                    Row(
+                        benchmark="caldav_sync",
+                        case=f"{name}, engine in-process",
+                        ours=ours,
+                        reference_name="bare sync-collection REPORT",
+                        reference=rep,
+                        ratio=ours / rep,
+                        target=target,
+                        passed=passed,
+                    )
+                )
+        return found
+
 
 def _list(values: list[float]) -> str:
     return "[" + ", ".join(f"{v:.3f}" for v in values) + "]"
@@ -855,7 +932,7 @@ def _list(values: list[float]) -> str:
 
 def measure(
     batch_size: int = BATCH_SIZE, profile: Path | None = None, *, apply_only: bool = False
-) -> None:
+) -> list[Row]:
     from calsync.testing.radicale import RadicaleServer
 
     find_vdirsyncer()
@@ -883,10 +960,11 @@ def measure(
     bench.print_calendar()
     bench.print_apply()
     bench.print_report()
+    return bench.rows()
 
 
-def run() -> None:
-    measure()
+def run() -> list[Row]:
+    return measure()
 
 
 def main(argv: list[str] | None = None) -> int:

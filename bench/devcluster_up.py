@@ -13,12 +13,13 @@ import tempfile
 import time
 from pathlib import Path
 
+from bench._results import Row
 from calsync.devcluster import Cluster, ensure_binaries
 
 ROUNDS = 5
 
 
-def run() -> None:
+def run() -> list[Row]:
     bins = ensure_binaries(helm=False, log=True)
     totals: list[float] = []
     bare: list[float] = []
@@ -39,3 +40,14 @@ def run() -> None:
     print(f"warm `devcluster up`, median of {ROUNDS}: {total:.2f} s")
     print(f"reference, the processes' own time to healthy: {ref:.2f} s")
     print(f"ratio: {total / ref:.2f}x   (peak RSS of this process: {rss:.0f} MiB)")
+    return [
+        Row(
+            benchmark="devcluster_up",
+            case="warm `calsync devcluster up`",
+            ours=total,
+            reference_name="the processes' own time to healthy",
+            reference=ref,
+            ratio=total / ref,
+            extra={"rounds": ROUNDS, "raw_ours_s": totals, "raw_reference_s": bare},
+        )
+    ]

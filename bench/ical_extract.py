@@ -13,6 +13,7 @@ import warnings
 
 import icalendar
 
+from bench._results import Row
 from calsync.providers.ical import parse_resource
 from calsync.testing.icalgen import generate_events
 
@@ -27,7 +28,7 @@ def _time(action: object) -> float:
     return time.perf_counter() - started
 
 
-def run() -> None:
+def run() -> list[Row]:
     objects = list(generate_events(COUNT, seed=42).items())
     size = sum(len(raw) for _, raw in objects)
 
@@ -51,6 +52,17 @@ def run() -> None:
     )
     print(f"icalendar.Calendar.from_ical (reference): {theirs:.3f} s")
     print(f"ratio: {mine / theirs:.3f}x  ({theirs / mine:.1f} times faster)")
+    return [
+        Row(
+            benchmark="ical_extract",
+            case=f"{COUNT} iCalendar objects: parse_resource",
+            ours=mine,
+            reference_name="icalendar.Calendar.from_ical",
+            reference=theirs,
+            ratio=mine / theirs,
+            extra={"objects": COUNT, "bytes": size, "vevents_estimate": events, "rounds": ROUNDS},
+        )
+    ]
 
 
 if __name__ == "__main__":

@@ -26,6 +26,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from bench._results import Row
 from bench._util import MiB, peak_rss_bytes
 from calsync.model import ChangePage, Resource
 from calsync.providers.ical import parse_resource
@@ -112,7 +113,7 @@ def _cli(url: str, key: str) -> tuple[float, int]:
     return took, len(json.loads(done.stdout)["occurrences"])
 
 
-def run() -> None:
+def run() -> list[Row]:
     # Each hostile series is named in a warning per query; the figures are what matters here.
     logging.getLogger("calsync.store.expand").setLevel(logging.ERROR)
     with tempfile.TemporaryDirectory(prefix="calsync-bench-query-") as tmp:
@@ -156,6 +157,34 @@ def run() -> None:
             f"calsync events {cli_ratio:.2f}x"
         )
         print(f"peak RSS of this process: {peak_rss_bytes() / MiB:.0f} MiB")
+    found = []
+    for label, times in (
+        ("EventStore.query", store_times),
+        ("calsync events --format json", cli_times),
+    ):
+        hostile, healthy = statistics.median(times["hostile"]), statistics.median(times["healthy"])
+        rows, truncated, capped = shapes["hostile"]
+        found.append(
+            Row(
+                benchmark="query_bounds",
+                case=f"one-year query, {SERIES} hostile series: {label}",
+                ours=hostile,
+                reference_name=f"{SERIES} healthy objects",
+                reference=healthy,
+                ratio=hostile / healthy,
+                ratio_is="hostile / healthy (time)",
+                extra={
+                    "hostile_occurrences": rows,
+                    "hostile_truncated": truncated,
+                    "hostile_capped_series": capped,
+                    "healthy_occurrences": shapes["healthy"][0],
+                    "rounds": ROUNDS,
+                    "raw_hostile_s": times["hostile"],
+                    "raw_healthy_s": times["healthy"],
+                },
+            )
+        )
+    return found
 
 
 if __name__ == "__main__":

@@ -28,6 +28,7 @@ from typing import Any
 
 from sqlalchemy import Column, MetaData, Table, insert
 
+from bench._results import Row
 from calsync.model import ChangePage, Event, Resource
 from calsync.store import EventStore, schema
 from calsync.store.rows import event_rows, resource_row
@@ -145,8 +146,9 @@ async def _bare_inserts(store: EventStore, pages: list[list[tuple[Table, list[An
                 await conn.run_sync(copy.drop)
 
 
-async def _measure(url: str, label: str, resources: list[Resource]) -> None:
+async def _measure(url: str, label: str, resources: list[Resource]) -> list[Row]:
     now = dt.datetime.now(UTC)
+    found: list[Row] = []
     for size in PAGE_SIZES:
         connection = f"bench/{uuid.uuid4().hex[:8]}"
         pages = _pages(resources, size)
@@ -186,21 +188,42 @@ async def _measure(url: str, label: str, resources: list[Resource]) -> None:
             f"{count / both:,.0f} events/s, {both:.2f} s)",
             flush=True,
         )
+        for case, seconds in (("initial", initial), ("replay", replay)):
+            found.append(
+                Row(
+                    benchmark="store_apply",
+                    case=f"{label}, pages of {size}, {case}: EventStore.apply_page",
+                    ours=seconds,
+                    reference_name="bare executemany INSERT of the event rows",
+                    reference=reference,
+                    ratio=seconds / reference,
+                    extra={
+                        "events": count,
+                        "resources": len(resources),
+                        "events_per_s": count / seconds,
+                        "with_resource_rows_s": both,
+                    },
+                )
+            )
+    return found
 
 
-async def _main() -> None:
+async def _main() -> list[Row]:
     resources = generate(RESOURCES)
     with tempfile.TemporaryDirectory() as folder:
-        await _measure(f"sqlite+aiosqlite:///{Path(folder) / 'bench.db'}", "SQLite", resources)
+        found = await _measure(
+            f"sqlite+aiosqlite:///{Path(folder) / 'bench.db'}", "SQLite", resources
+        )
     postgres = os.environ.get(ENV_POSTGRES, "").strip()
     if postgres:
-        await _measure(postgres, "PostgreSQL", resources)
+        found += await _measure(postgres, "PostgreSQL", resources)
     else:
         print(f"PostgreSQL: skipped, set {ENV_POSTGRES} to a database URL to include it")
+    return found
 
 
-def run() -> None:
-    asyncio.run(_main())
+def run() -> list[Row]:
+    return asyncio.run(_main())
 
 
 if __name__ == "__main__":

@@ -66,6 +66,7 @@ from bench._platform import (
     say,
     wait_synced,
 )
+from bench._results import Row
 
 NAMESPACE = "bench"
 REF_NAMESPACE = "bench-ref"
@@ -378,7 +379,42 @@ def report(sizes: dict[str, Any], out: dict[str, Any]) -> None:
     )
 
 
-def run() -> None:
+def rows(sizes: dict[str, Any], out: dict[str, Any]) -> list[Row]:
+    """Jobs per minute per worker count, as `report` computes them, for the table."""
+    found = []
+    for n, results in out["results"].items():
+        per_minute = _median(results, "per_minute")
+        found.append(
+            Row(
+                benchmark="syncjob_throughput",
+                case=(
+                    f"{sizes['jobs']} no-change SyncJobs over {sizes['connections']} "
+                    f"connections, {n} worker(s): jobs/min"
+                ),
+                ours=per_minute,
+                reference_name="API server create + status patch + delete",
+                reference=_median(results, "reference"),
+                ratio=_median(results, "ratio"),
+                target=f">= {TARGET:,.0f}/min",
+                passed=per_minute >= TARGET,
+                unit="/min",
+                ratio_is="our rate / the reference's rate (median of the rounds' ratios)",
+                extra={
+                    "seed_target": f"> {SEED_TARGET:,.0f}/min",
+                    "seed_target_passed": per_minute > SEED_TARGET,
+                    "syncs_per_minute": _median(results, "syncs_per_minute"),
+                    "requests_per_job": _median(results, "per_job"),
+                    "requests_per_sync": _median(results, "per_sync"),
+                    "rounds": len(results),
+                    "raw_per_minute": [r["per_minute"] for r in results],
+                    "raw_ratio": [r["ratio"] for r in results],
+                },
+            )
+        )
+    return found
+
+
+def run() -> list[Row]:
     sizes: dict[str, Any] = {
         "jobs": env_int("BENCH_SYNCJOBS", 600),
         "connections": env_int("BENCH_CONNECTIONS", 50),
@@ -396,6 +432,7 @@ def run() -> None:
         install_reference_kind(platform)
         out = asyncio.run(measure(platform, sizes))
     report(sizes, out)
+    return rows(sizes, out)
 
 
 if __name__ == "__main__":

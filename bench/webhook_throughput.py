@@ -77,6 +77,8 @@ from bench._platform import (
     say,
     worker_user,
 )
+from bench._results import Row as BenchRow
+from bench._results import at_least
 from bench._util import verdict
 
 GATEWAY_USER = "calsync-gateway"
@@ -1282,7 +1284,88 @@ def report(sizes: dict[str, Any], one: dict[str, Any], two: dict[str, Any], load
         print(f"- {problem}")
 
 
-def run() -> None:
+def bench_rows(one: dict[str, Any], two: dict[str, Any], sizes: dict[str, Any]) -> list[BenchRow]:
+    """The targets `report` checks, one row each, for the table of `python -m bench`."""
+    ours, before, after = one["ours"], one["before"], one["after"]
+    case = f"{one['channels']} channels, {sizes['concurrency']} keep-alive connections"
+    target, passed = at_least(one["ratio"], TARGET_RATIO)
+    jobs = len(two["jobs"])
+    storm = (
+        f"storm of {sizes['storm_notifications']:,} notifications over {two['channels']} channels"
+    )
+    return [
+        BenchRow(
+            benchmark="webhook_throughput",
+            case=f"{case}: verified webhooks/s",
+            ours=ours["ok_per_second"],
+            reference_name="bare aiohttp handler",
+            reference=one["reference"],
+            ratio=one["ratio"],
+            target=target,
+            passed=passed,
+            unit="/s",
+            ratio_is="our rate / the reference's rate",
+            extra={
+                "reference_before": before["ok_per_second"],
+                "reference_after": after["ok_per_second"],
+                "statuses": dict(ours["statuses"]),
+            },
+        ),
+        BenchRow(
+            benchmark="webhook_throughput",
+            case=f"{case}: verified webhooks/s",
+            ours=ours["ok_per_second"],
+            reference_name="",
+            reference=None,
+            ratio=None,
+            target=f">= {TARGET_RATE:,.0f}/s",
+            passed=ours["ok_per_second"] >= TARGET_RATE,
+            unit="/s",
+        ),
+        BenchRow(
+            benchmark="webhook_throughput",
+            case=f"{case}: p99 latency",
+            ours=ours["p99"],
+            reference_name="",
+            reference=None,
+            ratio=None,
+            target=f"< {TARGET_P99_MS:.0f} ms",
+            passed=ours["p99"] < TARGET_P99_MS,
+            unit="ms",
+            extra={
+                "p50_ms": ours["p50"],
+                "max_ms": ours["max"],
+                "reference_p99_ms_before": before["p99"],
+                "reference_p99_ms_after": after["p99"],
+            },
+        ),
+        BenchRow(
+            benchmark="webhook_throughput",
+            case=f"{storm}: SyncJobs created",
+            ours=jobs,
+            reference_name="",
+            reference=None,
+            ratio=None,
+            target=f"<= {TARGET_JOBS}",
+            passed=jobs <= TARGET_JOBS,
+            unit="jobs",
+        ),
+        BenchRow(
+            benchmark="webhook_throughput",
+            case=f"{storm}: store equals the simulator afterwards",
+            ours=None,
+            reference_name="",
+            reference=None,
+            ratio=None,
+            target="equal",
+            passed=not two["problems"],
+            unit="",
+            extra={"rows_compared": two["rows"], "problems": two["problems"][:10]},
+        ),
+    ]
+
+
+def run() -> list[BenchRow]:
     sizes: dict[str, Any] = {
         "channels": env_int("BENCH_CHANNELS", 100),
         "concurrency": env_int("BENCH_CONCURRENCY", 32),
@@ -1302,6 +1385,7 @@ def run() -> None:
         one = part1(platform, sizes)
         two = part2(platform, sizes)
     report(sizes, one, two, f"{load} -> {load_average()}")
+    return bench_rows(one, two, sizes)
 
 
 def main(argv: list[str] | None = None) -> int:
