@@ -15,7 +15,8 @@ help:
 	@echo "make lint       ruff, mypy --strict, import contracts, CRD drift"
 	@echo "make crds       regenerate crds/*.yaml from calsync/api"
 	@echo "make cluster    start the local control plane (CLUSTER=$(CLUSTER)) and print its kubeconfig"
-	@echo "make bench      benchmarks (not part of make test)"
+	@echo "make bench      benchmarks (not part of make test): one table at the end, also written"
+	@echo "                as JSON to BENCH_JSON=$(BENCH_JSON); BENCH=\"name ...\" runs only those"
 
 $(VENV)/.installed: pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -67,8 +68,9 @@ $(VENV)/.bench-installed: $(VENV)/.installed
 	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[dev,bench]'
 	touch $@
 
+BENCH_JSON ?= bench-results.json
 bench: venv controlplane $(VENV)/.bench-installed
-	$(BIN)/python -m bench $(BENCH)
+	$(BIN)/python -m bench --json $(BENCH_JSON) $(BENCH)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
