@@ -14,6 +14,8 @@ import yaml
 from pydantic import ValidationError
 
 from calsync.api import CalendarConnectionSpec
+from calsync.api.subscription import WebhookSubscriptionSpec
+from calsync.api.syncjob import SyncJobSpec
 from calsync.controllers.provider_factory import stored_tokens
 from calsync.security.keyring import KeyRing, TokenContext
 
@@ -37,6 +39,27 @@ def test_a_secret_reference_cannot_name_another_namespace(field: str) -> None:
         CalendarConnectionSpec.model_validate(
             spec_with(field, {"name": "theirs", "namespace": "team-b"})
         )
+
+
+@pytest.mark.parametrize(
+    ("model", "spec"),
+    [
+        (SyncJobSpec, {"connection": "alice"}),
+        (
+            WebhookSubscriptionSpec,
+            {"connection": "alice", "calendarId": "primary", "provider": "google"},
+        ),
+    ],
+)
+def test_a_syncjob_or_subscription_names_a_connection_of_its_own_namespace_only(
+    model: Any, spec: dict[str, Any]
+) -> None:
+    """A tenant's SyncJob (the manual "sync now") reaches the connection of that name in the
+    job's namespace: there is no field to name another namespace's connection."""
+    assert model.model_validate(spec)
+    for extra in ({"namespace": "team-b"}, {"connectionNamespace": "team-b"}):
+        with pytest.raises(ValidationError, match="Extra inputs are not permitted"):
+            model.model_validate({**spec, **extra})
 
 
 def _secret_refs(schema: Any, path: str = "") -> dict[str, Any]:
