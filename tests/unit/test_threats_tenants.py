@@ -1,13 +1,15 @@
 """Tenant isolation claims of docs/security.md that no other test covered: a connection's Secret
 references name a Secret of its own namespace only (the model refuses a namespace, the CRD
 keeps nothing but a name), and a connection that names another connection's calsync token
-Secret gets that Secret's ciphertext, never the token sealed in it."""
+Secret gets that Secret's ciphertext, never the token sealed in it. A SyncJob or
+WebhookSubscription reaches connections of its own namespace only, and the gateway, the one
+component open to the outside, has no route that reads events."""
 
 from __future__ import annotations
 
 import datetime as dt
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pytest
 import yaml
@@ -18,6 +20,8 @@ from calsync.api.subscription import WebhookSubscriptionSpec
 from calsync.api.syncjob import SyncJobSpec
 from calsync.controllers.provider_factory import stored_tokens
 from calsync.security.keyring import KeyRing, TokenContext
+from calsync.settings import Settings
+from calsync.webhook_gateway.app import GatewayContext, create_app
 
 pytestmark = pytest.mark.unit
 
@@ -109,3 +113,37 @@ async def test_naming_another_connections_token_secret_yields_its_ciphertext_onl
     assert got is not None
     assert got.refresh_token == sealed  # what a provider's token endpoint will refuse
     assert "alice-refresh-token" not in got.refresh_token
+
+
+def test_the_gateway_serves_no_route_that_reads_events() -> None:
+    """The gateway is the one component reachable from outside the cluster; it reads no
+    events for anyone. A read API added later must come with its own entry in the threat
+    model (who may read which connection), and this list with it."""
+    ctx = GatewayContext(
+        settings=Settings(),
+        client=cast(Any, object()),
+        vault=cast(Any, object()),
+        ready=True,
+        watch=False,
+    )
+    app = create_app(ctx)
+    routes = {
+        (route.method, route.resource.canonical)
+        for route in app.router.routes()
+        if route.method != "HEAD" and route.resource is not None
+    }
+    assert routes == {
+        ("POST", "/api/webhooks/google"),
+        ("POST", "/api/webhooks/microsoft"),
+        ("POST", "/api/webhooks/microsoft/lifecycle"),
+        ("GET", "/api/health"),
+        ("GET", "/api/health/database"),
+        ("GET", "/api/health/providers"),
+        ("GET", "/api/health/webhooks"),
+        ("GET", "/api/health/sync"),
+        ("GET", "/healthz"),
+        ("GET", "/readyz"),
+        ("GET", "/metrics"),
+        ("GET", "/auth/{provider}/start"),
+        ("GET", "/auth/{provider}/callback"),
+    }
