@@ -7,7 +7,7 @@ CALSYNC := $(BIN)/calsync
 CLUSTER ?= calsync
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 
-.PHONY: help venv controlplane helm cluster cluster-down crds crds-check lint test test-unit test-e2e run bench clean
+.PHONY: help venv controlplane helm cluster cluster-down crds crds-check lint test test-unit test-e2e run bench soak clean
 
 help:
 	@echo "make run        local control plane + CRDs + demo connection + operator (Ctrl-C stops)"
@@ -17,6 +17,7 @@ help:
 	@echo "make cluster    start the local control plane (CLUSTER=$(CLUSTER)) and print its kubeconfig"
 	@echo "make bench      benchmarks (not part of make test): one table at the end, also written"
 	@echo "                as JSON to BENCH_JSON=$(BENCH_JSON); BENCH=\"name ...\" runs only those"
+	@echo "make soak       soak test (not part of make test): 1,000 connections for 10 minutes (SOAK_*)"
 
 $(VENV)/.installed: pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -71,6 +72,10 @@ $(VENV)/.bench-installed: $(VENV)/.installed
 BENCH_JSON ?= bench-results.json
 bench: venv controlplane $(VENV)/.bench-installed
 	$(BIN)/python -m bench --json $(BENCH_JSON) $(BENCH)
+
+# 1,000 connections of all three providers for 10 minutes (sizes: SOAK_* in tests/soak/test_soak.py).
+soak: venv controlplane
+	$(BIN)/pytest -m soak tests/soak -s $(PYTEST_ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
