@@ -12,7 +12,12 @@ The store knows nothing of Kubernetes or of providers: it stores `calsync.model`
 """
 
 from calsync.store.claims import ConnectionPurged, Fence, Fenced, JobDone
-from calsync.store.event_store import DEFAULT_LIMIT, DEFAULT_SERIES_LIMIT, EventStore
+from calsync.store.event_store import (
+    DEFAULT_LIMIT,
+    DEFAULT_SERIES_LIMIT,
+    EventStore,
+    PreparedPage,
+)
 from calsync.store.migrations import SchemaTooNew
 from calsync.store.results import ApplyResult, CalendarRow, Occurrence, QueryResult
 from calsync.store.urls import StoreURLError, async_url, default_store_url
@@ -28,6 +33,7 @@ __all__ = [
     "Fenced",
     "JobDone",
     "Occurrence",
+    "PreparedPage",
     "QueryResult",
     "SchemaTooNew",
     "StoreURLError",

@@ -45,8 +45,8 @@ import heapq
 import itertools
 import logging
 from collections import defaultdict
-from collections.abc import Iterable, Iterator, Sequence
-from typing import Any, Self
+from collections.abc import Iterable, Iterator, Sequence, Set
+from typing import Any, NamedTuple, Self
 
 from sqlalchemy import (
     ColumnElement,
@@ -67,7 +67,7 @@ from sqlalchemy.engine import URL, Connection, RowMapping
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from sqlalchemy.types import ARRAY, Text
 
-from calsync.model import ChangePage, Resource
+from calsync.model import ChangePage
 from calsync.store.claims import Fence, Leases, check_claim, connection_lock
 from calsync.store.connect import create_store_engine, one_statement, thread_writer, writer
 from calsync.store.expand import (
@@ -187,6 +187,8 @@ class EventStore:
         page: ChangePage,
         *,
         run_seen: set[str] | None = None,
+        written: Set[str] | None = None,
+        prepared: PreparedPage | None = None,
         fence: Fence | None = None,
     ) -> ApplyResult:
         """Apply one page of changes and its cursor atomically.
@@ -198,9 +200,16 @@ class EventStore:
         without `run_seen` this page is taken to be the whole listing. The complete page also
         records the event count and the time of the sync.
 
-        On a SQLite file the whole transaction runs on a worker thread with a blocking
-        connection of its own: building the rows and SQLite's work then proceed while the event
-        loop reads and converts the next page, instead of waiting for the loop between
+        `written` is a promise from a full run that began on a calendar holding nothing (see
+        `is_empty`) and holds the connection's claim: the calendar holds only what the run's
+        earlier pages wrote, and these are their provider ids. The page then replaces the event
+        rows of those ids only and looks for no leftovers on its complete page, which saves a
+        lookup per upserted resource and a read of the whole calendar on an initial sync.
+
+        `prepared` are the page's rows from `prepare_page`, when the caller built them ahead;
+        else they are built here. On a SQLite file the transaction then runs on a worker
+        thread with a blocking connection of its own, so SQLite's work proceeds while the event
+        loop reads and converts the next page instead of waiting for the loop between
         statements. Elsewhere the same code runs on the async connection. A caller cancelled
         while its page is on the thread returns at once, and the transaction still ends on its
         own (committed or rolled back); a page is all or nothing either way.
@@ -209,24 +218,51 @@ class EventStore:
         (`Fenced` otherwise); any page for a purged connection raises `ConnectionPurged`.
         """
         seen = frozenset(run_seen) if run_seen is not None else None
+        rows = (
+            prepared if prepared is not None else self.prepare_page(connection, calendar_id, page)
+        )
+        replaced = rows.upserts if written is None else [i for i in rows.upserts if i in written]
+        full_check = written is None
+        args = (connection, calendar_id, page, rows, replaced, full_check, seen, fence)
         if self._thread_writer is not None:
-            return await asyncio.to_thread(
-                self._apply_on_thread, connection, calendar_id, page, seen, fence
-            )
+            return await asyncio.to_thread(self._apply_on_thread, *args)
         async with self._writer.begin() as conn:
-            return await conn.run_sync(self._apply, connection, calendar_id, page, seen, fence)
+            return await conn.run_sync(self._apply, *args)
+
+    def prepare_page(self, connection: str, calendar_id: str, page: ChangePage) -> PreparedPage:
+        """The rows of a page's upserts, as `apply_page` hands them to the database.
+
+        A caller with a pipeline builds them for the next page while the store still writes the
+        previous one, and passes them to `apply_page` with that page."""
+        upserts = list({r.provider_id: r for r in page.upserts}.values())
+        stamp = self._stamp
+        updated_at = stamp(_now())
+        return PreparedPage(
+            upserts=[r.provider_id for r in upserts],
+            resources=[
+                resource_values(connection, calendar_id, r, updated_at, stamp) for r in upserts
+            ],
+            events=[
+                row for r in upserts for row in event_values(connection, calendar_id, r, stamp)
+            ],
+        )
 
     def _apply_on_thread(
         self,
         connection: str,
         calendar_id: str,
         page: ChangePage,
+        rows: PreparedPage,
+        replaced: list[str],
+        full_check: bool,
         seen: frozenset[str] | None,
         fence: Fence | None,
     ) -> ApplyResult:
         assert self._thread_writer is not None
         with self._thread_writer.begin() as conn:
-            return self._apply(conn, connection, calendar_id, page, seen, fence)
+            return self._apply(
+                conn, connection, calendar_id, page, rows, replaced, full_check, seen, fence
+            )
 
     def _apply(
         self,
@@ -234,18 +270,22 @@ class EventStore:
         connection: str,
         calendar_id: str,
         page: ChangePage,
+        rows: PreparedPage,
+        replaced: list[str],
+        full_check: bool,
         run_seen: frozenset[str] | None,
-        fence: Fence | None = None,
+        fence: Fence | None,
     ) -> ApplyResult:
-        upserts = list({r.provider_id: r for r in page.upserts}.values())
         doomed = list(dict.fromkeys(page.deletes))
         now = _now()
         self._guard(conn, connection, fence, calendar_id)
         self._ensure_calendar(conn, connection, calendar_id)
-        if upserts:
-            self._write_resources(conn, connection, calendar_id, upserts, now)
-        if page.full and page.complete:
-            keep = set(run_seen or ()).union(r.provider_id for r in upserts)
+        if rows.upserts:
+            self._upsert_resources.run(conn, rows.resources)
+            self._delete_events(conn, connection, calendar_id, replaced)
+            self._insert_events.run(conn, rows.events)
+        if page.full and page.complete and full_check:
+            keep = set(run_seen or ()).union(rows.upserts)
             named = set(doomed)
             stored = conn.scalars(
                 select(resources.c.provider_id).where(
@@ -255,7 +295,7 @@ class EventStore:
             doomed += [pid for pid in stored if pid not in keep and pid not in named]
         deleted = self._delete_resources(conn, connection, calendar_id, doomed)
         self._finish_page(conn, connection, calendar_id, page, now)
-        return ApplyResult(upserted=len(upserts), deleted=deleted)
+        return ApplyResult(upserted=len(rows.upserts), deleted=deleted)
 
     def _guard(
         self,
@@ -285,24 +325,6 @@ class EventStore:
             connection=connection, calendar_id=calendar_id, name="", event_count=0
         )
         conn.execute(stmt.on_conflict_do_nothing(index_elements=["connection", "calendar_id"]))
-
-    def _write_resources(
-        self,
-        conn: Connection,
-        connection: str,
-        calendar_id: str,
-        upserts: Sequence[Resource],
-        now: dt.datetime,
-    ) -> None:
-        stamp = self._stamp
-        updated_at = stamp(now)
-        self._upsert_resources.run(
-            conn, [resource_values(connection, calendar_id, r, updated_at, stamp) for r in upserts]
-        )
-        self._delete_events(conn, connection, calendar_id, [r.provider_id for r in upserts])
-        self._insert_events.run(
-            conn, [row for r in upserts for row in event_values(connection, calendar_id, r, stamp)]
-        )
 
     def _delete_events(
         self, conn: Connection, connection: str, calendar_id: str, ids: Sequence[str]
@@ -497,6 +519,16 @@ class EventStore:
                 )
             )
         return cursor
+
+    async def is_empty(self, connection: str, calendar_id: str) -> bool:
+        """Whether the calendar holds no resource (or is not stored at all)."""
+        async with self._reader.connect() as conn:
+            found = await conn.scalar(
+                select(resources.c.provider_id)
+                .where(*self._calendar_filter(resources, connection, calendar_id))
+                .limit(1)
+            )
+        return found is None
 
     async def known_etags(self, connection: str, calendar_id: str) -> dict[str, str | None]:
         """provider id -> etag of every stored resource of the calendar."""
@@ -864,6 +896,14 @@ class EventStore:
         if self._postgres:
             return [column == any_(bindparam("ids", list(ids), type_=ARRAY(Text)))]
         return [column.in_(ids[i : i + _SQLITE_CHUNK]) for i in range(0, len(ids), _SQLITE_CHUNK)]
+
+
+class PreparedPage(NamedTuple):
+    """A page's upserts as the driver takes them (`EventStore.prepare_page`)."""
+
+    upserts: list[str]  # provider ids, each once
+    resources: list[tuple[Any, ...]]
+    events: list[tuple[Any, ...]]
 
 
 class _BulkInsert:

@@ -23,14 +23,14 @@ import contextlib
 import dataclasses
 import gc
 import logging
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import EllipsisType
 from typing import Literal, TypedDict
 
 from calsync.model import Calendar, ChangePage, Resource, Window
 from calsync.providers.base import CalendarGone, CalendarProvider, CursorInvalid
-from calsync.store import CalendarRow, EventStore, Fence
+from calsync.store import CalendarRow, EventStore, Fence, PreparedPage
 from calsync.store.expand import capped_series
 
 log = logging.getLogger(__name__)
@@ -66,6 +66,17 @@ class CalendarResult:
     @property
     def changed(self) -> bool:
         return self.full or self.cursor_reset or bool(self.upserted or self.deleted)
+
+
+@dataclass
+class _Ready:
+    """A page cut to the window and made ready for the store, ahead of its turn."""
+
+    page: ChangePage  # upserts inside the window; those outside it added to the deletes
+    fetched: int  # upserts as the provider listed them
+    dropped: int  # of which outside the window
+    rows: PreparedPage
+    capped: list[tuple[str, str]]
 
 
 @dataclass
@@ -293,6 +304,9 @@ class SyncEngine:
         fence: Fence | None,
     ) -> None:
         seen: set[str] = set()
+        # A full listing into an empty calendar, under the run's claim: the store need neither
+        # replace event rows nor look for leftovers beyond what this run wrote itself.
+        fresh = cursor is None and await self.store.is_empty(connection, calendar.id)
 
         async def known() -> Mapping[str, str | None]:
             return await self.store.known_etags(connection, calendar.id)
@@ -300,17 +314,23 @@ class SyncEngine:
         pages = provider.changes(
             calendar, cursor, window=window, known=known, batch_size=self.batch_size
         ).__aiter__()
-        # The next page is read and parsed while the store commits this one: the store's
-        # database work runs outside the event loop, so both proceed at once.
-        ahead: asyncio.Task[ChangePage] | None = asyncio.ensure_future(anext(pages))
+        # The next page is read, parsed and turned into rows while the store commits this one:
+        # the store's database work runs outside the event loop, so both proceed at once.
+        ahead: asyncio.Task[_Ready] | None = asyncio.ensure_future(
+            self._next(pages, connection, calendar, window)
+        )
         try:
             while ahead is not None:
                 try:
-                    page = await ahead
+                    ready = await ahead
                 except StopAsyncIteration:
                     break
-                ahead = None if page.complete else asyncio.ensure_future(anext(pages))
-                await self._apply(connection, calendar, page, window, seen, outcome, fence)
+                ahead = (
+                    None
+                    if ready.page.complete
+                    else asyncio.ensure_future(self._next(pages, connection, calendar, window))
+                )
+                await self._apply(connection, calendar, ready, seen, fresh, outcome, fence)
         finally:
             if ahead is not None:
                 ahead.cancel()
@@ -320,16 +340,15 @@ class SyncEngine:
             if aclose is not None:
                 await aclose()
 
-    async def _apply(
+    async def _next(
         self,
+        pages: AsyncIterator[ChangePage],
         connection: str,
         calendar: Calendar,
-        page: ChangePage,
         window: Window,
-        seen: set[str],
-        outcome: CalendarResult,
-        fence: Fence | None,
-    ) -> None:
+    ) -> _Ready:
+        """The next page, cut to the window, with its rows and the series it caps."""
+        page = await anext(pages)
         kept: list[Resource] = []
         outside: list[str] = []
         for resource in page.upserts:
@@ -337,24 +356,49 @@ class SyncEngine:
                 kept.append(resource)
             else:
                 outside.append(resource.provider_id)
-        if page.full:
-            seen.update(r.provider_id for r in kept)
-        applied = await self.store.apply_page(
-            connection,
-            calendar.id,
-            dataclasses.replace(page, upserts=kept, deletes=[*page.deletes, *outside]),
-            run_seen=seen if page.full else None,
-            **_fencing(fence),
-        )
-        outcome.pages += 1
-        outcome.full = outcome.full or page.full
-        outcome.fetched += len(page.upserts)
-        outcome.dropped += len(outside)
-        outcome.upserted += applied.upserted
-        outcome.deleted += applied.deleted
+        capped: list[tuple[str, str]] = []
         if self.series_limit is not None:
             for resource in kept:
                 if any(e.recurring for e in resource.events):
                     why = capped_series(resource, window.start, window.end, self.series_limit)
                     if why is not None:
-                        outcome.capped.append((resource.provider_id, why))
+                        capped.append((resource.provider_id, why))
+        cut = dataclasses.replace(page, upserts=kept, deletes=[*page.deletes, *outside])
+        return _Ready(
+            page=cut,
+            fetched=len(page.upserts),
+            dropped=len(outside),
+            rows=self.store.prepare_page(connection, calendar.id, cut),
+            capped=capped,
+        )
+
+    async def _apply(
+        self,
+        connection: str,
+        calendar: Calendar,
+        ready: _Ready,
+        seen: set[str],
+        fresh: bool,
+        outcome: CalendarResult,
+        fence: Fence | None,
+    ) -> None:
+        page = ready.page
+        written = frozenset(seen) if fresh and page.full else None
+        if page.full:
+            seen.update(r.provider_id for r in page.upserts)
+        applied = await self.store.apply_page(
+            connection,
+            calendar.id,
+            page,
+            run_seen=seen if page.full else None,
+            written=written,
+            prepared=ready.rows,
+            **_fencing(fence),
+        )
+        outcome.pages += 1
+        outcome.full = outcome.full or page.full
+        outcome.fetched += ready.fetched
+        outcome.dropped += ready.dropped
+        outcome.upserted += applied.upserted
+        outcome.deleted += applied.deleted
+        outcome.capped += ready.capped

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from calsync.model import ChangePage
 from calsync.store import EventStore
 from calsync.store.results import ApplyResult
@@ -20,9 +22,10 @@ class FailingStore(EventStore):
         page: ChangePage,
         *,
         run_seen: set[str] | None = None,
+        **options: Any,
     ) -> ApplyResult:
         self.commits += 1
         if self.fail_on is not None and self.commits == self.fail_on:
             self.fail_on = None
             raise ConnectionResetError("the worker died between two pages")
-        return await super().apply_page(connection, calendar_id, page, run_seen=run_seen)
+        return await super().apply_page(connection, calendar_id, page, run_seen=run_seen, **options)

@@ -76,7 +76,13 @@ from calsync.providers.google.convert import MalformedEvent, resource_from_json
 from calsync.providers.ical import MAX_OBJECT_SIZE
 from calsync.providers.jsonpage import PageReader
 from calsync.providers.oauth import AccessTokens
-from calsync.providers.rest import JsonApi, abandon_prefetch, error_message, parse_retry_after
+from calsync.providers.rest import (
+    JsonApi,
+    abandon_prefetch,
+    error_message,
+    parse_retry_after,
+    prefetch,
+)
 
 log = logging.getLogger(__name__)
 
@@ -302,9 +308,7 @@ class GoogleProvider:
                         raise ProviderError(f"the listing of {calendar.id} repeats its page token")
                     page_token = next_token
                     # Asked for now, so the server prepares it while this one is converted.
-                    fetch = asyncio.ensure_future(
-                        self._page(path, {**base, "pageToken": str(next_token)})
-                    )
+                    fetch = await prefetch(self._page(path, {**base, "pageToken": str(next_token)}))
                 zone = body.get("timeZone")
                 if isinstance(zone, str) and zone:
                     self._zones[calendar.id] = zone

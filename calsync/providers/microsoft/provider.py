@@ -82,7 +82,7 @@ from calsync.providers.ical import MAX_OBJECT_SIZE
 from calsync.providers.jsonpage import PageReader
 from calsync.providers.microsoft.convert import MalformedEvent, to_resource
 from calsync.providers.oauth import AccessTokens
-from calsync.providers.rest import JsonApi, abandon_prefetch
+from calsync.providers.rest import JsonApi, abandon_prefetch, prefetch
 
 log = logging.getLogger(__name__)
 
@@ -357,9 +357,7 @@ class MicrosoftProvider:
                         raise _foreign(next_link)
                     # The next page is requested now, so the server renders it while this
                     # one is converted and stored.
-                    fetch = asyncio.ensure_future(
-                        self._api.request("GET", next_link, headers=headers)
-                    )
+                    fetch = await prefetch(self._api.request("GET", next_link, headers=headers))
                     yield self._page(items, full)
                     continue
                 delta_link = body.get("@odata.deltaLink")
