@@ -12,8 +12,10 @@ Order of checks for every call: the caller's address over its budget of rejected
 429 before anything else; body over 64 KiB: 413 (Content-Length first, then at most
 64 KiB + 1 bytes read); malformed 400; unknown channel 403; wrong token or clientState
 401; channel over WEBHOOK_RATE_LIMIT 429; pending SyncJobs at QUEUE_CAP: 503 with
-Retry-After; recording failed or late: 503. Every 4xx is one rejected call of its address,
-one `calsync_webhook_requests_total` sample and one security log line (no token in it).
+Retry-After; recording failed or late: 503. Every 4xx is one rejected call of its address
+and one security log line (no token in it); `calsync_webhook_requests_total` counts a Graph
+batch once per item, but its rejected items share one line per call (`Call.rejected_items`),
+so a small body of many bad items cannot buy a log line per item.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ import asyncio
 import datetime as dt
 import logging
 import time
+from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
@@ -33,8 +36,10 @@ from calsync.webhook_gateway.push import PushGateway
 from calsync.webhook_gateway.recorder import RECORDING_ERRORS, Work
 from calsync.webhook_gateway.verify import (
     ACCEPTED,
+    FORGED,
     MALFORMED,
     RATE_LIMITED,
+    UNKNOWN,
     EarlySync,
     Rejected,
     Target,
@@ -54,10 +59,19 @@ MAX_BODY = 64 * 1024
 MAX_ITEMS = 1000
 RETRY_AFTER = 30
 LIFECYCLE_EVENTS = frozenset({"reauthorizationRequired", "subscriptionRemoved", "missed"})
+# Subscription ids (each cut to CHANNEL_PREFIX characters) named in the one line of a batch.
+CHANNEL_SAMPLE = 3
+CHANNEL_PREFIX = 12
+# The result a batch's line is filed under: the one its answer would give (`batch_answer`).
+_SEVERITY = (RATE_LIMITED, FORGED, UNKNOWN, MALFORMED)
 
 
 class TooLarge(Exception):
     pass
+
+
+# One rejected item of a batch: result, status, channel (subscription id), why.
+Rejection = tuple[str, int, str, str]
 
 
 async def read_capped(request: web.Request, cap: int = MAX_BODY) -> bytes:
@@ -111,9 +125,45 @@ class Call:
                 "provider": self.provider,
                 "result": result,
                 "status": status,
-                "channel": channel[:12],
+                "channel": channel[:CHANNEL_PREFIX],
                 "why": why,
                 "suppressed": suppressed,
+            },
+        )
+
+    def rejected_items(self, rejections: list[Rejection], items: int) -> None:
+        """Count every rejected item of a Graph batch (the metric is per item) and write one
+        security line for all of them: the result the answer is judged by, the count per
+        result (`forged:990,unknown:9`), and the first few distinct subscription ids, cut to
+        their prefixes and joined by commas. Plain strings and numbers: one JSON line."""
+        if not rejections:
+            return
+        by_result: Counter[str] = Counter()
+        sample: list[str] = []
+        for result, _status, channel, _why in rejections:
+            by_result[result] += 1
+            prefix = channel[:CHANNEL_PREFIX]
+            if prefix and prefix not in sample and len(sample) < CHANNEL_SAMPLE:
+                sample.append(prefix)
+        for result, n in by_result.items():
+            self.count(result, n)
+        worst = next(r for r in (*_SEVERITY, *by_result) if r in by_result)
+        status, _, why = next((s, c, w) for r, s, c, w in rejections if r == worst)
+        security.warning(
+            "webhook call rejected",
+            extra={
+                "security": "webhook_rejected",
+                "address": self.address,
+                "provider": self.provider,
+                "result": worst,
+                "status": status,
+                "channel": sample[0] if sample else "",
+                "why": why,
+                "suppressed": 0,
+                "rejected": len(rejections),
+                "items": items,
+                "results": ",".join(f"{r}:{n}" for r, n in by_result.items()),
+                "channels": ",".join(sample),
             },
         )
 
@@ -239,6 +289,7 @@ async def _microsoft(call: Call) -> web.Response:
         return call.refuse(400, MALFORMED, why="not a Graph notification body")
     results: list[str] = []
     verified: list[Verified] = []
+    rejections: list[Rejection] = []
     ring = push.vault.keyring
     for item in items:
         if isinstance(item, dict) and isinstance(item.get("clientState"), str):
@@ -246,14 +297,15 @@ async def _microsoft(call: Call) -> web.Response:
             ring = push.vault.keyring
         verdict = verify_graph_item(push.subscription_index, ring, item)
         if isinstance(verdict, Rejected):
-            call.rejected(verdict.result, verdict.status, verdict.channel_id, verdict.why)
+            rejections.append((verdict.result, verdict.status, verdict.channel_id, verdict.why))
             results.append(verdict.result)
         elif not push.channels.take(verdict.channel_id, time.monotonic()):
-            call.rejected(RATE_LIMITED, 429, verdict.channel_id, "over WEBHOOK_RATE_LIMIT")
+            rejections.append((RATE_LIMITED, 429, verdict.channel_id, "over WEBHOOK_RATE_LIMIT"))
             results.append(RATE_LIMITED)
         else:
             verified.append(verdict)
             results.append(ACCEPTED)
+    call.rejected_items(rejections, len(items))
     now = dt.datetime.now(dt.UTC)
     work: dict[tuple[str, str, str], Work] = {}
     for verdict in verified:

@@ -1,11 +1,13 @@
 """Threats to the webhook routes that docs/security.md names and no other test covered: a valid
 notification replayed past its channel's limit, one replayed after its key was retired or its
-channel replaced, a Graph batch past the item cap, and a flood's log lines kept to a budget.
+channel replaced, a Graph batch past the item cap, a flood's log lines kept to a budget, and a
+Graph batch of many bad items written as one log line.
 The caches are filled by hand, as in test_webhook_routes (no cluster, nothing recorded)."""
 
 from __future__ import annotations
 
 import datetime as dt
+import json
 import logging
 from collections.abc import AsyncIterator
 from typing import Any, cast
@@ -13,6 +15,7 @@ from typing import Any, cast
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
+from calsync.observability.logging import JsonFormatter
 from calsync.security.keyring import KeyRing
 from calsync.security.push_tokens import channel_token, client_state
 from calsync.settings import Settings
@@ -172,3 +175,32 @@ async def test_a_flood_cut_off_by_the_address_limit_writes_a_bounded_number_of_l
         assert len(lines) == 3
         assert push.flood_log_suppressed == flooded - 3
         assert push.results[("google", "rate_limited")] == flooded  # every call still counted
+
+
+async def test_a_graph_batch_of_rejected_items_writes_one_security_line_per_call(
+    gateway: Gateway, caplog: pytest.LogCaptureFixture
+) -> None:
+    http, push = gateway
+    caplog.set_level(logging.WARNING, logger="calsync.security.webhooks")
+    forged = [{"subscriptionId": "sub-1", "clientState": "k.bad"}] * 990
+    unknown = [{"subscriptionId": f"nobody-{i:04d}", "clientState": "k.bad"} for i in range(9)]
+    body = {"value": [*forged, *unknown, 0]}  # and one malformed item
+    assert len(str(body)) < MAX_BODY
+    answer = await http.post("/api/webhooks/microsoft", json=body)
+    assert answer.status == 401  # forged before unknown before malformed
+    lines = [r for r in caplog.records if r.name == "calsync.security.webhooks"]
+    assert len(lines) == 1, f"{len(lines)} security lines for one call"
+    line = json.loads(JsonFormatter().format(lines[0]))
+    assert line["security"] == "webhook_rejected"
+    assert (line["provider"], line["result"], line["status"]) == ("microsoft", "forged", 401)
+    assert line["rejected"] == 1000 and line["items"] == 1000
+    assert line["results"] == "forged:990,unknown:9,malformed:1"
+    # A sample of the subscription ids, each cut to its prefix, not all of them.
+    assert line["channel"] == "sub-1"
+    assert line["channels"] == "sub-1,nobody-0000,nobody-0001"
+    assert "k.bad" not in json.dumps(line)  # never the clientState
+    # The metric still counts every item, as docs/operations.md says.
+    assert push.results[("microsoft", "forged")] == 990
+    assert push.results[("microsoft", "unknown")] == 9
+    assert push.results[("microsoft", "malformed")] == 1
+    assert push.writer.pending(("ns", "m")) == 0
