@@ -37,13 +37,23 @@ ALLOWED_HOST_ANNOTATION = "calsync.io/allowed-host"
 
 
 class SecretData(dict[str, bytes]):
-    """The decoded data of a labelled Secret, with the host its annotation allows (if any)."""
+    """The decoded data of a labelled Secret, with the host its annotation allows (if any).
+
+    Its repr and str name the keys, never a value (a password is one), so a log line, an
+    f-string or an exception message that shows the mapping shows no secret. Copies made with
+    `dict(...)`, `.items()` or `.values()` are plain and show the values: do not log those.
+    """
 
     allowed_host: str | None = None
 
     def __init__(self, data: Mapping[str, bytes], allowed_host: str | None = None) -> None:
         super().__init__(data)
         self.allowed_host = allowed_host
+
+    def __repr__(self) -> str:
+        return f"SecretData(keys={sorted(self)!r}, allowed_host={self.allowed_host!r})"
+
+    __str__ = __repr__
 
 
 class UnlabelledSecret(Mapping[str, bytes]):

@@ -6,6 +6,8 @@ sees: no Secret value may ever appear in them.
 
 from __future__ import annotations
 
+import logging
+import pprint
 from collections.abc import Mapping
 from typing import Any
 
@@ -16,6 +18,7 @@ from calsync.controllers.credentials import (
     CALDAV_KEYS,
     OAUTH_CLIENT_KEYS,
     OAUTH_TOKEN_KEYS,
+    SecretData,
     SecretNeed,
     Verdict,
     evaluate,
@@ -325,3 +328,37 @@ def test_unreadable_tokens_ask_for_consent_again() -> None:
     assert "another connection" in verdict.ready[2]
     assert "authorizationURL" in verdict.ready[2]
     assert_no_secret_values(verdict)
+
+
+def test_secret_data_never_shows_a_value(caplog: pytest.LogCaptureFixture) -> None:
+    secret = SecretData(
+        {"username": b"alice-login", "password": b"hunter2-secret"}, "cloud.example.com"
+    )
+    shown = [
+        repr(secret),
+        str(secret),
+        f"{secret}",
+        f"{secret!r}",
+        "%s %r" % (secret, secret),  # noqa: UP031 (the logging style, on purpose)
+        "{} {!r}".format(secret, secret),  # noqa: UP032 (str.format, on purpose)
+        repr([secret]),
+        str({"credentials": secret}),
+        pprint.pformat(secret),
+    ]
+    caplog.set_level(logging.DEBUG, logger="calsync.test.secretdata")
+    logger = logging.getLogger("calsync.test.secretdata")
+    logger.warning("data %r", secret)
+    logger.warning("data %s", secret)
+    logger.warning("data %(data)s", {"data": secret})
+    shown += [record.getMessage() for record in caplog.records]
+    for text in shown:
+        assert "hunter2" not in text and "alice-login" not in text, text
+        assert "password" in text and "username" in text, text  # the keys are shown
+    assert repr(secret) == (
+        "SecretData(keys=['password', 'username'], allowed_host='cloud.example.com')"
+    )
+    # Still the same mapping for the code that reads it.
+    assert secret["password"] == b"hunter2-secret" and secret == {
+        "username": b"alice-login",
+        "password": b"hunter2-secret",
+    }
