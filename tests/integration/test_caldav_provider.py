@@ -25,6 +25,7 @@ from calsync.providers.base import (
     CalendarGone,
     CredentialsRevoked,
     CursorInvalid,
+    InvalidConfiguration,
     ProviderError,
 )
 from calsync.providers.caldav import CalDAVProvider
@@ -775,6 +776,38 @@ async def test_digest_auth_is_used_when_the_server_asks_for_it(radicale: Radical
     # Basic once (refused with a Digest challenge), then Digest for everything, reusing the
     # challenge instead of being challenged on every request.
     assert 1 <= challenges <= 2
+
+
+@pytest.mark.parametrize("status", [301, 302, 307])
+async def test_a_redirect_to_another_origin_is_refused_without_sending_the_credentials(
+    status: int,
+) -> None:
+    """Two servers on 127.0.0.1 (two ports, two origins): the connection's own answers the
+    PROPFIND with a redirect to the other. The other never sees the credentials, nor any
+    request; the error names the host the redirect pointed at."""
+    first_auth: list[str | None] = []
+    second_auth: list[str | None] = []
+
+    async def second(request: web.Request) -> web.StreamResponse:
+        second_auth.append(request.headers.get("Authorization"))
+        return web.Response(status=207, body=b"", content_type="application/xml")
+
+    async with serve(second) as other:
+
+        async def first(request: web.Request) -> web.StreamResponse:
+            first_auth.append(request.headers.get("Authorization"))
+            return web.Response(status=status, headers={"Location": other + "dav/"})
+
+        async with serve(first) as url, make_provider(url) as provider:
+            with pytest.raises(InvalidConfiguration) as refused:
+                await provider.list_calendars()
+    other_host = other.removeprefix("http://").rstrip("/")  # 127.0.0.1:<port>
+    assert second_auth == []  # not even a request without credentials
+    assert first_auth and all(h and h.startswith("Basic ") for h in first_auth)
+    assert refused.value.reason == "RedirectToAnotherHost"
+    assert refused.value.retryable is False
+    assert other_host in str(refused.value)
+    assert USERS["alice"] not in str(refused.value)
 
 
 BILLION_LAUGHS = b"""<?xml version="1.0"?>

@@ -103,19 +103,32 @@ async def test_redirect_chains_are_bounded() -> None:
             await dav.list_calendars()
 
 
-async def test_credentials_follow_redirects_but_not_foreign_hrefs() -> None:
-    auth_by_host: dict[str, str | None] = {}
+async def test_credentials_follow_redirects_on_their_origin_but_not_to_other_hosts() -> None:
+    auth_by_url: dict[str, str | None] = {}
 
     def handler(request: httpx.Request) -> httpx.Response:
-        auth_by_host[request.url.host] = basic(request)
-        if request.url.host == "93.184.215.14":
-            return httpx.Response(307, headers={"Location": OTHER + "dav/"})
-        return httpx.Response(207, content=CALENDAR_AT_URL.replace(b"/dav/", b"/dav/"))
+        auth_by_url[str(request.url)] = basic(request)
+        if request.url.path == "/dav/":
+            return httpx.Response(301, headers={"Location": "/dav/moved/"})
+        return httpx.Response(207, content=CALENDAR_AT_URL.replace(b"/dav/", b"/dav/moved/"))
 
     async with provider(handler) as dav:
         (calendar,) = await dav.list_calendars()
-    assert calendar.id == "/dav/" and calendar.name == "Work"
-    assert auth_by_host == {"93.184.215.14": "alice:s3cret", "8.8.8.8": "alice:s3cret"}
+    assert calendar.id == "/dav/moved/" and calendar.name == "Work"
+    assert set(auth_by_url.values()) == {"alice:s3cret"}
+
+    auth_by_host: dict[str, str | None] = {}
+
+    def elsewhere(request: httpx.Request) -> httpx.Response:
+        auth_by_host[request.url.host] = basic(request)
+        return httpx.Response(307, headers={"Location": OTHER + "dav/"})
+
+    async with provider(elsewhere) as dav:
+        with pytest.raises(
+            http.RedirectRefused, match=r"redirected \(307\) to another host, 8\.8\.8\.8"
+        ):
+            await dav.list_calendars()
+    assert auth_by_host == {"93.184.215.14": "alice:s3cret"}  # 8.8.8.8 got no request at all
 
     home_elsewhere = (
         b'<?xml version="1.0"?><d:multistatus xmlns:d="DAV:" '
@@ -435,3 +448,64 @@ async def test_build_provider_lends_the_shared_transports(kind: str) -> None:
             else:
                 assert isinstance(transport, http._Borrowed) and transport._owner is shared
             await dav.aclose()
+
+
+async def test_an_upgrade_to_https_on_the_same_host_keeps_the_credentials() -> None:
+    auth_by_url: dict[str, str | None] = {}
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        auth_by_url[str(request.url)] = basic(request)
+        if request.url.scheme == "http":
+            return httpx.Response(301, headers={"Location": "https://93.184.215.14/dav/"})
+        return httpx.Response(207, content=CALENDAR_AT_URL)
+
+    async with provider(handler, url="http://93.184.215.14/dav/", allow_insecure_http=True) as dav:
+        (calendar,) = await dav.list_calendars()
+    assert calendar.id == "/dav/"
+    assert auth_by_url == {
+        "http://93.184.215.14/dav/": "alice:s3cret",
+        "https://93.184.215.14/dav/": "alice:s3cret",
+    }
+
+
+@pytest.mark.parametrize(
+    "location",
+    [
+        "https://93.184.215.14:8443/dav/",  # the same host, another port
+        "https://8.8.8.8/dav/",
+        "https://93.184.215.14.example.net/dav/",
+        "https://p07-caldav.icloud.com/dav/",  # iCloud's hosts only for iCloud connections
+    ],
+)
+async def test_a_redirect_to_another_origin_is_refused_before_it_is_sent(location: str) -> None:
+    seen: list[str] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(str(request.url))
+        return httpx.Response(302, headers={"Location": location})
+
+    async with provider(handler) as dav:
+        with pytest.raises(http.RedirectRefused) as refused:
+            await dav.list_calendars()
+    assert seen == [SERVER]
+    assert refused.value.reason == "RedirectToAnotherHost" and not refused.value.retryable
+    assert "s3cret" not in str(refused.value)
+
+
+async def test_an_icloud_redirect_to_a_partition_host_keeps_the_credentials() -> None:
+    auth_by_host: dict[str, str | None] = {}
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        auth_by_host[request.url.host] = basic(request)
+        if request.url.host == "93.184.215.14":
+            return httpx.Response(301, headers={"Location": "https://p07-caldav.icloud.com/dav/"})
+        return httpx.Response(207, content=CALENDAR_AT_URL)
+
+    # The partition host resolves to public addresses; no DNS here, so the guard is off.
+    async with provider(handler, icloud=True, allow_private_addresses=True) as dav:
+        (calendar,) = await dav.list_calendars()
+    assert calendar.id == "/dav/"
+    assert auth_by_host == {
+        "93.184.215.14": "alice:s3cret",
+        "p07-caldav.icloud.com": "alice:s3cret",
+    }

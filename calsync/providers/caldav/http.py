@@ -5,9 +5,12 @@ running many sync runs (the worker) keeps one of those, so runs against the same
 its keep-alive connections instead of each opening (and tearing down) its own.
 
 Every request passes the same gate: the URL guard (scheme, SSRF) before it and at connect
-time, the connection's request budget, credentials only for the configured host and the hosts
-its redirects led to, Basic auth switched to Digest when the server asks for Digest, redirects
-followed by hand (at most five, each re-checked), and a cap on the response size. Statuses are
+time, the connection's request budget, credentials only for the configured origin, Basic auth
+switched to Digest when the server asks for Digest, redirects followed by hand (at most five,
+each re-checked), and a cap on the response size. Credentials are attached per request, never
+as a client default, so nothing re-applies them on a hop this code did not judge: a redirect
+that would take them to another origin is refused (`RedirectRefused`), except an upgrade of
+the same host to https and, for iCloud, iCloud's own hosts (`DavSession.may_follow`). Statuses are
 mapped to the typed errors of `calsync.providers.base` by `raise_for`. Every exchange with the
 server (each redirect hop too) is counted in `calsync_provider_requests_total` and timed.
 """
@@ -45,6 +48,26 @@ log = logging.getLogger(__name__)
 REDIRECTS: Final = frozenset({301, 302, 303, 307, 308})
 MAX_REDIRECTS: Final = 5
 USER_AGENT: Final = "calsync (+https://calsync.io)"
+
+
+class RedirectRefused(InvalidConfiguration):
+    """A credentialed request was redirected to another origin: refused, not followed."""
+
+    reason = "RedirectToAnotherHost"
+
+
+def _where(url: str) -> tuple[str, str]:
+    """(host[:port], the URL without user info, query or fragment): safe to show."""
+    parts = urlsplit(url)
+    try:
+        port = parts.port
+    except ValueError:
+        port = None
+    host = (parts.hostname or "?").lower()
+    if ":" in host:
+        host = f"[{host}]"
+    hostport = f"{host}:{port}" if port is not None else host
+    return hostport, f"{parts.scheme}://{hostport}{parts.path or '/'}"
 
 
 @dataclass(slots=True)
@@ -191,6 +214,15 @@ def _loopback(url: str) -> bool:
         return False
 
 
+def _literal(url: str) -> bool:
+    """Whether the URL's host is an IP address (judged without DNS)."""
+    try:
+        ipaddress.ip_address((urlsplit(url).hostname or "").split("%", 1)[0])
+    except ValueError:
+        return False
+    return True
+
+
 def _result(status: int, headers: httpx.Headers) -> str:
     """The `result` label of an answered request, as `raise_for` would judge it."""
     if status < 400:
@@ -274,6 +306,20 @@ class DavSession:
     def trusted(self, url: str) -> bool:
         return origin(url) in self._trusted
 
+    def may_follow(self, url: str, target: str) -> bool:
+        """Whether a redirect from the trusted `url` may take the credentials to `target`:
+        the same origin; the same host moved from http to https on the default port; for
+        iCloud, an https host of iCloud's own (as `trust_href` allows for hrefs)."""
+        if self.trusted(target):
+            return True
+        scheme, host, _ = origin(url)
+        t_scheme, t_host, t_port = origin(target)
+        if t_scheme != "https":
+            return False
+        if scheme == "http" and t_host == host and t_port == 443:
+            return True
+        return self.icloud and (t_host == "icloud.com" or t_host.endswith(".icloud.com"))
+
     def trust_href(self, base: str, href: str) -> str:
         """Resolve an href from a trusted response; refuse to carry credentials elsewhere."""
         url = urljoin(base, href)
@@ -339,11 +385,32 @@ class DavSession:
                     raise ProviderError(f"{method} {url}: more than {MAX_REDIRECTS} redirects")
                 target = urljoin(url, reply.headers["Location"])
                 if credentials:
+                    if not self.may_follow(url, target):
+                        # The guard's refusal (plain http, a private address) says more, but
+                        # without a DNS lookup: a name that does not resolve must not turn
+                        # this refusal into a retryable error.
+                        await check_url_async(
+                            target,
+                            allow_private=self.allow_private or not _literal(target),
+                            allow_insecure_http=self.allow_insecure_http,
+                        )
+                        raise self._refused_redirect(method, url, reply.status, target)
                     self.trust(target)
                 log.debug("%s %s redirected (%d) to %s", method, url, reply.status, target)
                 url = target
                 continue
             return reply
+
+    def _refused_redirect(self, method: str, url: str, status: int, target: str) -> RedirectRefused:
+        host, shown = _where(target)
+        here, _ = _where(url)
+        log.warning("%s %s redirected (%d) to another host, %s: refused", method, url, status, host)
+        return RedirectRefused(
+            f"{method} {url} was redirected ({status}) to another host, {host}; calsync sends "
+            f"the credentials only to the connection's own host ({here}) and does not follow. "
+            f"If {host} is where the account now lives and you trust it, set spec.caldav.url "
+            f"to {shown} (and the Secret's calsync.io/allowed-host annotation, if it has one)"
+        )
 
     async def _send(
         self, method: str, url: str, body: bytes | None, headers: dict[str, str], credentials: bool
