@@ -509,3 +509,12 @@ async def test_an_icloud_redirect_to_a_partition_host_keeps_the_credentials() ->
         "93.184.215.14": "alice:s3cret",
         "p07-caldav.icloud.com": "alice:s3cret",
     }
+
+
+async def test_a_redirect_to_a_broken_port_is_refused_clearly() -> None:
+    def handler(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(302, headers={"Location": "https://8.8.8.8:99999/dav/"})
+
+    async with provider(handler) as dav:
+        with pytest.raises(InvalidConfiguration, match="out of range"):
+            await dav.list_calendars()

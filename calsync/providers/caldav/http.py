@@ -310,10 +310,13 @@ class DavSession:
         """Whether a redirect from the trusted `url` may take the credentials to `target`:
         the same origin; the same host moved from http to https on the default port; for
         iCloud, an https host of iCloud's own (as `trust_href` allows for hrefs)."""
-        if self.trusted(target):
-            return True
+        try:
+            if self.trusted(target):
+                return True
+            t_scheme, t_host, t_port = origin(target)
+        except ValueError:  # a port out of range: the URL guard names it
+            return False
         scheme, host, _ = origin(url)
-        t_scheme, t_host, t_port = origin(target)
         if t_scheme != "https":
             return False
         if scheme == "http" and t_host == host and t_port == 443:
