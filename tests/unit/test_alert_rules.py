@@ -66,3 +66,27 @@ def test_every_alert_has_severity_summary_description_and_runbook() -> None:
         assert annotations["summary"] and annotations["description"], name
         assert annotations["runbook_url"] == runbook + name.lower(), name
         assert f"### {name}\n" in operations, f"docs/operations.md has no runbook for {name}"
+
+
+# The seed's alerting configuration (deployment guide, "Alerting Configuration"): the threshold
+# each alert ends in and how long it must hold. The queue alert's seed condition has no duration;
+# its `for` is calsync's and its runbook says why.
+SEED = {
+    "CalsyncWebhookErrorRate": ("> 0.10", "10m"),  # webhook error rate > 10% for 10 minutes
+    "CalsyncProviderErrorRate": ("> 0.50", "5m"),  # provider API error rate > 50% for 5 minutes
+    "CalsyncSyncSuccessRateLow": ("< 0.95", "1h"),  # provider sync success rate < 95% for 1 hour
+    "CalsyncSyncQueueBacklog": ("> 1000", None),  # sync queue depth > 1000 jobs
+}
+
+
+@pytest.mark.parametrize("name", sorted(SEED))
+def test_seed_thresholds_and_durations_are_kept(name: str) -> None:
+    threshold, duration = SEED[name]
+    rule = alerts()[name]
+    assert str(rule["expr"]).strip().endswith(threshold), rule["expr"]
+    if duration is not None:
+        assert rule["for"] == duration
+    else:
+        operations = (ROOT / "docs/operations.md").read_text()
+        runbook = operations.split(f"### {name}\n", 1)[1].split("\n### ", 1)[0]
+        assert f"`for: {rule['for']}` is calsync's" in runbook
