@@ -36,3 +36,16 @@ def test_the_contents_link_to_sections_that_exist() -> None:
     links = re.findall(r"\]\(#([a-z0-9-]+)\)", DOC)
     assert links
     assert not [link for link in links if link not in anchors]
+
+
+def test_seed_settings_not_carried_over_are_named_and_still_absent() -> None:
+    """The audit and webhook log retentions of the seed are listed with a reason, and the reason
+    still holds: no setting, chart value or event store table keeps such logs."""
+    from calsync.settings import Settings
+    from calsync.store.schema import metadata
+
+    section = DOC.split("\n### Seed settings not carried over\n", 1)[1].split("\n## ", 1)[0]
+    assert "`AUDIT_LOG_RETENTION`, 90 d" in section
+    assert "**Webhook log retention** (7 d)" in section
+    names = [*Settings.model_fields, *VALUES["settings"], *metadata.tables]
+    assert not [n for n in names if re.search(r"audit|retention|log_?s?$|webhook_?log", n, re.I)]
