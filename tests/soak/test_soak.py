@@ -59,6 +59,7 @@ import datetime as dt
 import json
 import os
 import random
+import re
 import threading
 import time
 import uuid
@@ -295,11 +296,14 @@ def test_soak(
         figures["syncs"] = {
             "total": len(ends),
             "by_outcome": dict(Counter(str(e.get("outcome")) for e in ends)),
-            "by_job_kind": dict(Counter(str(e["job"]).split("-")[0] for e in ends)),
+            "by_job_kind": dict(Counter(job_kind(str(e["job"])) for e in ends)),
         }
         figures["rss"] = memory
         figures["rss_baseline_minute"] = BASELINE_MINUTE
-        figures["rss_samples"] = len(sampler.samples)
+        figures["rss_samples"] = [
+            {"seconds": x.seconds, **{k: round(v / 1024, 1) for k, v in sorted(x.rss.items())}}
+            for x in sampler.samples
+        ]
         figures["memory_per_connection_kib"] = round(total_kib / CONNECTIONS, 1)
         figures["memory_total_mib"] = round(total_kib / 1024, 1)
         figures["api_requests"] = per_minute(api_before, api_after, soak_minutes)
@@ -446,6 +450,16 @@ def test_soak(
         REPORT.write_text(json.dumps(figures, indent=2, default=str) + "\n")
         print(summary(figures))
         print(f"soak report: {REPORT.resolve()}")
+
+
+JOB_KINDS = {"f": "full", "i": "incremental", "w": "webhook", "final": "final"}
+
+
+def job_kind(job: str) -> str:
+    """What made a SyncJob, from its name: the operator (`<connection>-f-...` full,
+    `<connection>-i-...` incremental, e.g. a poll), the gateway (`-w-`), or this test."""
+    rest = re.sub(r"^(dav|google|ms)-\d+-", "", job)
+    return JOB_KINDS.get(rest.split("-")[0], "other")
 
 
 def summary(figures: dict[str, Any]) -> str:
