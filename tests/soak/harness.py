@@ -277,6 +277,11 @@ class RssSampler:
                 "final_mib": round(kib / 1024, 1),
                 "peak_mib": round(max(s.rss.get(name, 0) for s in self.samples) / 1024, 1),
                 "growth_percent": round(100 * (kib - base) / base, 1) if base else None,
+                "growth_mib_per_minute": (
+                    round((kib - base) / 1024 / (last.seconds - first.seconds) * 60, 2)
+                    if base and last.seconds > first.seconds
+                    else None
+                ),
                 "same_process": first.pids.get(name) == last.pids.get(name),
             }
         return out

@@ -482,7 +482,8 @@ def summary(figures: dict[str, Any]) -> str:
     for name, m in sorted(figures.get("rss", {}).items()):
         lines.append(
             f"  RSS {name:<11} minute {figures['rss_baseline_minute']:g}: {m['baseline_mib']} MiB,"
-            f" final {m['final_mib']} MiB, growth {m['growth_percent']} %, peak {m['peak_mib']} MiB"
+            f" final {m['final_mib']} MiB, growth {m['growth_percent']} %"
+            f" ({m['growth_mib_per_minute']} MiB/min), peak {m['peak_mib']} MiB"
         )
     if "memory_per_connection_kib" in figures:
         lines.append(
