@@ -380,35 +380,51 @@ def report(sizes: dict[str, Any], out: dict[str, Any]) -> None:
 
 
 def rows(sizes: dict[str, Any], out: dict[str, Any]) -> list[Row]:
-    """Jobs per minute per worker count, as `report` computes them, for the table."""
+    """Per worker count, for the table: the jobs finished per minute against the seed's
+    > 1,000/min, and the syncs among them (Succeeded: each a real no-change sync) against the
+    >= 3,000/min target, which asks for every job to be a sync. With fewer connections than
+    jobs most jobs end Superseded without a sync, so only the second row speaks to the target;
+    `BENCH_CONNECTIONS=600` makes every job a sync."""
     found = []
     for n, results in out["results"].items():
         per_minute = _median(results, "per_minute")
+        syncs = _median(results, "syncs_per_minute")
+        common = {
+            "requests_per_job": _median(results, "per_job"),
+            "requests_per_sync": _median(results, "per_sync"),
+            "rounds": len(results),
+            "raw_per_minute": [r["per_minute"] for r in results],
+            "raw_ratio": [r["ratio"] for r in results],
+        }
+        head = f"{sizes['jobs']} no-change SyncJobs over {sizes['connections']} connections"
         found.append(
             Row(
                 benchmark="syncjob_throughput",
-                case=(
-                    f"{sizes['jobs']} no-change SyncJobs over {sizes['connections']} "
-                    f"connections, {n} worker(s): jobs/min"
-                ),
+                case=f"{head}, {n} worker(s): jobs finished/min",
                 ours=per_minute,
                 reference_name="API server create + status patch + delete",
                 reference=_median(results, "reference"),
                 ratio=_median(results, "ratio"),
-                target=f">= {TARGET:,.0f}/min",
-                passed=per_minute >= TARGET,
+                target=f"> {SEED_TARGET:,.0f}/min",
+                passed=per_minute > SEED_TARGET,
                 unit="/min",
                 ratio_is="our rate / the reference's rate (median of the rounds' ratios)",
-                extra={
-                    "seed_target": f"> {SEED_TARGET:,.0f}/min",
-                    "seed_target_passed": per_minute > SEED_TARGET,
-                    "syncs_per_minute": _median(results, "syncs_per_minute"),
-                    "requests_per_job": _median(results, "per_job"),
-                    "requests_per_sync": _median(results, "per_sync"),
-                    "rounds": len(results),
-                    "raw_per_minute": [r["per_minute"] for r in results],
-                    "raw_ratio": [r["ratio"] for r in results],
-                },
+                extra={**common, "syncs_per_minute": syncs},
+            )
+        )
+        found.append(
+            Row(
+                benchmark="syncjob_throughput",
+                case=f"{head}, {n} worker(s): of which syncs/min (Succeeded)",
+                ours=syncs,
+                reference_name="",
+                reference=None,
+                ratio=None,
+                target=f">= {TARGET:,.0f}/min",
+                passed=syncs >= TARGET,
+                unit="/min",
+                ratio_is="",
+                extra=common,
             )
         )
     return found
