@@ -41,6 +41,7 @@ from calsync.providers.base import (
 )
 from calsync.providers.budget import RequestBudget
 from calsync.providers.retry_after import parse_retry_after as parse_retry_after
+from calsync.providers.tls import ssl_context
 
 if TYPE_CHECKING:
     from calsync.providers.oauth import AccessTokens
@@ -126,6 +127,7 @@ class JsonApi:
         self._semaphore = asyncio.Semaphore(max_concurrency) if max_concurrency else None
         self._http = httpx.AsyncClient(
             timeout=timeout,
+            verify=ssl_context(),  # one per process, not one per client: see providers.tls
             transport=transport,
             headers={"Accept": "application/json", **(headers or {})},
             follow_redirects=False,

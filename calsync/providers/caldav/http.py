@@ -17,10 +17,8 @@ server (each redirect hop too) is counted in `calsync_provider_requests_total` a
 
 from __future__ import annotations
 
-import functools
 import ipaddress
 import logging
-import ssl
 import time
 from dataclasses import dataclass
 from typing import Final, NoReturn
@@ -41,6 +39,7 @@ from calsync.providers.base import (
 )
 from calsync.providers.budget import RequestBudget
 from calsync.providers.retry_after import parse_retry_after
+from calsync.providers.tls import ssl_context
 from calsync.security.urlguard import GuardedNetworkBackend, check_url_async
 
 log = logging.getLogger(__name__)
@@ -85,12 +84,6 @@ def origin(url: str) -> tuple[str, str, int]:
     return scheme, (parts.hostname or "").lower(), parts.port or (443 if scheme == "https" else 80)
 
 
-@functools.cache
-def _ssl_context() -> ssl.SSLContext:
-    """One verifying TLS context for the process: building one reads the CA bundle (~20 ms)."""
-    return httpx.create_ssl_context()
-
-
 _LIMITS: Final = httpx.Limits(max_connections=8, max_keepalive_connections=8)
 
 
@@ -99,7 +92,7 @@ def _transport(
 ) -> httpx.AsyncHTTPTransport:
     transport = httpx.AsyncHTTPTransport(
         # The plain transport only ever carries http:// URLs (https has its own mount).
-        verify=_ssl_context() if tls else False,
+        verify=ssl_context() if tls else False,
         http1=True,
         http2=False,
         retries=0,
