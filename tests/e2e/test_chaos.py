@@ -289,6 +289,99 @@ class World:
         self.changes[f"microsoft {action}"] += 1
 
 
+def seed_dav_calendar(
+    radicale: RadicaleServer, rng: random.Random, slug: str, title: str, events: int
+) -> DavCalendar:
+    """A Radicale calendar of `events` objects, one in ten a weekly series."""
+    cal = DavCalendar(radicale.collection_url(USER, slug))
+    kinds = {cal.new_name(): "series" if e % 10 == 0 else "single" for e in range(events)}
+    texts = {name: cal.text(rng, name, kind) for name, kind in kinds.items()}
+    radicale.seed_collection_files(USER, slug, texts, name=title)
+    cal.objects.update(kinds)
+    return cal
+
+
+def add_google_client(google: Simulator, world: World) -> dict[str, Any]:
+    """An OAuth client at the Google simulator; its Secret `g-client`."""
+    client = google.admin("POST", "clients", {"redirect_uris": ["http://127.0.0.1/callback"]})
+    world.google_client = (client["client_id"], client["client_secret"])
+    return secret("g-client", client_id=client["client_id"], client_secret=client["client_secret"])
+
+
+def add_google_account(google: Simulator, world: World, email: str, i: int) -> dict[str, Any]:
+    """A Google account with 8 generated events; its token Secret `g-token-<i>`."""
+    google.admin("POST", "users", {"email": email})
+    google.admin(
+        "POST",
+        f"calendars/{email}/generate",
+        {"count": 8, "seed": i, "start": utc_now().isoformat()},
+    )
+    token = google.admin(
+        "POST", "tokens/refresh", {"user": email, "client_id": world.google_client[0]}
+    )
+    world.google_accounts.append(GoogleAccount(email))
+    return secret(f"g-token-{i}", refresh_token=token["refresh_token"])
+
+
+def add_graph_client(microsoft: Simulator, world: World) -> dict[str, Any]:
+    """An app registration at the Graph simulator; its Secret `ms-client`."""
+    app = (f"app-{uuid.uuid4().hex[:8]}", uuid.uuid4().hex)
+    microsoft.admin(
+        "POST",
+        "clients",
+        {
+            "client_id": app[0],
+            "client_secret": app[1],
+            "redirect_uris": ["http://127.0.0.1/callback"],
+        },
+    )
+    world.graph_client = app
+    return secret("ms-client", client_id=app[0], client_secret=app[1])
+
+
+def add_graph_account(microsoft: Simulator, world: World, address: str, i: int) -> dict[str, Any]:
+    """A Graph mailbox with 8 generated events (every fourth a series); its token Secret
+    `ms-token-<i>`."""
+    microsoft.admin("POST", "users", {"address": address})
+    calendar = microsoft.admin("GET", f"users/{address}/calendars")["value"][0]["id"]
+    microsoft.admin(
+        "POST",
+        f"users/{address}/calendars/{calendar}/generate",
+        {
+            "count": 8,
+            "seed": i,
+            "recurringEvery": 4,
+            "start": utc_now().isoformat(),
+            "pastDays": 100,
+            "futureDays": 200,
+        },
+    )
+    token = microsoft.admin(
+        "POST",
+        "tokens/mint",
+        {"user": address, "client_id": world.graph_client[0], "scope": GRAPH_SCOPE},
+    )
+    world.graph_accounts.append(GraphAccount(address, calendar))
+    return secret(f"ms-token-{i}", refresh_token=token["refresh_token"])
+
+
+def provider_truths(
+    world: World, google: Simulator, microsoft: Simulator, start: dt.datetime, end: dt.datetime
+) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
+    """What every calendar of the world holds, read through each provider's own API: CalDAV by
+    collection URL, Google by account, Graph by mailbox."""
+    dav = {cal.url: caldav_components(cal.url, AUTH) for cal in world.calendars}
+    by_google = {
+        a.email: google_truth(google, a.email, world.google_client[0], start, end)
+        for a in world.google_accounts
+    }
+    by_graph = {
+        a.address: graph_truth(microsoft, a.address, a.calendar, world.graph_client[0], start, end)
+        for a in world.graph_accounts
+    }
+    return dav, by_google, by_graph
+
+
 def build_world(
     radicale: RadicaleServer, google: Simulator, microsoft: Simulator, rng: random.Random
 ) -> tuple[World, list[dict[str, Any]]]:
@@ -301,73 +394,25 @@ def build_world(
 
     for c in range(max(2, n_dav // 20)):
         slug = f"chaos-{uuid.uuid4().hex[:10]}"
-        cal = DavCalendar(radicale.collection_url(USER, slug))
-        kinds = {cal.new_name(): "series" if e % 10 == 0 else "single" for e in range(EVENTS)}
-        texts = {name: cal.text(rng, name, kind) for name, kind in kinds.items()}
-        radicale.seed_collection_files(USER, slug, texts, name=f"Chaos {c}")
-        cal.objects.update(kinds)
-        world.calendars.append(cal)
+        world.calendars.append(seed_dav_calendar(radicale, rng, slug, f"Chaos {c}", EVENTS))
     for i in range(n_dav):
         cal = world.calendars[i % len(world.calendars)]
         objects.append(caldav_connection(f"dav-{i:03d}", cal.url, "dav", POLL_INTERVAL))
 
-    client = google.admin("POST", "clients", {"redirect_uris": ["http://127.0.0.1/callback"]})
-    world.google_client = (client["client_id"], client["client_secret"])
-    objects.append(
-        secret("g-client", client_id=client["client_id"], client_secret=client["client_secret"])
-    )
+    objects.append(add_google_client(google, world))
     for i in range(n_google):
         email = f"chaos{i}-{uuid.uuid4().hex[:8]}@example.com"
-        google.admin("POST", "users", {"email": email})
-        google.admin(
-            "POST",
-            f"calendars/{email}/generate",
-            {"count": 8, "seed": i, "start": utc_now().isoformat()},
-        )
-        token = google.admin(
-            "POST", "tokens/refresh", {"user": email, "client_id": client["client_id"]}
-        )
-        world.google_accounts.append(GoogleAccount(email))
-        objects.append(secret(f"g-token-{i}", refresh_token=token["refresh_token"]))
+        objects.append(add_google_account(google, world, email, i))
         objects.append(
             oauth_connection(
                 f"google-{i:03d}", "google", email, "g-client", f"g-token-{i}", POLL_INTERVAL
             )
         )
 
-    app = (f"app-{uuid.uuid4().hex[:8]}", uuid.uuid4().hex)
-    microsoft.admin(
-        "POST",
-        "clients",
-        {
-            "client_id": app[0],
-            "client_secret": app[1],
-            "redirect_uris": ["http://127.0.0.1/callback"],
-        },
-    )
-    world.graph_client = app
-    objects.append(secret("ms-client", client_id=app[0], client_secret=app[1]))
+    objects.append(add_graph_client(microsoft, world))
     for i in range(n_graph):
         address = f"chaos{i}-{uuid.uuid4().hex[:8]}@example.com"
-        microsoft.admin("POST", "users", {"address": address})
-        calendar = microsoft.admin("GET", f"users/{address}/calendars")["value"][0]["id"]
-        microsoft.admin(
-            "POST",
-            f"users/{address}/calendars/{calendar}/generate",
-            {
-                "count": 8,
-                "seed": i,
-                "recurringEvery": 4,
-                "start": utc_now().isoformat(),
-                "pastDays": 100,
-                "futureDays": 200,
-            },
-        )
-        token = microsoft.admin(
-            "POST", "tokens/mint", {"user": address, "client_id": app[0], "scope": GRAPH_SCOPE}
-        )
-        world.graph_accounts.append(GraphAccount(address, calendar))
-        objects.append(secret(f"ms-token-{i}", refresh_token=token["refresh_token"]))
+        objects.append(add_graph_account(microsoft, world, address, i))
         objects.append(
             oauth_connection(
                 f"ms-{i:03d}", "microsoft", address, "ms-client", f"ms-token-{i}", POLL_INTERVAL
@@ -602,17 +647,7 @@ def test_store_converges_through_worker_kills_and_an_apiserver_restart(
         uids = {name: items[name]["metadata"]["uid"] for name in connections}
         now = utc_now()
         start, end = now - dt.timedelta(days=300), now + dt.timedelta(days=700)
-        dav_truth = {cal.url: caldav_components(cal.url, AUTH) for cal in world.calendars}
-        g_truth = {
-            a.email: google_truth(google_sim, a.email, world.google_client[0], start, end)
-            for a in world.google_accounts
-        }
-        ms_truth = {
-            a.address: graph_truth(
-                microsoft_sim, a.address, a.calendar, world.graph_client[0], start, end
-            )
-            for a in world.graph_accounts
-        }
+        dav_truth, g_truth, ms_truth = provider_truths(world, google_sim, microsoft_sim, start, end)
 
         async def compare(store: EventStore) -> tuple[list[str], int]:
             wrong, rows = [], 0

@@ -28,13 +28,13 @@ import pytest
 
 from calsync.testing.radicale import RadicaleServer
 from tests.e2e.test_chaos import (
-    GRAPH_SCOPE,
     USER,
-    DavCalendar,
-    GoogleAccount,
-    GraphAccount,
     World,
-    utc_now,
+    add_google_account,
+    add_google_client,
+    add_graph_account,
+    add_graph_client,
+    seed_dav_calendar,
 )
 from tests.fixtures.manifests import caldav_connection, oauth_connection, secret
 from tests.fixtures.radicale import USERS
@@ -101,34 +101,15 @@ def build_world(
     calendars = max(1, -(-n_dav // sizes.per_calendar))
     for c in range(calendars):
         slug = f"soak-{uuid.uuid4().hex[:10]}"
-        cal = DavCalendar(radicale.collection_url(USER, slug))
-        kinds = {cal.new_name(): "series" if e % 10 == 0 else "single" for e in range(sizes.events)}
-        texts = {name: cal.text(rng, name, kind) for name, kind in kinds.items()}
-        radicale.seed_collection_files(USER, slug, texts, name=f"Soak {c}")
-        cal.objects.update(kinds)
-        world.calendars.append(cal)
+        world.calendars.append(seed_dav_calendar(radicale, rng, slug, f"Soak {c}", sizes.events))
     for i in range(n_dav):
         cal = world.calendars[i % len(world.calendars)]
         connections.append(caldav_connection(f"dav-{i:04d}", cal.url, "dav", sizes.caldav_poll))
 
-    client = google.admin("POST", "clients", {"redirect_uris": ["http://127.0.0.1/callback"]})
-    world.google_client = (client["client_id"], client["client_secret"])
-    secrets.append(
-        secret("g-client", client_id=client["client_id"], client_secret=client["client_secret"])
-    )
+    secrets.append(add_google_client(google, world))
     for i in range(n_google):
         email = f"soak{i}-{uuid.uuid4().hex[:8]}@example.com"
-        google.admin("POST", "users", {"email": email})
-        google.admin(
-            "POST",
-            f"calendars/{email}/generate",
-            {"count": 8, "seed": i, "start": utc_now().isoformat()},
-        )
-        token = google.admin(
-            "POST", "tokens/refresh", {"user": email, "client_id": client["client_id"]}
-        )
-        world.google_accounts.append(GoogleAccount(email))
-        secrets.append(secret(f"g-token-{i}", refresh_token=token["refresh_token"]))
+        secrets.append(add_google_account(google, world, email, i))
         connections.append(
             _push(
                 oauth_connection(
@@ -137,35 +118,10 @@ def build_world(
             )
         )
 
-    app = (f"app-{uuid.uuid4().hex[:8]}", uuid.uuid4().hex)
-    microsoft.admin(
-        "POST",
-        "clients",
-        {"client_id": app[0], "client_secret": app[1], "redirect_uris": ["http://127.0.0.1/cb"]},
-    )
-    world.graph_client = app
-    secrets.append(secret("ms-client", client_id=app[0], client_secret=app[1]))
+    secrets.append(add_graph_client(microsoft, world))
     for i in range(n_graph):
         address = f"soak{i}-{uuid.uuid4().hex[:8]}@example.com"
-        microsoft.admin("POST", "users", {"address": address})
-        calendar = microsoft.admin("GET", f"users/{address}/calendars")["value"][0]["id"]
-        microsoft.admin(
-            "POST",
-            f"users/{address}/calendars/{calendar}/generate",
-            {
-                "count": 8,
-                "seed": i,
-                "recurringEvery": 4,
-                "start": utc_now().isoformat(),
-                "pastDays": 100,
-                "futureDays": 200,
-            },
-        )
-        token = microsoft.admin(
-            "POST", "tokens/mint", {"user": address, "client_id": app[0], "scope": GRAPH_SCOPE}
-        )
-        world.graph_accounts.append(GraphAccount(address, calendar))
-        secrets.append(secret(f"ms-token-{i}", refresh_token=token["refresh_token"]))
+        secrets.append(add_graph_account(microsoft, world, address, i))
         connections.append(
             _push(
                 oauth_connection(

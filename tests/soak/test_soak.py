@@ -73,7 +73,7 @@ import pytest
 from calsync.devcluster import Cluster
 from calsync.store import EventStore
 from calsync.testing.radicale import RadicaleServer
-from tests.e2e.test_chaos import AUTH, FINISHED, jobs, phase
+from tests.e2e.test_chaos import FINISHED, jobs, phase, provider_truths
 from tests.fixtures.manifests import sync_job
 from tests.fixtures.simulators import Simulator
 from tests.soak.harness import (
@@ -88,7 +88,6 @@ from tests.soak.harness import (
 )
 from tests.stress import (
     Fleet,
-    caldav_components,
     create_all,
     diff,
     metric,
@@ -99,8 +98,6 @@ from tests.stress import (
     stored_occurrences,
     with_store,
 )
-from tests.stress import google_occurrences as google_truth
-from tests.stress import graph_occurrences as graph_truth
 from tests.support import Kubectl, Process, free_port, poll
 
 pytestmark = [pytest.mark.soak, pytest.mark.e2e]
@@ -360,17 +357,7 @@ def test_soak(
         def compare(items: dict[str, Any]) -> tuple[list[str], int]:
             now = dt.datetime.now(dt.UTC).replace(microsecond=0)
             start, end = now - dt.timedelta(days=300), now + dt.timedelta(days=700)
-            dav = {cal.url: caldav_components(cal.url, AUTH) for cal in world.calendars}
-            google = {
-                a.email: google_truth(google_sim, a.email, world.google_client[0], start, end)
-                for a in world.google_accounts
-            }
-            graph = {
-                a.address: graph_truth(
-                    microsoft_sim, a.address, a.calendar, world.graph_client[0], start, end
-                )
-                for a in world.graph_accounts
-            }
+            dav, google, graph = provider_truths(world, google_sim, microsoft_sim, start, end)
 
             async def check(store: EventStore) -> tuple[list[str], int]:
                 wrong, rows = [], 0
