@@ -287,3 +287,47 @@ async def test_series_over_the_expansion_cap_are_reported(store: EventStore) -> 
         CONN, ScriptedProvider(items), window=WINDOW, mode="full"
     )
     assert "/alice/work/daily.ics" in dict(result.capped)
+
+
+@dataclass
+class Repeating(ScriptedProvider):
+    """A full listing that sends one resource again, changed, on a later page."""
+
+    again: Resource | None = None
+
+    async def changes(
+        self,
+        calendar: Calendar,
+        cursor: str | None,
+        *,
+        window: Window,
+        known: KnownEtags,
+        batch_size: int,
+    ) -> AsyncIterator[ChangePage]:
+        if calendar.id != "/alice/work/":
+            yield ChangePage(cursor="v1", complete=True, full=True)
+            return
+        ids = sorted(self.items)
+        assert self.again is not None
+        yield ChangePage(upserts=[self.items[i] for i in ids[:2]], full=True)
+        yield ChangePage(
+            upserts=[self.again, self.items[ids[2]]], cursor="v1", complete=True, full=True
+        )
+
+
+async def test_an_initial_listing_that_repeats_a_resource_keeps_its_last_version(
+    store: EventStore,
+) -> None:
+    # On an empty calendar the store skips replacing event rows, except for ids the run has
+    # already written: a resource sent again must replace its rows, not collide with them.
+    items = resources(3)
+    first = sorted(items)[0]
+    (other,) = resources(1, seed=9).values()
+    again = Resource(first, '"again"', other.raw, other.raw_format, other.events)
+    provider = Repeating(items, again=again)
+    await SyncEngine(store).sync_connection(CONN, provider, window=WINDOW)
+    rows = await store.query(CONN, calendar_id="/alice/work/", expand=False)
+    by_resource = {o.provider_id: o.uid for o in rows.occurrences if o.recurrence_id is None}
+    assert len(by_resource) == 3
+    assert by_resource[first] == other.events[0].uid
+    assert (await store.known_etags(CONN, "/alice/work/"))[first] == '"again"'
