@@ -8,7 +8,10 @@ against a real Radicale server in test_caldav_sync.py.
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
+import gc
+import sys
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
@@ -18,7 +21,7 @@ from calsync.model import Calendar, ChangePage, Resource, Window
 from calsync.providers.base import CursorInvalid, KnownEtags, ProviderError
 from calsync.providers.ical import parse_resource
 from calsync.store import EventStore
-from calsync.sync.engine import SyncEngine, select_calendars
+from calsync.sync.engine import SYNC_SWITCH_INTERVAL, SyncEngine, select_calendars
 from calsync.testing.icalgen import generate_events
 
 pytestmark = pytest.mark.integration
@@ -331,3 +334,56 @@ async def test_an_initial_listing_that_repeats_a_resource_keeps_its_last_version
     assert len(by_resource) == 3
     assert by_resource[first] == other.events[0].uid
     assert (await store.known_etags(CONN, "/alice/work/"))[first] == '"again"'
+
+
+@dataclass
+class ObservingProvider(ScriptedProvider):
+    """Records the interpreter's switch interval and frozen-object count while it lists."""
+
+    observed: list[tuple[float, int]] = field(default_factory=list)
+    gate: asyncio.Event | None = None
+    entered: asyncio.Event = field(default_factory=asyncio.Event)
+
+    async def changes(
+        self,
+        calendar: Calendar,
+        cursor: str | None,
+        *,
+        window: Window,
+        known: KnownEtags,
+        batch_size: int,
+    ) -> AsyncIterator[ChangePage]:
+        self.observed.append((sys.getswitchinterval(), gc.get_freeze_count()))
+        self.entered.set()
+        if self.gate is not None:
+            await self.gate.wait()
+        async for page in super().changes(
+            calendar, cursor, window=window, known=known, batch_size=batch_size
+        ):
+            yield page
+
+
+async def test_process_settings_hold_while_any_sync_runs_and_are_restored(
+    store: EventStore,
+) -> None:
+    """The shorter switch interval and the frozen older objects (`engine._syncing`) apply while
+    at least one sync runs, and are put back only when the last of overlapping syncs ends."""
+    before = sys.getswitchinterval()
+    assert before > SYNC_SWITCH_INTERVAL
+    assert gc.get_freeze_count() == 0
+    gate = asyncio.Event()
+    slow = ObservingProvider(resources(3), gate=gate)
+    quick = ObservingProvider(resources(3, seed=2))
+    engine = SyncEngine(store)
+    first = asyncio.ensure_future(engine.sync_connection(CONN, slow, window=WINDOW))
+    await slow.entered.wait()
+    await engine.sync_connection("ns/bob", quick, window=WINDOW)
+    # The quick sync ended while the slow one still ran: nothing was restored yet.
+    assert sys.getswitchinterval() == SYNC_SWITCH_INTERVAL
+    assert gc.get_freeze_count() > 0
+    gate.set()
+    await first
+    assert sys.getswitchinterval() == before
+    assert gc.get_freeze_count() == 0
+    assert all(interval == SYNC_SWITCH_INTERVAL for interval, _ in slow.observed + quick.observed)
+    assert all(frozen > 0 for _, frozen in slow.observed + quick.observed)
