@@ -179,7 +179,8 @@ events = Table(
     _one_of("status", STATUSES, "events_status_check"),
     _one_of("transparency", TRANSPARENCIES, "events_transparency_check"),
     Index("events_start_idx", "connection", "calendar_id", "start_utc"),
-    Index("events_uid_idx", "connection", "calendar_id", "uid"),
+    # Covers the duplicate-UID check (`EventStore.duplicate_uids`), which reads only these.
+    Index("events_uid_idx", "connection", "calendar_id", "uid", "recurrence_id", "provider_id"),
 )
 
 # Facts about the store itself; `store_id` is created once, by migration 2.
