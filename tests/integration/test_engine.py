@@ -21,7 +21,12 @@ from calsync.model import Calendar, ChangePage, Resource, Window
 from calsync.providers.base import CursorInvalid, KnownEtags, ProviderError
 from calsync.providers.ical import parse_resource
 from calsync.store import EventStore
-from calsync.sync.engine import SYNC_SWITCH_INTERVAL, SyncEngine, select_calendars
+from calsync.sync.engine import (
+    SYNC_GC_THRESHOLD,
+    SYNC_SWITCH_INTERVAL,
+    SyncEngine,
+    select_calendars,
+)
 from calsync.testing.icalgen import generate_events
 
 pytestmark = pytest.mark.integration
@@ -340,7 +345,7 @@ async def test_an_initial_listing_that_repeats_a_resource_keeps_its_last_version
 class ObservingProvider(ScriptedProvider):
     """Records the interpreter's switch interval and frozen-object count while it lists."""
 
-    observed: list[tuple[float, int]] = field(default_factory=list)
+    observed: list[tuple[float, int, int]] = field(default_factory=list)
     gate: asyncio.Event | None = None
     entered: asyncio.Event = field(default_factory=asyncio.Event)
 
@@ -353,7 +358,8 @@ class ObservingProvider(ScriptedProvider):
         known: KnownEtags,
         batch_size: int,
     ) -> AsyncIterator[ChangePage]:
-        self.observed.append((sys.getswitchinterval(), gc.get_freeze_count()))
+        observed = (sys.getswitchinterval(), gc.get_freeze_count(), gc.get_threshold()[0])
+        self.observed.append(observed)
         self.entered.set()
         if self.gate is not None:
             await self.gate.wait()
@@ -366,10 +372,13 @@ class ObservingProvider(ScriptedProvider):
 async def test_process_settings_hold_while_any_sync_runs_and_are_restored(
     store: EventStore,
 ) -> None:
-    """The shorter switch interval and the frozen older objects (`engine._syncing`) apply while
-    at least one sync runs, and are put back only when the last of overlapping syncs ends."""
+    """The shorter switch interval, the collector's higher threshold and the frozen older
+    objects (`engine._syncing`) apply while at least one sync runs, and are put back only when
+    the last of overlapping syncs ends."""
     before = sys.getswitchinterval()
+    threshold = gc.get_threshold()
     assert before > SYNC_SWITCH_INTERVAL
+    assert threshold[0] < SYNC_GC_THRESHOLD
     assert gc.get_freeze_count() == 0
     gate = asyncio.Event()
     slow = ObservingProvider(resources(3), gate=gate)
@@ -380,10 +389,15 @@ async def test_process_settings_hold_while_any_sync_runs_and_are_restored(
     await engine.sync_connection("ns/bob", quick, window=WINDOW)
     # The quick sync ended while the slow one still ran: nothing was restored yet.
     assert sys.getswitchinterval() == SYNC_SWITCH_INTERVAL
+    assert gc.get_threshold()[0] == SYNC_GC_THRESHOLD
     assert gc.get_freeze_count() > 0
     gate.set()
     await first
     assert sys.getswitchinterval() == before
+    assert gc.get_threshold() == threshold
     assert gc.get_freeze_count() == 0
-    assert all(interval == SYNC_SWITCH_INTERVAL for interval, _ in slow.observed + quick.observed)
-    assert all(frozen > 0 for _, frozen in slow.observed + quick.observed)
+    during = slow.observed + quick.observed
+    assert len(during) == 4  # two calendars each
+    assert all(interval == SYNC_SWITCH_INTERVAL for interval, _, _ in during)
+    assert all(frozen > 0 for _, frozen, _ in during)
+    assert all(young == SYNC_GC_THRESHOLD for _, _, young in during)
