@@ -240,8 +240,12 @@ async def connection_event(event: Mapping[str, Any], memo: Any, **_: Any) -> Non
         ctx.index_secrets(key, set())
         ctx.queue.forget(key)
         ctx.foreign_logged.discard(key)
+        metrics.forget_connection(*key)
         return
     ctx.connections[key] = _strip(obj)
+    # The condition gauges follow the status as stored, whichever process wrote it.
+    conditions = conditions_from_status(obj.get("status"))
+    metrics.observe_conditions(*key, [(c.type, c.status) for c in conditions])
     try:
         spec = CalendarConnectionSpec.model_validate(obj.get("spec") or {})
     except ValidationError:

@@ -59,10 +59,14 @@ def event_type(ctype: str, status: str, reason: str) -> str:
 
 
 async def publish(client: AsyncClient, body: dict[str, Any], conds: readiness.Conditions) -> None:
-    """Post Events and record metrics for the transitions of a status just written."""
+    """Post Events and count the transitions of a status just written.
+
+    The condition gauges are not set here: the operator sets them from the statuses its watch
+    sees (`controllers.connection.connection_event`), whoever wrote them. A worker setting them
+    for the connections it happened to sync kept a copy per worker that went stale as soon as
+    another worker synced the connection, and grew with every connection it ever touched."""
     meta = body["metadata"]
     namespace, name = meta["namespace"], meta["name"]
-    metrics.record_conditions(namespace, name, [(c.type, c.status) for c in conds.items])
     ready_reason = next((c.reason for c in conds.items if c.type == READY), None)
     for cond in conds.transitions:
         metrics.CONNECTION_TRANSITIONS.labels(cond.type, cond.status, cond.reason).inc()

@@ -20,7 +20,8 @@ REGISTRY = CollectorRegistry(auto_describe=True)
 
 CONNECTION_CONDITION = Gauge(
     "calsync_connection_condition",
-    "Conditions of each CalendarConnection: 1 for the current status of each type.",
+    "Conditions of each CalendarConnection: 1 for the current status of each type (exported by "
+    "the operator, from the statuses its watch sees).",
     ["namespace", "name", "type", "status"],
     registry=REGISTRY,
 )
@@ -232,18 +233,44 @@ WORKERS_LIVE = Gauge(
 _STATUSES = ("True", "False", "Unknown")
 
 
+# The condition types recorded per connection, so a type that leaves a status loses its series.
+_RECORDED: dict[tuple[str, str], set[str]] = {}
+
+
 def record_conditions(namespace: str, name: str, conditions: list[tuple[str, str]]) -> None:
-    """Set the condition gauges of one connection from (type, status) pairs."""
+    """Set the condition gauges of one connection from (type, status) pairs; other types keep
+    their series."""
+    recorded = _RECORDED.setdefault((namespace, name), set())
     for ctype, status in conditions:
+        recorded.add(ctype)
         for candidate in _STATUSES:
             CONNECTION_CONDITION.labels(namespace, name, ctype, candidate).set(
                 1.0 if candidate == status else 0.0
             )
 
 
-def forget_connection(namespace: str, name: str, types: list[str]) -> None:
-    """Drop the series of a deleted connection so dashboards do not show ghosts."""
+def observe_conditions(namespace: str, name: str, conditions: list[tuple[str, str]]) -> None:
+    """Make the condition gauges of one connection say exactly what its status says now: the
+    types given are set, any other type recorded before is removed."""
+    present = {ctype for ctype, _ in conditions}
+    gone = _RECORDED.get((namespace, name), set()) - present
+    if gone:
+        _remove(namespace, name, gone)
+    record_conditions(namespace, name, conditions)
+
+
+def forget_connection(namespace: str, name: str, types: list[str] | None = None) -> None:
+    """Drop the series of a deleted connection so dashboards do not show ghosts (every type
+    recorded for it, and `types` besides)."""
+    recorded = _RECORDED.pop((namespace, name), set())
+    _remove(namespace, name, recorded.union(types or ()))
+
+
+def _remove(namespace: str, name: str, types: set[str]) -> None:
+    recorded = _RECORDED.get((namespace, name))
     for ctype in types:
+        if recorded is not None:
+            recorded.discard(ctype)
         for candidate in _STATUSES:
             with suppress(KeyError):
                 CONNECTION_CONDITION.remove(namespace, name, ctype, candidate)

@@ -414,6 +414,11 @@ def test_alerts_and_dashboard_queries_return_series_from_a_real_run(
             'calsync_webhook_requests_total{provider="google",result="forged"}',
             'calsync_webhook_requests_total{provider="google",result="unknown"}',
             'calsync_webhook_requests_total{provider="microsoft",result="malformed"}',
+            # Conditions the worker wrote, as the operator's watch saw them.
+            'calsync_connection_condition{job="calsync-operator",name="dav",type="Synced",'
+            'status="True"}',
+            'calsync_connection_condition{job="calsync-operator",name="dav-wrong",'
+            'type="Authenticated",status="False"}',
         ]
         missing = list(happened)
 
@@ -425,6 +430,8 @@ def test_alerts_and_dashboard_queries_return_series_from_a_real_run(
             poll(counted, timeout=30, interval=1, what="the run counted")
         except pytest.fail.Exception:
             pytest.fail(f"nothing counted in: {missing}")
+        # Only the operator exports connection conditions: a worker's copy would go stale.
+        assert prometheus.series('calsync_connection_condition{job!="calsync-operator"}') == []
         overdue = prometheus.series("max(calsync_subscription_renewal_overdue_seconds)")
         assert overdue and float(overdue[0]["value"][1]) == 0.0  # the channel is fresh
 

@@ -7,7 +7,12 @@ import uuid
 
 import pytest
 
-from calsync.observability.metrics import REGISTRY, forget_connection, record_conditions
+from calsync.observability.metrics import (
+    REGISTRY,
+    forget_connection,
+    observe_conditions,
+    record_conditions,
+)
 
 pytestmark = pytest.mark.unit
 
@@ -80,12 +85,13 @@ def test_forget_connection_removes_every_series(conn: tuple[str, str]) -> None:
     assert sample(ns, other, "Ready", "True") == 1.0  # the neighbour is untouched
 
 
-def test_forget_connection_only_removes_the_types_given(conn: tuple[str, str]) -> None:
+def test_forget_connection_also_removes_recorded_types_not_given(conn: tuple[str, str]) -> None:
+    """A deleted connection leaves no series, even of a type its last status no longer had."""
     ns, name = conn
     record_conditions(ns, name, [("Ready", "True"), ("Synced", "False")])
     forget_connection(ns, name, ["Ready"])
     assert sample(ns, name, "Ready", "True") is None
-    assert sample(ns, name, "Synced", "False") == 1.0
+    assert series(ns, name, "Synced") == {"True": None, "False": None, "Unknown": None}
 
 
 def test_forgetting_unknown_series_is_harmless(conn: tuple[str, str]) -> None:
@@ -95,3 +101,28 @@ def test_forgetting_unknown_series_is_harmless(conn: tuple[str, str]) -> None:
     forget_connection(ns, name, ["Ready"])
     forget_connection(ns, name, ["Ready"])  # twice
     assert sample(ns, name, "Ready", "True") is None
+
+
+def test_observed_conditions_replace_what_the_status_no_longer_has(conn: tuple[str, str]) -> None:
+    """The operator sets a connection's gauges from its whole status: a type the status lost
+    (a Subscribed condition after push is turned off) loses its series."""
+    ns, name = conn
+    observe_conditions(ns, name, [("Ready", "True"), ("Subscribed", "True")])
+    observe_conditions(ns, name, [("Ready", "False")])
+    assert series(ns, name, "Ready") == {"True": 0.0, "False": 1.0, "Unknown": 0.0}
+    assert series(ns, name, "Subscribed") == {"True": None, "False": None, "Unknown": None}
+    observe_conditions(ns, name, [("Ready", "True"), ("Subscribed", "Unknown")])
+    assert series(ns, name, "Subscribed") == {"True": 0.0, "False": 0.0, "Unknown": 1.0}
+
+
+def test_forget_connection_without_types_removes_every_recorded_type(
+    conn: tuple[str, str],
+) -> None:
+    ns, name = conn
+    observe_conditions(ns, name, [("Ready", "True"), ("Synced", "False")])
+    forget_connection(ns, name)
+    assert series(ns, name, "Ready") == {"True": None, "False": None, "Unknown": None}
+    assert series(ns, name, "Synced") == {"True": None, "False": None, "Unknown": None}
+    observe_conditions(ns, name, [("Ready", "Unknown")])  # a new object of the same name
+    assert series(ns, name, "Ready") == {"True": 0.0, "False": 0.0, "Unknown": 1.0}
+    assert series(ns, name, "Synced") == {"True": None, "False": None, "Unknown": None}
