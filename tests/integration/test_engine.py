@@ -21,6 +21,7 @@ from calsync.model import Calendar, ChangePage, Resource, Window
 from calsync.providers.base import CursorInvalid, KnownEtags, ProviderError
 from calsync.providers.ical import parse_resource
 from calsync.store import EventStore
+from calsync.sync import engine as engine_module
 from calsync.sync.engine import (
     SYNC_GC_THRESHOLD,
     SYNC_SWITCH_INTERVAL,
@@ -401,3 +402,26 @@ async def test_process_settings_hold_while_any_sync_runs_and_are_restored(
     assert all(interval == SYNC_SWITCH_INTERVAL for interval, _, _ in during)
     assert all(frozen > 0 for _, frozen, _ in during)
     assert all(young == SYNC_GC_THRESHOLD for _, _, young in during)
+
+
+async def test_a_finishing_sync_runs_a_full_collection_when_one_is_due(
+    store: EventStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Garbage cycles left by the work around syncs do not wait for the collector's own, rare,
+    full collections: a sync that ends `SYNC_COLLECT_EVERY` seconds or more after the last one
+    runs one (and one ending sooner does not)."""
+    full: list[int] = []
+
+    def observe(phase: str, info: dict[str, int]) -> None:
+        if phase == "stop" and info["generation"] == 2:
+            full.append(info["collected"])
+
+    gc.callbacks.append(observe)
+    try:
+        monkeypatch.setattr(engine_module, "_last_collection", -1e9)
+        await SyncEngine(store).sync_connection(CONN, ScriptedProvider(resources(2)), window=WINDOW)
+        assert len(full) == 1
+        await SyncEngine(store).sync_connection(CONN, ScriptedProvider(resources(2)), window=WINDOW)
+        assert len(full) == 1  # the next is not due for SYNC_COLLECT_EVERY seconds
+    finally:
+        gc.callbacks.remove(observe)
