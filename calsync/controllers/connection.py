@@ -606,8 +606,7 @@ async def connection_deleted(
         )
     else:
         metrics.PURGES.labels("ok").inc()
-    types = [c.type for c in conditions_from_status(status)]
-    metrics.forget_connection(namespace, name, types)
+    metrics.forget_connection(namespace, name)
 
 
 async def _purge(

@@ -12,19 +12,51 @@ failed, and an alert's ratio has a numerator from the first scrape on.
 
 from __future__ import annotations
 
-from contextlib import suppress
+from collections.abc import Iterable
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
 
 REGISTRY = CollectorRegistry(auto_describe=True)
 
-CONNECTION_CONDITION = Gauge(
-    "calsync_connection_condition",
-    "Conditions of each CalendarConnection: 1 for the current status of each type (exported by "
-    "the operator, from the statuses its watch sees).",
-    ["namespace", "name", "type", "status"],
-    registry=REGISTRY,
-)
+
+class _ConnectionConditions(Collector):
+    """`calsync_connection_condition`, built at scrape time from one small tuple per connection.
+
+    A labelled Gauge keeps an object with a lock for each of the 18 series of a connection (6
+    types x 3 statuses): about 13 KiB per connection, 13 MB at 1,000 and 130 MB at 10,000. The
+    statuses themselves are a few dozen bytes; the series are made from them only when scraped.
+    Each connection's value is replaced whole, never changed in place, so the scrape thread
+    reads consistent entries while the event loop writes."""
+
+    name = "calsync_connection_condition"
+    documentation = (
+        "Conditions of each CalendarConnection: 1 for the current status of each type (exported "
+        "by the operator, from the statuses its watch sees)."
+    )
+    labels = ("namespace", "name", "type", "status")
+
+    def __init__(self) -> None:
+        self.current: dict[tuple[str, str], tuple[tuple[str, str], ...]] = {}
+
+    def describe(self) -> Iterable[Metric]:
+        yield GaugeMetricFamily(self.name, self.documentation, labels=self.labels)
+
+    def collect(self) -> Iterable[Metric]:
+        family = GaugeMetricFamily(self.name, self.documentation, labels=self.labels)
+        for (namespace, name), conditions in list(self.current.items()):
+            for ctype, status in conditions:
+                for candidate in _STATUSES:
+                    family.add_metric(
+                        (namespace, name, ctype, candidate), 1.0 if candidate == status else 0.0
+                    )
+        yield family
+
+
+_STATUSES = ("True", "False", "Unknown")
+CONNECTION_CONDITION = _ConnectionConditions()
+REGISTRY.register(CONNECTION_CONDITION)
 CONNECTION_TRANSITIONS = Counter(
     "calsync_connection_condition_transitions_total",
     "Condition transitions of CalendarConnections, by type, new status and reason.",
@@ -230,50 +262,23 @@ WORKERS_LIVE = Gauge(
 )
 
 
-_STATUSES = ("True", "False", "Unknown")
-
-
-# The condition types recorded per connection, so a type that leaves a status loses its series.
-_RECORDED: dict[tuple[str, str], set[str]] = {}
-
-
 def record_conditions(namespace: str, name: str, conditions: list[tuple[str, str]]) -> None:
     """Set the condition gauges of one connection from (type, status) pairs; other types keep
     their series."""
-    recorded = _RECORDED.setdefault((namespace, name), set())
-    for ctype, status in conditions:
-        recorded.add(ctype)
-        for candidate in _STATUSES:
-            CONNECTION_CONDITION.labels(namespace, name, ctype, candidate).set(
-                1.0 if candidate == status else 0.0
-            )
+    merged = dict(CONNECTION_CONDITION.current.get((namespace, name), ()))
+    merged.update(conditions)
+    CONNECTION_CONDITION.current[(namespace, name)] = tuple(merged.items())
 
 
 def observe_conditions(namespace: str, name: str, conditions: list[tuple[str, str]]) -> None:
     """Make the condition gauges of one connection say exactly what its status says now: the
     types given are set, any other type recorded before is removed."""
-    present = {ctype for ctype, _ in conditions}
-    gone = _RECORDED.get((namespace, name), set()) - present
-    if gone:
-        _remove(namespace, name, gone)
-    record_conditions(namespace, name, conditions)
+    CONNECTION_CONDITION.current[(namespace, name)] = tuple(dict(conditions).items())
 
 
-def forget_connection(namespace: str, name: str, types: list[str] | None = None) -> None:
-    """Drop the series of a deleted connection so dashboards do not show ghosts (every type
-    recorded for it, and `types` besides)."""
-    recorded = _RECORDED.pop((namespace, name), set())
-    _remove(namespace, name, recorded.union(types or ()))
-
-
-def _remove(namespace: str, name: str, types: set[str]) -> None:
-    recorded = _RECORDED.get((namespace, name))
-    for ctype in types:
-        if recorded is not None:
-            recorded.discard(ctype)
-        for candidate in _STATUSES:
-            with suppress(KeyError):
-                CONNECTION_CONDITION.remove(namespace, name, ctype, candidate)
+def forget_connection(namespace: str, name: str) -> None:
+    """Drop every series of a deleted connection so dashboards do not show ghosts."""
+    CONNECTION_CONDITION.current.pop((namespace, name), None)
 
 
 # -- push subscriptions (the subscription controller) -----------------------------------------

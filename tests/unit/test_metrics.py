@@ -8,6 +8,7 @@ import uuid
 import pytest
 
 from calsync.observability.metrics import (
+    CONNECTION_CONDITION,
     REGISTRY,
     forget_connection,
     observe_conditions,
@@ -79,27 +80,27 @@ def test_forget_connection_removes_every_series(conn: tuple[str, str]) -> None:
     other = name + "-kept"
     record_conditions(ns, name, [("Ready", "True"), ("Authenticated", "False")])
     record_conditions(ns, other, [("Ready", "True")])
-    forget_connection(ns, name, ["Ready", "Authenticated"])
+    forget_connection(ns, name)
     assert series(ns, name, "Ready") == {"True": None, "False": None, "Unknown": None}
     assert series(ns, name, "Authenticated") == {"True": None, "False": None, "Unknown": None}
     assert sample(ns, other, "Ready", "True") == 1.0  # the neighbour is untouched
 
 
-def test_forget_connection_also_removes_recorded_types_not_given(conn: tuple[str, str]) -> None:
-    """A deleted connection leaves no series, even of a type its last status no longer had."""
+def test_a_connection_holds_one_small_tuple_not_a_gauge_per_series(conn: tuple[str, str]) -> None:
+    """The 18 series of a connection are made at scrape time from its (type, status) pairs."""
     ns, name = conn
-    record_conditions(ns, name, [("Ready", "True"), ("Synced", "False")])
-    forget_connection(ns, name, ["Ready"])
-    assert sample(ns, name, "Ready", "True") is None
-    assert series(ns, name, "Synced") == {"True": None, "False": None, "Unknown": None}
+    types = ["Ready", "Authenticated", "Subscribed", "Synced", "Throttled", "Degraded"]
+    observe_conditions(ns, name, [(t, "True") for t in types])
+    assert CONNECTION_CONDITION.current[(ns, name)] == tuple((t, "True") for t in types)
+    assert all(series(ns, name, t) == {"True": 1.0, "False": 0.0, "Unknown": 0.0} for t in types)
 
 
 def test_forgetting_unknown_series_is_harmless(conn: tuple[str, str]) -> None:
     ns, name = conn
-    forget_connection(ns, name, ["Ready", "Degraded"])  # never recorded
+    forget_connection(ns, name)  # never recorded
     record_conditions(ns, name, [("Ready", "True")])
-    forget_connection(ns, name, ["Ready"])
-    forget_connection(ns, name, ["Ready"])  # twice
+    forget_connection(ns, name)
+    forget_connection(ns, name)  # twice
     assert sample(ns, name, "Ready", "True") is None
 
 

@@ -46,10 +46,16 @@ def registered() -> dict[str, tuple[str, set[str]]]:
     for collector in list(REGISTRY._collector_to_names):
         kind = getattr(collector, "_type", None)
         name = getattr(collector, "_name", None)
-        if not isinstance(kind, str) or not isinstance(name, str):
+        if isinstance(kind, str) and isinstance(name, str):
+            labels = set(getattr(collector, "_labelnames", ()))
+            found[name + "_total" if kind == "counter" else name] = (kind, labels)
             continue
-        labels = set(getattr(collector, "_labelnames", ()))
-        found[name + "_total" if kind == "counter" else name] = (kind, labels)
+        # a custom collector: the families it describes, with the labels they were made with
+        describe = getattr(collector, "describe", None)
+        for family in describe() if describe is not None else ():
+            labels = set(getattr(family, "_labelnames", ()))
+            kind, name = family.type, family.name
+            found[name + "_total" if kind == "counter" else name] = (kind, labels)
     return found
 
 
