@@ -137,7 +137,7 @@ SYNC_SWITCH_INTERVAL = 0.001
 SYNC_GC_THRESHOLD = 50_000
 # Seconds between the full collections a finishing sync runs; see `_syncing`.
 SYNC_COLLECT_EVERY = 30.0
-_last_collection = -SYNC_COLLECT_EVERY  # monotonic time of the last one
+_last_collection = time.monotonic()  # of the last one (a new process has nothing piled up)
 
 
 @contextlib.contextmanager
@@ -173,12 +173,13 @@ def _syncing() -> Iterator[None]:
     reference goes), and at most that many objects' worth of it can wait.
 
     A sync that finishes runs a full collection when the last was `SYNC_COLLECT_EVERY` seconds
-    ago or more. With the higher threshold and syncs overlapping all the time, the collector's
-    own full collections became rare, and the garbage cycles every job leaves (an HTTP client's
-    request, its pool request and its events: a few KiB per call to the API server or a
-    provider) piled up in the oldest generation: the soak's workers grew 3 to 4 MiB a minute,
-    in steps whenever a wave of CalDAV polls came due, with hundreds of finished requests
-    still in memory. Frozen objects are skipped, so one costs tens of milliseconds.
+    ago or more (the first, that long after the engine was imported). With the higher threshold
+    and syncs overlapping all the time, the collector's own full collections became rare, and
+    the garbage cycles every job leaves (an HTTP client's request, its pool request and its
+    events: a few KiB per call to the API server or a provider) piled up in the oldest
+    generation: the soak's workers grew 3 to 4 MiB a minute, in steps whenever a wave of CalDAV
+    polls came due, with hundreds of finished requests still in memory. Frozen objects are
+    skipped, so one costs tens of milliseconds.
     """
     global _running_syncs, _saved_interval, _saved_threshold, _last_collection
     if _running_syncs == 0:
