@@ -25,6 +25,7 @@ from typing import Any
 
 from bench._platform import load_average
 from bench._results import Row, document, error_row, table
+from bench._util import settle
 
 BENCHMARKS = (
     "devcluster_up",
@@ -76,7 +77,15 @@ def machine_facts() -> dict[str, Any]:
 
 def run_one(name: str) -> tuple[list[Row], dict[str, Any]]:
     """Run one benchmark: its rows (or one error row) and what to record of the run itself."""
-    record: dict[str, Any] = {"name": name, "load_average_before": load_average()}
+    waited, idle = settle()
+    if idle is not None:
+        print(f"(machine {idle:.0%} idle after {waited:.0f} s of waiting)", flush=True)
+    record: dict[str, Any] = {
+        "name": name,
+        "settled_s": round(waited, 1),
+        "idle_before": idle,
+        "load_average_before": load_average(),
+    }
     started = time.perf_counter()
     try:
         module = importlib.import_module(f"bench.{name}")

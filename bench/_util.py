@@ -78,3 +78,34 @@ def rotate(items: Sequence[T], shift: int) -> list[T]:
 
 def verdict(ok: bool) -> str:
     return "PASS" if ok else "MISS"
+
+
+def _cpu_times() -> tuple[int, int] | None:
+    """(idle, total) jiffies of all CPUs since boot, from /proc/stat; None elsewhere."""
+    try:
+        with Path("/proc/stat").open() as stat:
+            fields = [int(x) for x in stat.readline().split()[1:]]
+    except (OSError, ValueError):
+        return None
+    return fields[3] + (fields[4] if len(fields) > 4 else 0), sum(fields)
+
+
+def settle(
+    idle: float = 0.85, window: float = 2.0, limit: float = 60.0
+) -> tuple[float, float | None]:
+    """Wait until the machine's CPUs were at least `idle` idle over `window` seconds, or for
+    `limit` seconds at most: what a benchmark before this one left winding down (a control plane
+    stopping, a server flushing) is not part of the next one's figures. Returns the seconds
+    waited and the idle fraction of the last window (None where /proc/stat is not readable)."""
+    started = time.monotonic()
+    last: float | None = None
+    while True:
+        before = _cpu_times()
+        time.sleep(window)
+        after = _cpu_times()
+        if before is None or after is None:
+            return time.monotonic() - started, None
+        total = after[1] - before[1]
+        last = (after[0] - before[0]) / total if total > 0 else 1.0
+        if last >= idle or time.monotonic() - started >= limit:
+            return time.monotonic() - started, last
