@@ -156,6 +156,8 @@ def fake_benchmarks(monkeypatch: pytest.MonkeyPatch) -> None:
         module.run = run  # type: ignore[attr-defined]
         monkeypatch.setitem(sys.modules, f"bench.{name}", module)
     monkeypatch.setattr(bench_main, "BENCHMARKS", ("fake_boom", "fake_ok", "fake_silent"))
+    # No waiting for an idle machine here (the test suite keeps it busy): a fixed answer.
+    monkeypatch.setattr(bench_main, "settle", lambda: (1.5, 0.9))
 
 
 @pytest.mark.usefixtures("fake_benchmarks")
@@ -191,6 +193,8 @@ def test_a_clean_run_exits_zero_even_with_a_miss_and_records_the_machine(
     assert data["machine"]["cpus"] >= 1
     assert data["machine"]["python"].count(".") == 2
     assert data["benchmarks"][1] == {**data["benchmarks"][1], "name": "fake_silent", "rows": 0}
+    assert data["benchmarks"][0]["settled_s"] == 1.5  # the wait for an idle machine, recorded
+    assert data["benchmarks"][0]["idle_before"] == 0.9
     assert set(data["git"]) == {"commit", "dirty"}
 
 
