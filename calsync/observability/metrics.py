@@ -262,14 +262,6 @@ WORKERS_LIVE = Gauge(
 )
 
 
-def record_conditions(namespace: str, name: str, conditions: list[tuple[str, str]]) -> None:
-    """Set the condition gauges of one connection from (type, status) pairs; other types keep
-    their series."""
-    merged = dict(CONNECTION_CONDITION.current.get((namespace, name), ()))
-    merged.update(conditions)
-    CONNECTION_CONDITION.current[(namespace, name)] = tuple(merged.items())
-
-
 def observe_conditions(namespace: str, name: str, conditions: list[tuple[str, str]]) -> None:
     """Make the condition gauges of one connection say exactly what its status says now: the
     types given are set, any other type recorded before is removed."""

@@ -12,7 +12,6 @@ from calsync.observability.metrics import (
     REGISTRY,
     forget_connection,
     observe_conditions,
-    record_conditions,
 )
 
 pytestmark = pytest.mark.unit
@@ -40,31 +39,24 @@ def series(namespace: str, name: str, ctype: str) -> dict[str, float | None]:
 
 def test_exactly_one_status_per_type_is_one(conn: tuple[str, str]) -> None:
     ns, name = conn
-    record_conditions(ns, name, [("Ready", "True"), ("Authenticated", "Unknown")])
+    observe_conditions(ns, name, [("Ready", "True"), ("Authenticated", "Unknown")])
     assert series(ns, name, "Ready") == {"True": 1.0, "False": 0.0, "Unknown": 0.0}
     assert series(ns, name, "Authenticated") == {"True": 0.0, "False": 0.0, "Unknown": 1.0}
 
 
 def test_a_change_moves_the_one(conn: tuple[str, str]) -> None:
     ns, name = conn
-    record_conditions(ns, name, [("Ready", "True")])
-    record_conditions(ns, name, [("Ready", "False")])
+    observe_conditions(ns, name, [("Ready", "True")])
+    observe_conditions(ns, name, [("Ready", "False")])
     assert series(ns, name, "Ready") == {"True": 0.0, "False": 1.0, "Unknown": 0.0}
     assert sum(v or 0.0 for v in series(ns, name, "Ready").values()) == 1.0
 
 
-def test_types_not_mentioned_keep_their_values(conn: tuple[str, str]) -> None:
-    ns, name = conn
-    record_conditions(ns, name, [("Ready", "False"), ("Synced", "True")])
-    record_conditions(ns, name, [("Ready", "True")])
-    assert series(ns, name, "Synced") == {"True": 1.0, "False": 0.0, "Unknown": 0.0}
-
-
 def test_connections_are_independent(conn: tuple[str, str]) -> None:
     ns, name = conn
-    record_conditions(ns, name, [("Ready", "True")])
-    record_conditions(ns, name + "-other", [("Ready", "False")])
-    record_conditions(ns + "-other", name, [("Ready", "Unknown")])
+    observe_conditions(ns, name, [("Ready", "True")])
+    observe_conditions(ns, name + "-other", [("Ready", "False")])
+    observe_conditions(ns + "-other", name, [("Ready", "Unknown")])
     assert series(ns, name, "Ready") == {"True": 1.0, "False": 0.0, "Unknown": 0.0}
     assert sample(ns, name + "-other", "Ready", "False") == 1.0
     assert sample(ns + "-other", name, "Ready", "Unknown") == 1.0
@@ -78,8 +70,8 @@ def test_nothing_recorded_means_no_series(conn: tuple[str, str]) -> None:
 def test_forget_connection_removes_every_series(conn: tuple[str, str]) -> None:
     ns, name = conn
     other = name + "-kept"
-    record_conditions(ns, name, [("Ready", "True"), ("Authenticated", "False")])
-    record_conditions(ns, other, [("Ready", "True")])
+    observe_conditions(ns, name, [("Ready", "True"), ("Authenticated", "False")])
+    observe_conditions(ns, other, [("Ready", "True")])
     forget_connection(ns, name)
     assert series(ns, name, "Ready") == {"True": None, "False": None, "Unknown": None}
     assert series(ns, name, "Authenticated") == {"True": None, "False": None, "Unknown": None}
@@ -98,7 +90,7 @@ def test_a_connection_holds_one_small_tuple_not_a_gauge_per_series(conn: tuple[s
 def test_forgetting_unknown_series_is_harmless(conn: tuple[str, str]) -> None:
     ns, name = conn
     forget_connection(ns, name)  # never recorded
-    record_conditions(ns, name, [("Ready", "True")])
+    observe_conditions(ns, name, [("Ready", "True")])
     forget_connection(ns, name)
     forget_connection(ns, name)  # twice
     assert sample(ns, name, "Ready", "True") is None
