@@ -8,9 +8,13 @@ serialised again.
 msgspec does the reading (see docs/decisions/0007): the page is decoded against a struct that
 names only the members we use and takes the items array as `Raw` slices, which locates every
 item's text without building anything; each slice is then decoded into plain dicts and lists,
-as `json.loads` would. The other members of the page are skipped without being built. On the
-Google benchmark's 8.7 MB listing this is about twice as fast as the standard library's
-decoder alone, and three times our earlier scanner-based split.
+as `json.loads` would, or, when the reader is given an item type (a `msgspec.Struct` whose
+fields are all optional), into that struct: only the members it names are built, and the
+conversion reads attributes instead of looking keys up. An item that is not a JSON object
+comes out as it was decoded without the type, for the caller to reject. The other members of
+the page are skipped without being built. On the Google benchmark's 8.7 MB listing this is
+about twice as fast as the standard library's decoder alone, and three times our earlier
+scanner-based split; the Google event struct takes another third off.
 
 Anything that is not one JSON object (truncated, trailing text, invalid UTF-8, nesting deeper
 than the decoder's stack), or whose items member is not an array, raises ValueError with
@@ -30,7 +34,14 @@ _ITEMS = "items_"
 class PageReader:
     """Reads pages with the items array `items` and the top-level `members` we need."""
 
-    def __init__(self, items: str, members: Sequence[str], *, required: bool = False) -> None:
+    def __init__(
+        self,
+        items: str,
+        members: Sequence[str],
+        *,
+        required: bool = False,
+        item_type: type[msgspec.Struct] | None = None,
+    ) -> None:
         self.members = tuple(members)
         items_field: tuple[str, Any, Any] = (
             (_ITEMS, list[msgspec.Raw], msgspec.field(name=items))
@@ -43,7 +54,8 @@ class PageReader:
         ]
         page_type = msgspec.defstruct("Page", fields, kw_only=True)
         self._page = msgspec.json.Decoder(page_type)
-        self._item = msgspec.json.Decoder()
+        self._any = msgspec.json.Decoder()
+        self._item = msgspec.json.Decoder(item_type) if item_type is not None else self._any
 
     def read(self, content: bytes | str) -> tuple[dict[str, Any], list[tuple[Any, str]]]:
         """The page's wanted members (those present and not null), and its items with their
@@ -57,7 +69,10 @@ class PageReader:
             }
             raws: list[msgspec.Raw] = getattr(page, _ITEMS) or []
             decode = self._item.decode
-            items = [(decode(raw), bytes(raw).decode()) for raw in raws]
+            try:
+                items = [(decode(raw), str(raw, "utf-8")) for raw in raws]
+            except msgspec.ValidationError:  # an item that is not an object, under a type
+                items = [(self._lenient(raw), str(raw, "utf-8")) for raw in raws]
         except msgspec.ValidationError as exc:
             raise ValueError(f"not a listing page: {exc}") from None
         except (msgspec.DecodeError, UnicodeDecodeError) as exc:
@@ -65,3 +80,10 @@ class PageReader:
         except RecursionError:
             raise ValueError("not a listing page: nested deeper than the decoder's stack") from None
         return head, items
+
+    def _lenient(self, raw: msgspec.Raw) -> Any:
+        """One item under the item type, or as plain JSON when it does not fit it."""
+        try:
+            return self._item.decode(raw)
+        except msgspec.ValidationError:
+            return self._any.decode(raw)

@@ -23,6 +23,11 @@ Times:
 - `series_end` is computed by the iCalendar extractor's own routine (UNTIL, or COUNT by
   arithmetic / bounded dateutil), imported from `calsync.providers.ical` rather than copied.
 
+Items arrive as `GoogleEvent` structs, decoded straight from the page's JSON with only the
+members read here (`calsync.providers.jsonpage`); each member holds whatever JSON value was sent
+and the functions below check its type, as they would a dict's. A plain dict (a single
+`events.get`, a test) is turned into the struct first.
+
 An item that cannot be read raises `MalformedEvent`; the provider skips and reports it.
 """
 
@@ -32,6 +37,8 @@ import datetime as dt
 import json
 from collections.abc import Mapping
 from typing import Any, Final
+
+import msgspec
 
 from calsync import timezones
 from calsync.model import Event, EventStatus, Resource
@@ -66,6 +73,41 @@ class MalformedEvent(ProviderError):
 
     retryable = False
     reason = "MalformedEvent"
+
+
+class GoogleEvent(msgspec.Struct, kw_only=True):
+    """The members of an event resource the conversion reads, each as sent (any JSON value, or
+    None when absent or null); the other members are skipped when a page is decoded."""
+
+    id: Any = None
+    etag: Any = None
+    status: Any = None
+    ical_uid: Any = msgspec.field(default=None, name="iCalUID")
+    recurring_event_id: Any = msgspec.field(default=None, name="recurringEventId")
+    original_start_time: Any = msgspec.field(default=None, name="originalStartTime")
+    start: Any = None
+    end: Any = None
+    summary: Any = None
+    location: Any = None
+    transparency: Any = None
+    organizer: Any = None
+    attendees: Any = None
+    sequence: Any = None
+    updated: Any = None
+    recurrence: Any = None
+
+
+def as_event(item: object) -> GoogleEvent:
+    """An item as a `GoogleEvent`: a struct as it is, a dict converted; anything else is not an
+    event resource."""
+    if type(item) is GoogleEvent:
+        return item
+    if not isinstance(item, Mapping):
+        raise MalformedEvent("an item is not an object")
+    try:
+        return msgspec.convert(dict(item), GoogleEvent)
+    except msgspec.ValidationError as exc:
+        raise MalformedEvent(f"an item is not an event resource: {exc}") from None
 
 
 def raw_text(item: Mapping[str, Any]) -> str:
@@ -198,13 +240,13 @@ def _text(value: Any) -> str:
     return value if type(value) is str else ""
 
 
-def event_from_json(item: Mapping[str, Any], *, uid: str, default_zone: str | None = None) -> Event:
+def event_from_json(
+    item: GoogleEvent | Mapping[str, Any], *, uid: str, default_zone: str | None = None
+) -> Event:
     """The Event of one live (not cancelled) event resource."""
-    if not isinstance(item, dict):
-        raise MalformedEvent("an item is not an object")
-    get = item.get
-    start = _Time(get("start"), default_zone, "start")
-    end_value = get("end")
+    item = as_event(item)
+    start = _Time(item.start, default_zone, "start")
+    end_value = item.end
     if end_value is not None:
         end = _Time(end_value, default_zone, "end")
         if end.all_day != start.all_day:
@@ -214,10 +256,10 @@ def event_from_json(item: Mapping[str, Any], *, uid: str, default_zone: str | No
         finish = end.utc
     else:  # RFC 5545: a lone start lasts a day (date) or no time (date-time)
         finish = start.utc + (_DAY if start.all_day else _NOTHING)
-    status = get("status")
-    organizer = get("organizer")
-    attendees = get("attendees")
-    sequence = get("sequence")
+    status = item.status
+    organizer = item.organizer
+    attendees = item.attendees
+    sequence = item.sequence
     event = Event(
         uid=uid,
         status=_STATUSES.get(status, "confirmed") if type(status) is str else "confirmed",
@@ -225,9 +267,9 @@ def event_from_json(item: Mapping[str, Any], *, uid: str, default_zone: str | No
         end=finish,
         timezone=start.zone_name,
         all_day=start.all_day,
-        summary=_text(get("summary")),
-        location=_text(get("location")),
-        transparency="transparent" if get("transparency") == "transparent" else "opaque",
+        summary=_text(item.summary),
+        location=_text(item.location),
+        transparency="transparent" if item.transparency == "transparent" else "opaque",
         organizer=(
             organizer["email"]
             if type(organizer) is dict and type(organizer.get("email")) is str
@@ -239,13 +281,13 @@ def event_from_json(item: Mapping[str, Any], *, uid: str, default_zone: str | No
             else []
         ),
         sequence=sequence if type(sequence) is int else 0,
-        last_modified=_instant(get("updated")),
+        last_modified=_instant(item.updated),
     )
-    if get("recurringEventId") is not None:
-        original = _Time(get("originalStartTime"), default_zone, "originalStartTime")
+    if item.recurring_event_id is not None:
+        original = _Time(item.original_start_time, default_zone, "originalStartTime")
         event.recurrence_id = original.utc.isoformat()
     else:
-        lines = get("recurrence")
+        lines = item.recurrence
         if lines:
             _recurrence(lines, event, start)
     return event
@@ -261,10 +303,10 @@ def _instant(value: Any) -> dt.datetime | None:
 
 
 def cancelled_instance(
-    item: Mapping[str, Any], *, uid: str, default_zone: str | None = None
+    item: GoogleEvent | Mapping[str, Any], *, uid: str, default_zone: str | None = None
 ) -> Event:
     """The override of a cancelled instance: the master's UID, its original start."""
-    original = _Time(item.get("originalStartTime"), default_zone, "originalStartTime")
+    original = _Time(as_event(item).original_start_time, default_zone, "originalStartTime")
     return Event(
         uid=uid,
         recurrence_id=original.utc.isoformat(),
@@ -277,7 +319,7 @@ def cancelled_instance(
 
 
 def resource_from_json(
-    item: Mapping[str, Any],
+    item: GoogleEvent | Mapping[str, Any],
     *,
     uid: str | None = None,
     default_zone: str | None = None,
@@ -287,26 +329,31 @@ def resource_from_json(
 
     `uid` stands in when the item has no `iCalUID` (cancelled instances carry only their id,
     `recurringEventId` and `originalStartTime`; the provider finds the master's). `raw` is the
-    item's text as received (`calsync.providers.jsonpage`); without it the item is serialised.
+    item's text as received (`calsync.providers.jsonpage`); without it the item is serialised
+    (a dict only: a struct holds just the members read here).
     """
-    if not isinstance(item, Mapping):
-        raise MalformedEvent("an item is not an object")
-    event_id = item.get("id")
+    event_item = as_event(item)
+    event_id = event_item.id
     if not isinstance(event_id, str) or not event_id:
         raise MalformedEvent("an item has no id")
-    own = item.get("iCalUID")
+    own = event_item.ical_uid
     chosen = own if isinstance(own, str) and own else uid
     if chosen is None:
         raise MalformedEvent(f"{event_id}: no iCalUID")
-    etag = item.get("etag")
+    etag = event_item.etag
     try:
-        if item.get("status") == "cancelled":
-            if item.get("recurringEventId") is None:
+        if event_item.status == "cancelled":
+            if event_item.recurring_event_id is None:
                 raise MalformedEvent("a cancelled event is a deletion, not a resource")
-            event = cancelled_instance(item, uid=chosen, default_zone=default_zone)
+            event = cancelled_instance(event_item, uid=chosen, default_zone=default_zone)
         else:
-            event = event_from_json(item, uid=chosen, default_zone=default_zone)
+            event = event_from_json(event_item, uid=chosen, default_zone=default_zone)
     except MalformedEvent as exc:
         raise MalformedEvent(f"{event_id}: {exc}") from None
-    text = raw if raw is not None else raw_text(item)
+    if raw is not None:
+        text = raw
+    elif isinstance(item, Mapping):
+        text = raw_text(item)
+    else:
+        raise ValueError("a decoded GoogleEvent needs its raw text")
     return Resource(event_id, etag if isinstance(etag, str) else None, text, "json", [event])

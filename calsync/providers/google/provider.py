@@ -72,7 +72,7 @@ from calsync.providers.base import (
     too_large,
 )
 from calsync.providers.budget import RequestBudget
-from calsync.providers.google.convert import MalformedEvent, resource_from_json
+from calsync.providers.google.convert import GoogleEvent, MalformedEvent, resource_from_json
 from calsync.providers.ical import MAX_OBJECT_SIZE
 from calsync.providers.jsonpage import PageReader
 from calsync.providers.oauth import AccessTokens
@@ -98,7 +98,9 @@ QUOTA_REASONS: Final = frozenset({"quotaExceeded", "dailyLimitExceeded"})
 # left to the defaults, since it says nothing about the connection).
 AUTH_REASONS: Final = frozenset({"insufficientPermissions", "accessNotConfigured", "authError"})
 READ_ONLY_ROLES: Final = frozenset({"reader", "freeBusyReader"})
-_LISTING: Final = PageReader("items", ("nextPageToken", "nextSyncToken", "timeZone"))
+_LISTING: Final = PageReader(
+    "items", ("nextPageToken", "nextSyncToken", "timeZone"), item_type=GoogleEvent
+)
 
 
 @dataclass(frozen=True)
@@ -175,7 +177,7 @@ class _Run:
     full: bool
     cancelled_masters: set[str] = field(default_factory=set)
     exceptions: dict[str, set[str]] = field(default_factory=dict)  # master -> exception ids
-    deferred: list[tuple[dict[str, Any], str, str | None]] = field(default_factory=list)
+    deferred: list[tuple[GoogleEvent, str, str | None]] = field(default_factory=list)
 
 
 class GoogleProvider:
@@ -359,25 +361,25 @@ class GoogleProvider:
         upserts: list[Resource] = []
         deletes: list[str] = []
         for item, raw in items:
-            event_id = item.get("id") if isinstance(item, dict) else None
+            event_id = item.id if type(item) is GoogleEvent else None
             if not isinstance(event_id, str) or not event_id:
                 self._skip("?", "an item without an id")
                 continue
             if len(raw) > self.max_object_size:
                 self._skip(event_id, too_large(len(raw), self.max_object_size))
                 continue
-            parent = item.get("recurringEventId")
+            parent = item.recurring_event_id
             if parent is not None and not isinstance(parent, str):
                 self._skip(event_id, "recurringEventId is not a string")
                 continue
-            if item.get("status") == "cancelled":
+            if item.status == "cancelled":
                 if parent:
                     run.deferred.append((item, raw, zone))
                 else:
                     deletes.append(event_id)
                     run.cancelled_masters.add(event_id)
                 continue
-            uid = item.get("iCalUID")
+            uid = item.ical_uid
             if not isinstance(uid, str) or not uid:
                 if parent and (calendar_id, parent) not in uids:
                     run.deferred.append((item, raw, zone))  # its master's UID is found later
@@ -391,7 +393,7 @@ class GoogleProvider:
             if parent:
                 uids.setdefault((calendar_id, parent), resource.events[0].uid)
                 run.exceptions.setdefault(parent, set()).add(event_id)
-            elif item.get("recurrence"):
+            elif item.recurrence:
                 uids[(calendar_id, event_id)] = resource.events[0].uid
             upserts.append(resource)
         return upserts, deletes
@@ -403,8 +405,8 @@ class GoogleProvider:
         upserts: list[Resource] = []
         deletes: list[str] = []
         for item, raw, zone in run.deferred:
-            event_id, parent = str(item["id"]), str(item["recurringEventId"])
-            uid: str | None = item.get("iCalUID") if isinstance(item.get("iCalUID"), str) else None
+            event_id, parent = str(item.id), str(item.recurring_event_id)
+            uid: str | None = item.ical_uid if isinstance(item.ical_uid, str) else None
             if parent in run.cancelled_masters:
                 deletes.append(event_id)
                 continue
