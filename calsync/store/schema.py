@@ -35,13 +35,13 @@ from sqlalchemy.types import TypeDecorator, TypeEngine
 
 UTC = dt.UTC
 _EPOCH = dt.datetime(1970, 1, 1, tzinfo=UTC)
-_MICROSECOND = dt.timedelta(microseconds=1)
 
 
 def to_epoch_us(value: dt.datetime) -> int:
     if value.tzinfo is None:
         raise ValueError(f"naive datetime {value.isoformat()} cannot be stored: give it a zone")
-    return (value - _EPOCH) // _MICROSECOND
+    since = value - _EPOCH  # whole days, seconds and microseconds: no division needed
+    return (since.days * 86_400 + since.seconds) * 1_000_000 + since.microseconds
 
 
 def from_epoch_us(value: int) -> dt.datetime:

@@ -17,7 +17,8 @@ import pytest
 
 from calsync.model import Calendar, ChangePage, Window
 from calsync.providers.base import ProviderError
-from calsync.providers.google import GoogleProvider
+from calsync.providers.google import GoogleProvider, MalformedEvent, resource_from_json
+from calsync.providers.google.convert import GoogleEvent, as_event
 from calsync.providers.oauth import StaticTokens
 
 pytestmark = pytest.mark.unit
@@ -235,3 +236,46 @@ async def test_calendar_list_skips_deleted_entries_and_keeps_names() -> None:
         ("b@group.calendar.google.com", "Mine", None, True),
     ]
     assert seen[0].url.params["showHidden"] == "true"
+
+
+async def test_members_of_unexpected_types_read_as_they_would_from_a_dict() -> None:
+    # A page's items are decoded into GoogleEvent structs whose members hold any JSON value;
+    # the conversion must treat each odd value as it treats it in a plain dict.
+    odd = [
+        good("bbbbb1", summary=5, location=["x"], sequence="3", transparency=1),
+        good("bbbbb2", organizer="me", attendees={"email": "a@b"}, updated=12),
+        good("bbbbb3", attendees=[{"email": "a@b"}, {"email": 7}, "c@d"], status=None),
+        good("bbbbb4", etag=9, recurrence=[], end=None),
+        good(
+            "bbbbb5",
+            start={"dateTime": "2025-06-02T09:00:00", "timeZone": 3},
+            end={"dateTime": "2025-06-02T10:00:00"},
+        ),
+    ]
+    provider = provider_for(listing({"items": odd, "nextSyncToken": "s"}))
+    (page,) = await collect(provider)
+    assert provider.skipped == []
+    for resource, item in zip(page.upserts, odd, strict=True):
+        plain = resource_from_json(item, raw=resource.raw)
+        assert resource == plain
+        assert json.loads(resource.raw) == item
+    first = page.upserts[0].events[0]
+    assert (first.summary, first.location, first.sequence, first.transparency) == (
+        "",
+        "",
+        0,
+        "opaque",
+    )
+    assert page.upserts[2].events[0].attendees == ["a@b"]
+    assert page.upserts[3].etag is None
+
+
+def test_a_dict_that_is_no_event_resource_is_refused() -> None:
+    with pytest.raises(MalformedEvent, match="not an object"):
+        as_event("text")
+    with pytest.raises(MalformedEvent, match="not an event resource"):
+        as_event({1: "a non-string key"})
+    struct = as_event(good("ccccc1"))
+    assert isinstance(struct, GoogleEvent) and as_event(struct) is struct
+    with pytest.raises(ValueError, match="raw text"):
+        resource_from_json(struct)

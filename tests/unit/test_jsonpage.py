@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+from typing import Any
 
+import msgspec
 import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
@@ -72,6 +74,34 @@ def test_a_required_items_array_must_be_there(text: bytes) -> None:
         GRAPH.read(text)
 
 
+class Item(msgspec.Struct, kw_only=True):
+    id: Any = None
+    start: Any = None
+
+
+TYPED = PageReader("items", ("nextSyncToken",), item_type=Item)
+
+
+def test_typed_items_hold_only_the_named_members_and_keep_their_text() -> None:
+    text = (
+        b'{"items": [{"id": "a", "x": {"deep": [1]}, "start": {"date": "2025-01-01"}}, {"x": 1}]}'
+    )
+    head, items = TYPED.read(text)
+    assert head == {}
+    assert [item for item, _ in items] == [Item(id="a", start={"date": "2025-01-01"}), Item()]
+    assert items[0][1] == '{"id": "a", "x": {"deep": [1]}, "start": {"date": "2025-01-01"}}'
+
+
+def test_a_typed_page_hands_items_that_are_not_objects_over_as_they_are() -> None:
+    # The caller rejects them one by one; the page's other items are still read.
+    head, items = TYPED.read(
+        b'{"items": [{"id": "a"}, "text", [1], null, 3], "nextSyncToken": "t"}'
+    )
+    assert head == {"nextSyncToken": "t"}
+    assert [item for item, _ in items] == [Item(id="a"), "text", [1], None, 3]
+    assert [raw for _, raw in items] == ['{"id": "a"}', '"text"', "[1]", "null", "3"]
+
+
 # -- hostile pages --------------------------------------------------------------------------------
 
 _LEAF = st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=30)
@@ -98,11 +128,13 @@ def _deep(depth: int, where: str) -> bytes:
 @example(b"\xff\xfe{}")
 @settings(max_examples=300, deadline=None)
 def test_any_page_is_read_or_refused_with_a_value_error(content: bytes) -> None:
-    reader = PageReader("items", ["nextPageToken", "nextSyncToken"])
-    try:
-        head, items = reader.read(content)
-    except ValueError as exc:
-        assert str(exc)
-        return
-    assert set(head) <= {"nextPageToken", "nextSyncToken"}
-    assert all(isinstance(text, str) for _, text in items)
+    for reader in (PageReader("items", ["nextPageToken", "nextSyncToken"]), TYPED):
+        try:
+            head, items = reader.read(content)
+        except ValueError as exc:
+            assert str(exc)
+            continue
+        assert set(head) <= {"nextPageToken", "nextSyncToken"}
+        assert all(isinstance(text, str) for _, text in items)
+        if reader is TYPED:  # an object becomes the struct, anything else stays as it was
+            assert all(isinstance(item, Item) == text.startswith("{") for item, text in items)

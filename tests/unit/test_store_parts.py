@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import json
 import logging
 from pathlib import Path
 from typing import Any
@@ -21,6 +22,7 @@ from calsync.store.rows import (
     RESOURCE_COLUMNS,
     event_rows,
     event_values,
+    json_list,
     resource_envelope,
     resource_row,
     resource_values,
@@ -118,6 +120,23 @@ def test_sqlite_keeps_epoch_microseconds_and_refuses_naive_times() -> None:
             kind.process_bind_param(dt.datetime(2024, 1, 1), dialect)
 
 
+@pytest.mark.parametrize(
+    "moment",
+    [
+        dt.datetime(1, 1, 1, tzinfo=UTC),
+        at(1969, 12, 31, 23, 59, 59),
+        dt.datetime(1969, 12, 31, 23, 59, 59, 999_999, tzinfo=UTC),
+        dt.datetime(1970, 1, 1, 0, 0, 0, 1, tzinfo=UTC),
+        dt.datetime(2024, 2, 29, 23, 59, 59, 999_999, tzinfo=dt.timezone(dt.timedelta(hours=-9))),
+        dt.datetime(9999, 12, 31, 23, 59, 59, 999_999, tzinfo=UTC),
+    ],
+)
+def test_epoch_microseconds_are_exact_on_both_sides_of_1970(moment: dt.datetime) -> None:
+    since = moment - dt.datetime(1970, 1, 1, tzinfo=UTC)
+    assert to_epoch_us(moment) == since // dt.timedelta(microseconds=1)
+    assert UtcDateTime().process_result_value(to_epoch_us(moment), sqlite.dialect()) == moment
+
+
 def test_migrations_are_numbered_in_order() -> None:
     check_order(MIGRATIONS)
 
@@ -209,6 +228,26 @@ def test_value_tuples_convert_every_time_and_nothing_else() -> None:
     assert named_resource["series_end"] == to_epoch_us(at(2024, 1, 3, 10))
     assert named_resource["recurring"] is True
     assert len(calls) == 6
+
+
+def test_list_columns_are_compact_json_that_reads_back() -> None:
+    names = ["zoë@example.com", 'a"b@example.com', "x\\y@example.com"]
+    event = Event("u", start=at(2024, 1, 1), attendees=names, exdates=["2024-01-02T00:00:00+00:00"])
+    (row,) = event_rows("c", "cal", Resource("p", None, "", "json", [event]))
+    assert json.loads(row["attendees"]) == names
+    assert json_list(row["attendees"]) == names
+    assert row["exdates"] == '["2024-01-02T00:00:00+00:00"]' and row["rdates"] == "[]"
+
+
+def test_one_event_and_several_give_the_same_row_for_it() -> None:
+    # A single-event resource takes a shorter path; its row must be the one the general path
+    # builds for the same event.
+    master = Event("u", start=at(2024, 1, 1, 9), all_day=False, summary="s", attendees=["a@b"])
+    override = Event("u", recurrence_id="2024-01-08T09:00:00+00:00", start=at(2024, 1, 8, 10))
+    alone = event_values("c", "cal", Resource("p", None, "", "json", [master]))
+    both = event_values("c", "cal", Resource("p", None, "", "json", [master, override]))
+    assert alone == both[:1]
+    assert resource_values("c", "cal", Resource("p", None, "", "json", [master]), 0)[6] is False
 
 
 def test_a_resource_envelope_is_open_while_a_series_is() -> None:
