@@ -7,11 +7,11 @@ serialised again.
 
 msgspec does the reading (see docs/decisions/0007): the page is decoded against a struct that
 names only the members we use and takes the items array as `Raw` slices, which locates every
-item's text without building anything; each slice is then decoded into plain dicts and lists,
-as `json.loads` would, or, when the reader is given an item type (a `msgspec.Struct` whose
-fields are all optional), into that struct: only the members it names are built, and the
-conversion reads attributes instead of looking keys up. An item that is not a JSON object
-comes out as it was decoded without the type, for the caller to reject. The other members of
+item's text without building anything; a second pass decodes the whole items array in one call
+into plain dicts and lists, as `json.loads` would, or, when the reader is given an item type (a
+`msgspec.Struct` whose fields are all optional), into that struct: only the members it names
+are built, and the conversion reads attributes instead of looking keys up. An item that is not
+a JSON object comes out as it was decoded without the type, for the caller to reject. The other members of
 the page are skipped without being built. On the Google benchmark's 8.7 MB listing this is
 about twice as fast as the standard library's decoder alone, and three times our earlier
 scanner-based split; the Google event struct takes another third off.
@@ -54,6 +54,11 @@ class PageReader:
         ]
         page_type = msgspec.defstruct("Page", fields, kw_only=True)
         self._page = msgspec.json.Decoder(page_type)
+        item: Any = item_type if item_type is not None else Any
+        all_items = msgspec.defstruct(
+            "Items", [(_ITEMS, list[item] | None, msgspec.field(default=None, name=items))]
+        )
+        self._items = msgspec.json.Decoder(all_items)
         self._any = msgspec.json.Decoder()
         self._item = msgspec.json.Decoder(item_type) if item_type is not None else self._any
 
@@ -68,11 +73,12 @@ class PageReader:
                 if (value := getattr(page, f"m{index}")) is not None
             }
             raws: list[msgspec.Raw] = getattr(page, _ITEMS) or []
-            decode = self._item.decode
-            try:
-                items = [(decode(raw), str(raw, "utf-8")) for raw in raws]
+            texts = [str(raw, "utf-8") for raw in raws]
+            try:  # all items in one call: faster than one call per item
+                decoded = getattr(self._items.decode(content), _ITEMS) or []
             except msgspec.ValidationError:  # an item that is not an object, under a type
-                items = [(self._lenient(raw), str(raw, "utf-8")) for raw in raws]
+                decoded = [self._lenient(raw) for raw in raws]
+            items = list(zip(decoded, texts, strict=True))
         except msgspec.ValidationError as exc:
             raise ValueError(f"not a listing page: {exc}") from None
         except (msgspec.DecodeError, UnicodeDecodeError) as exc:
