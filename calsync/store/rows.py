@@ -151,7 +151,6 @@ def event_values(
 def _event_row(
     connection: str, calendar_id: str, provider_id: str, event: Event, stamp: Stamp
 ) -> tuple[Any, ...]:
-    end = event.end
     return (
         connection,
         calendar_id,
@@ -160,7 +159,7 @@ def _event_row(
         event.recurrence_id or "",
         event.status,
         stamp(event.start),
-        stamp(end if end is not None else event_end(event)),
+        stamp(event_end(event)),
         event.timezone,
         event.all_day,
         event.summary,
