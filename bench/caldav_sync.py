@@ -63,6 +63,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from bench._apply import APPLY_POLL, ApplyPath, ApplyRun
 from bench._platform import load_average, say
 from bench._results import Row, at_most
 from bench._util import MiB, median, peak_rss_bytes, rotate, ru_maxrss_bytes, verdict
@@ -366,9 +367,6 @@ def bare_report(collection_url: str, token: str) -> Report:
 # -- the path users run: kubectl apply against `calsync run` ----------------------------------
 
 
-APPLY_POLL = 0.05  # seconds between two reads of the connection while waiting for Ready
-
-
 def _apply_manifest(namespace: str, collection_url: str) -> str:
     """Namespace, labelled credentials Secret and CalendarConnection, as a user writes them."""
     return (
@@ -394,131 +392,6 @@ def _apply_manifest(namespace: str, collection_url: str) -> str:
         "    allowInsecureHTTP: true\n"
         "    credentialsSecretRef: {name: caldav-credentials}\n"
     )
-
-
-@dataclass
-class ApplyRun:
-    seconds: float  # kubectl apply started -> the connection seen Ready with every event
-    apply: float  # the kubectl apply process alone
-    polls: int
-    job: dict[str, Any]  # the SyncJob's status (startedAt, durationSeconds, counts)
-    created_to_ready: float  # the job's creationTimestamp -> Ready seen (1 s resolution)
-
-
-class ApplyPath:
-    """A local control plane, the CRDs and one long-running `calsync run` on shipped defaults."""
-
-    def __init__(self, root: Path, collection_url: str, expected_events: int) -> None:
-        self.root = root
-        self.url = collection_url
-        self.expected = expected_events
-        self.cluster: Any = None
-        self.component: Any = None
-        self.client: Any = None
-        self.kubeconfig = Path()
-        self.env: dict[str, str] = {}
-        self.rounds = 0
-
-    def up(self) -> None:
-        import yaml
-        from lightkube import Client
-        from lightkube.config.kubeconfig import KubeConfig
-
-        from bench._platform import BIN, Component, free_port
-        from calsync.devcluster import Cluster, ensure_binaries
-
-        bins = ensure_binaries(helm=False, log=True)
-        self.cluster = Cluster(f"bench-caldav-{os.getpid()}", self.root / "clusters")
-        self.kubeconfig = self.cluster.up(bins, log=False)
-        self.env = {**os.environ, "KUBECONFIG": str(self.kubeconfig)}
-        kubectl = BIN / "kubectl"
-        self.kubectl_bin = str(kubectl) if kubectl.exists() else "kubectl"
-        self._kubectl("apply", "--server-side", "--force-conflicts", "-f", str(ROOT / "crds"))
-        names = [
-            yaml.safe_load(p.read_text())["metadata"]["name"]
-            for p in sorted((ROOT / "crds").glob("*.yaml"))
-        ]
-        self._kubectl(
-            "wait", "--for=condition=Established", "--timeout=60s", *[f"crd/{n}" for n in names]
-        )
-        (self.root / "logs").mkdir(exist_ok=True)
-        # Shipped defaults except what a user must set on a shared machine: the store under a
-        # temporary folder, free ports, loopback Radicale allowed.
-        self.component = Component(
-            "run",
-            "calsync-run",
-            self.kubeconfig,
-            f"sqlite+aiosqlite:///{self.root / 'calsync-run.db'}",
-            self.root / "logs",
-            {"CALSYNC_GATEWAY_PORT": str(free_port())},
-        )
-        self.component.wait_for_log("operator bound to event store", timeout=90)
-        self.component.wait_for_log("writes to event store", timeout=90)
-        self.client = Client(config=KubeConfig.from_file(str(self.kubeconfig)))
-
-    def _kubectl(self, *args: str, input: str | None = None) -> str:
-        done = subprocess.run(
-            [self.kubectl_bin, *args], env=self.env, input=input, capture_output=True, text=True
-        )
-        if done.returncode != 0:
-            raise RuntimeError(f"kubectl {' '.join(args)}: {done.stderr}")
-        return done.stdout
-
-    def _ready(self, body: dict[str, Any]) -> bool:
-        status = body.get("status") or {}
-        ready = any(
-            c.get("type") == "Ready" and c.get("status") == "True"
-            for c in status.get("conditions") or []
-        )
-        return ready and status.get("eventCount") == self.expected
-
-    def sync_once(self) -> ApplyRun:
-        from calsync.controllers.kube import CalendarConnectionResource, SyncJobResource
-
-        self.rounds += 1
-        namespace = f"bench-{self.rounds}"
-        manifest = _apply_manifest(namespace, self.url)
-        started = time.perf_counter()
-        self._kubectl("apply", "-f", "-", input=manifest)
-        applied = time.perf_counter() - started
-        polls = 0
-        deadline = started + 300
-        while True:
-            polls += 1
-            body = self.client.get(CalendarConnectionResource, "work", namespace=namespace)
-            if self._ready(body.to_dict()):
-                seconds = time.perf_counter() - started
-                seen = time.time()
-                break
-            if time.perf_counter() > deadline:
-                raise RuntimeError(f"not Ready with every event in 300 s: {body.to_dict()}")
-            self.component.check()
-            time.sleep(APPLY_POLL)
-        jobs = [j.to_dict() for j in self.client.list(SyncJobResource, namespace=namespace)]
-        if len(jobs) != 1:
-            _fail(f"the apply made {len(jobs)} SyncJobs, not one")
-        job: dict[str, Any] = jobs[0]
-        created = job.get("metadata", {}).get("creationTimestamp")
-        created_to_ready = (
-            seen - dt.datetime.fromisoformat(created.replace("Z", "+00:00")).timestamp()
-            if created
-            else float("nan")
-        )
-        return ApplyRun(seconds, applied, polls, job.get("status") or {}, created_to_ready)
-
-    def clean(self) -> None:
-        """Delete the round's namespace and wait until the connection's purge let it go."""
-        self._kubectl(
-            "delete", "namespace", f"bench-{self.rounds}", "--wait=true", "--timeout=180s"
-        )
-
-    def down(self) -> None:
-        if self.client is not None:
-            self.client.close()
-        if self.component is not None:
-            self.component.stop()
-        if self.cluster is not None:
-            self.cluster.down(log=False)
 
 
 # -- the run --------------------------------------------------------------------------------------
@@ -618,7 +491,13 @@ class Bench:
 
     def apply_path(self) -> None:
         """The headline initial sync: `kubectl apply` until Ready, beside vdirsyncer."""
-        path = ApplyPath(self.root / "apply", self.url, self.server_vevents)
+        url = self.url
+        path = ApplyPath(
+            self.root / "apply",
+            "caldav",
+            lambda namespace: _apply_manifest(namespace, url),
+            self.server_vevents,
+        )
         try:
             say("starting the local control plane and `calsync run`")
             path.up()
@@ -640,8 +519,7 @@ class Bench:
                     f"vdirsyncer {self.applied_vdirsyncer[-1]:.2f} s"
                 )
         except BaseException:
-            if path.component is not None:
-                print(f"calsync run log tail:\n{path.component.output()[-4000:]}", file=sys.stderr)
+            print(f"calsync run log tail:\n{path.log_tail()}", file=sys.stderr)
             raise
         finally:
             path.down()

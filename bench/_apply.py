@@ -1,0 +1,173 @@
+"""The initial sync as users run it: `kubectl apply` until the connection reads Ready.
+
+A local control plane (`calsync devcluster`'s binaries) with the CRDs and one long-running
+`calsync run` on the shipped defaults: only what a user must set on a shared machine (the
+kubeconfig, a SQLite store URL under a temporary folder, free ports, private addresses allowed
+for loopback servers, and the provider URLs of a simulator). Each round `kubectl apply`s a fresh
+Namespace with what a user writes for one connection (the benchmark's `manifest`), and is timed
+from the start of `kubectl apply` until the connection reads Ready with `status.eventCount`
+equal to what the calendar holds. The connection is read every `APPLY_POLL` seconds (plus one
+GET's time), so the figure is late by up to that. `clean` deletes the round's namespace and
+waits until the connection's purge let it go.
+
+Used by the CalDAV, Google and Microsoft benchmarks for their headline rows.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import subprocess
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+APPLY_POLL = 0.05  # seconds between two reads of the connection while waiting for Ready
+CONNECTION = "work"  # the connection's name in every round's namespace
+
+
+@dataclass
+class ApplyRun:
+    seconds: float  # kubectl apply started -> the connection seen Ready with every event
+    apply: float  # the kubectl apply process alone
+    polls: int
+    job: dict[str, Any]  # the SyncJob's status (startedAt, durationSeconds, counts)
+    created_to_ready: float  # the job's creationTimestamp -> Ready seen (1 s resolution)
+
+
+class ApplyPath:
+    """A local control plane, the CRDs and one long-running `calsync run` on shipped defaults.
+
+    `manifest(namespace)` is the YAML a user applies for one connection named `work` in that
+    (new) namespace; `expected` the `status.eventCount` that means every event is stored;
+    `env` what the run needs besides the defaults (a simulator's URLs).
+    """
+
+    def __init__(
+        self,
+        root: Path,
+        name: str,
+        manifest: Callable[[str], str],
+        expected: int,
+        env: Mapping[str, str] | None = None,
+    ) -> None:
+        self.root = root
+        self.name = name
+        self.manifest = manifest
+        self.expected = expected
+        self.extra_env = dict(env or {})
+        self.cluster: Any = None
+        self.component: Any = None
+        self.client: Any = None
+        self.kubeconfig = Path()
+        self.env: dict[str, str] = {}
+        self.kubectl_bin = "kubectl"
+        self.rounds = 0
+
+    def up(self) -> None:
+        import yaml
+        from lightkube import Client
+        from lightkube.config.kubeconfig import KubeConfig
+
+        from bench._platform import BIN, Component, free_port
+        from calsync.devcluster import Cluster, ensure_binaries
+
+        self.root.mkdir(parents=True, exist_ok=True)
+        bins = ensure_binaries(helm=False, log=True)
+        self.cluster = Cluster(f"bench-{self.name}-{os.getpid()}", self.root / "clusters")
+        self.kubeconfig = self.cluster.up(bins, log=False)
+        self.env = {**os.environ, "KUBECONFIG": str(self.kubeconfig)}
+        kubectl = BIN / "kubectl"
+        self.kubectl_bin = str(kubectl) if kubectl.exists() else "kubectl"
+        self._kubectl("apply", "--server-side", "--force-conflicts", "-f", str(ROOT / "crds"))
+        names = [
+            yaml.safe_load(p.read_text())["metadata"]["name"]
+            for p in sorted((ROOT / "crds").glob("*.yaml"))
+        ]
+        self._kubectl(
+            "wait", "--for=condition=Established", "--timeout=60s", *[f"crd/{n}" for n in names]
+        )
+        (self.root / "logs").mkdir(exist_ok=True)
+        self.component = Component(
+            "run",
+            "calsync-run",
+            self.kubeconfig,
+            f"sqlite+aiosqlite:///{self.root / 'calsync-run.db'}",
+            self.root / "logs",
+            {"CALSYNC_GATEWAY_PORT": str(free_port()), **self.extra_env},
+        )
+        self.component.wait_for_log("operator bound to event store", timeout=90)
+        self.component.wait_for_log("writes to event store", timeout=90)
+        self.client = Client(config=KubeConfig.from_file(str(self.kubeconfig)))
+
+    def _kubectl(self, *args: str, input: str | None = None) -> str:
+        done = subprocess.run(
+            [self.kubectl_bin, *args], env=self.env, input=input, capture_output=True, text=True
+        )
+        if done.returncode != 0:
+            raise RuntimeError(f"kubectl {' '.join(args)}: {done.stderr}")
+        return done.stdout
+
+    def _ready(self, body: dict[str, Any]) -> bool:
+        status = body.get("status") or {}
+        ready = any(
+            c.get("type") == "Ready" and c.get("status") == "True"
+            for c in status.get("conditions") or []
+        )
+        return ready and status.get("eventCount") == self.expected
+
+    def sync_once(self) -> ApplyRun:
+        from calsync.controllers.kube import CalendarConnectionResource, SyncJobResource
+
+        self.rounds += 1
+        namespace = f"bench-{self.rounds}"
+        manifest = self.manifest(namespace)
+        started = time.perf_counter()
+        self._kubectl("apply", "-f", "-", input=manifest)
+        applied = time.perf_counter() - started
+        polls = 0
+        deadline = started + 300
+        while True:
+            polls += 1
+            body = self.client.get(CalendarConnectionResource, CONNECTION, namespace=namespace)
+            if self._ready(body.to_dict()):
+                seconds = time.perf_counter() - started
+                seen = time.time()
+                break
+            if time.perf_counter() > deadline:
+                raise RuntimeError(
+                    f"not Ready with {self.expected} events in 300 s: {body.to_dict()}"
+                )
+            self.component.check()
+            time.sleep(APPLY_POLL)
+        jobs = [j.to_dict() for j in self.client.list(SyncJobResource, namespace=namespace)]
+        if len(jobs) != 1:
+            raise RuntimeError(f"the apply made {len(jobs)} SyncJobs, not one")
+        job: dict[str, Any] = jobs[0]
+        created = job.get("metadata", {}).get("creationTimestamp")
+        created_to_ready = (
+            seen - dt.datetime.fromisoformat(created.replace("Z", "+00:00")).timestamp()
+            if created
+            else float("nan")
+        )
+        return ApplyRun(seconds, applied, polls, job.get("status") or {}, created_to_ready)
+
+    def clean(self) -> None:
+        """Delete the round's namespace and wait until the connection's purge let it go."""
+        self._kubectl(
+            "delete", "namespace", f"bench-{self.rounds}", "--wait=true", "--timeout=180s"
+        )
+
+    def log_tail(self) -> str:
+        return self.component.output()[-4000:] if self.component is not None else ""
+
+    def down(self) -> None:
+        if self.client is not None:
+            self.client.close()
+        if self.component is not None:
+            self.component.stop()
+        if self.cluster is not None:
+            self.cluster.down(log=False)
