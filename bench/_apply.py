@@ -36,14 +36,17 @@ class ApplyRun:
     polls: int
     job: dict[str, Any]  # the SyncJob's status (startedAt, durationSeconds, counts)
     created_to_ready: float  # the job's creationTimestamp -> Ready seen (1 s resolution)
+    events: int  # the connection's status.eventCount when seen Ready
 
 
 class ApplyPath:
     """A local control plane, the CRDs and one long-running `calsync run` on shipped defaults.
 
     `manifest(namespace)` is the YAML a user applies for one connection named `work` in that
-    (new) namespace; `expected` the `status.eventCount` that means every event is stored;
-    `env` what the run needs besides the defaults (a simulator's URLs).
+    (new) namespace; `expected` the `status.eventCount` that means every event is stored (None:
+    any, for a calendar whose count in the connection's own window is not known beforehand;
+    a new connection reads Ready only once its first sync succeeded); `env` what the run needs
+    besides the defaults (a simulator's URLs).
     """
 
     def __init__(
@@ -51,7 +54,7 @@ class ApplyPath:
         root: Path,
         name: str,
         manifest: Callable[[str], str],
-        expected: int,
+        expected: int | None,
         env: Mapping[str, str] | None = None,
     ) -> None:
         self.root = root
@@ -117,7 +120,10 @@ class ApplyPath:
             c.get("type") == "Ready" and c.get("status") == "True"
             for c in status.get("conditions") or []
         )
-        return ready and status.get("eventCount") == self.expected
+        count = status.get("eventCount")
+        if self.expected is None:
+            return ready and isinstance(count, int)
+        return ready and count == self.expected
 
     def sync_once(self) -> ApplyRun:
         from calsync.controllers.kube import CalendarConnectionResource, SyncJobResource
@@ -133,7 +139,8 @@ class ApplyPath:
         while True:
             polls += 1
             body = self.client.get(CalendarConnectionResource, CONNECTION, namespace=namespace)
-            if self._ready(body.to_dict()):
+            seen_body = body.to_dict()
+            if self._ready(seen_body):
                 seconds = time.perf_counter() - started
                 seen = time.time()
                 break
@@ -153,7 +160,8 @@ class ApplyPath:
             if created
             else float("nan")
         )
-        return ApplyRun(seconds, applied, polls, job.get("status") or {}, created_to_ready)
+        events = int(seen_body["status"]["eventCount"])
+        return ApplyRun(seconds, applied, polls, job.get("status") or {}, created_to_ready, events)
 
     def clean(self) -> None:
         """Delete the round's namespace and wait until the connection's purge let it go."""
