@@ -129,7 +129,13 @@ class Settings(BaseModel):
     sync_concurrency: int = Field(default=10, ge=1, le=1000, description="jobs per worker")
     sync_max_retries: int = Field(default=5, ge=0, le=100)
     sync_job_timeout: float = Field(default=600.0, gt=0)
-    sync_batch_size: int = Field(default=100, ge=1, le=10_000)
+    sync_batch_size: int = Field(
+        default=100,
+        ge=1,
+        le=10_000,
+        description="objects per CalDAV multiget and Graph page (Graph: at most 1,000), each one "
+        "store transaction; Google pages are always its largest (2,500)",
+    )
     caldav_poll_interval: float = Field(
         default=900.0,
         ge=60.0,

@@ -241,6 +241,39 @@ async def test_a_page_skips_malformed_items_and_keeps_the_last_mention() -> None
     assert [pid for pid, _ in provider.skipped] == ["bad", ""]
 
 
+@pytest.mark.parametrize(
+    ("batch_size", "asked"), [(1, 1), (100, 100), (1000, 1000), (10_000, 1000)]
+)
+async def test_the_page_size_asked_of_graph_is_the_batch_size_up_to_1000(
+    batch_size: int, asked: int
+) -> None:
+    # SYNC_BATCH_SIZE allows up to 10,000; Graph serves at most 1,000 per page (README).
+    seen: list[str] = []
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        seen.append(request.headers["Prefer"])
+        return httpx.Response(
+            200, json={"value": [], "@odata.deltaLink": "https://g/d?$deltatoken=z"}
+        )
+
+    provider = MicrosoftProvider(
+        "https://graph.example", StaticTokens("t"), transport=httpx.MockTransport(answer)
+    )
+    window = Window(dt.datetime(2025, 1, 1, tzinfo=UTC), dt.datetime(2026, 1, 1, tzinfo=UTC))
+
+    async def known() -> dict[str, str | None]:
+        return {}
+
+    try:
+        async for _ in provider.changes(
+            Calendar("c", "Calendar"), None, window=window, known=known, batch_size=batch_size
+        ):
+            pass
+    finally:
+        await provider.aclose()
+    assert seen == [f'odata.maxpagesize={asked}, outlook.timezone="UTC"']
+
+
 def test_a_wall_time_in_an_unknown_zone_is_read_as_utc() -> None:
     # One rule for unknown zones everywhere (calsync.timezones, decision 0012): kept, read as UTC.
     event = to_event(
