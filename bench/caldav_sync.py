@@ -63,8 +63,8 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from bench._apply import APPLY_POLL, ApplyPath, ApplyRun
-from bench._platform import load_average, say
+from bench._apply import APPLY_POLL, ApplyPath, ApplyRun, interleaved, print_rounds, raw_extra
+from bench._platform import load_average
 from bench._results import Row, at_most
 from bench._util import MiB, median, peak_rss_bytes, rotate, ru_maxrss_bytes, verdict
 
@@ -498,31 +498,16 @@ class Bench:
             lambda namespace: _apply_manifest(namespace, url),
             self.server_vevents,
         )
-        try:
-            say("starting the local control plane and `calsync run`")
-            path.up()
-            # Both sides warm: one untimed initial sync each (Radicale's cache is warm already).
-            warm = path.sync_once()
-            path.clean()
-            warm_vdir = self._vdirsyncer_initial(self.root / "vdirsyncer-apply-warm")
-            self.applied_warm = (warm.seconds, warm_vdir)
-            for round_ in range(ROUNDS):
-                for tool in rotate(("ours", "vdirsyncer"), round_):
-                    if tool == "ours":
-                        self.applied.append(path.sync_once())
-                        path.clean()
-                    else:
-                        folder = self.root / f"vdirsyncer-apply-{round_}"
-                        self.applied_vdirsyncer.append(self._vdirsyncer_initial(folder))
-                say(
-                    f"apply round {round_}: ours {self.applied[-1].seconds:.2f} s, "
-                    f"vdirsyncer {self.applied_vdirsyncer[-1]:.2f} s"
-                )
-        except BaseException:
-            print(f"calsync run log tail:\n{path.log_tail()}", file=sys.stderr)
-            raise
-        finally:
-            path.down()
+        # Both sides warm: one untimed initial sync each (Radicale's cache is warm already).
+        warm_vdir = self._vdirsyncer_initial(self.root / "vdirsyncer-apply-warm")
+        folders = iter(range(ROUNDS))
+
+        def vdirsyncer() -> float:
+            return self._vdirsyncer_initial(self.root / f"vdirsyncer-apply-{next(folders)}")
+
+        done = interleaved(path, ROUNDS, vdirsyncer)
+        self.applied, self.applied_vdirsyncer = done.runs, done.reference
+        self.applied_warm = (done.warm, warm_vdir)
 
     def initial(self) -> None:
         for round_ in range(ROUNDS):
@@ -654,12 +639,7 @@ class Bench:
             f"rounds: ours {_list(ours)}  vdirsyncer {_list(vdir)}  "
             f"ratios {_list([o / v for o, v in zip(ours, vdir, strict=True)])}"
         )
-        for i, r in enumerate(self.applied):
-            print(
-                f"  round {i}: kubectl apply {r.apply:.3f} s, {r.polls} reads; SyncJob "
-                f"durationSeconds {r.job.get('durationSeconds')}, created -> Ready seen "
-                f"{r.created_to_ready:.2f} s (1 s resolution), counts {r.job.get('counts')}"
-            )
+        print_rounds(self.applied)
         print()
 
     def print_report(self) -> None:
@@ -750,9 +730,8 @@ class Bench:
                     extra={
                         "vevents": self.server_vevents,
                         "rounds": ROUNDS,
-                        "raw_ours_s": [r.seconds for r in self.applied],
                         "raw_vdirsyncer_s": self.applied_vdirsyncer,
-                        "poll_interval_s": APPLY_POLL,
+                        **raw_extra(self.applied),
                     },
                 )
             )

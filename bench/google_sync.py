@@ -48,8 +48,15 @@ from importlib import metadata
 from pathlib import Path
 from typing import IO, Any
 
-from bench._apply import APPLY_POLL, ApplyPath, ApplyRun
-from bench._platform import say
+from bench._apply import (
+    APPLY_POLL,
+    ApplyPath,
+    Interleaved,
+    interleaved,
+    oauth_manifest,
+    print_rounds,
+    raw_extra,
+)
 from bench._results import Row, at_most
 from bench._util import MiB, median, peak_rss_bytes, rotate, verdict
 
@@ -342,9 +349,7 @@ class Results:
     stored: dict[str, Any] = field(default_factory=dict)
     made: dict[str, int] = field(default_factory=dict)
     warmup: float = 0.0
-    applied: list[ApplyRun] = field(default_factory=list)  # the headline, kubectl apply -> Ready
-    applied_bare: list[float] = field(default_factory=list)  # bare paging between those rounds
-    applied_warm: float = 0.0
+    applied: Interleaved | None = None  # the headline: kubectl apply -> Ready, and bare paging
 
 
 def measure(profile: Path | None = None, *, apply: bool = True) -> Results:
@@ -409,79 +414,38 @@ def measure(profile: Path | None = None, *, apply: bool = True) -> Results:
     return results
 
 
-def _apply_manifest(sim: Simulator, client: dict[str, Any], namespace: str) -> str:
-    """What a user applies for a Google connection: the OAuth client's Secret, the Secret with
-    the refresh token consent gave (minted here by the simulator, before the clock starts) and
-    the CalendarConnection, in a fresh namespace; both Secrets labelled for calsync."""
-    refresh = sim.admin("POST", "/tokens/refresh", {"user": USER, "client_id": client["client_id"]})
-    labels = '  labels: {calsync.io/credentials: "true"}\n'
-    return (
-        "apiVersion: v1\n"
-        "kind: Namespace\n"
-        f"metadata: {{name: {namespace}}}\n"
-        "---\n"
-        "apiVersion: v1\n"
-        "kind: Secret\n"
-        f"metadata:\n  name: google-client\n  namespace: {namespace}\n{labels}"
-        f"stringData: {{client_id: {client['client_id']}, "
-        f"client_secret: {client['client_secret']}}}\n"
-        "---\n"
-        "apiVersion: v1\n"
-        "kind: Secret\n"
-        f"metadata:\n  name: work-token\n  namespace: {namespace}\n{labels}"
-        f"stringData: {{refresh_token: {refresh['refresh_token']}}}\n"
-        "---\n"
-        "apiVersion: calsync.io/v1alpha1\n"
-        "kind: CalendarConnection\n"
-        f"metadata: {{name: work, namespace: {namespace}}}\n"
-        "spec:\n"
-        "  provider: google\n"
-        f"  owner: {USER}\n"
-        "  oauth:\n"
-        "    clientSecretRef: {name: google-client}\n"
-        "    tokenSecretRef: {name: work-token}\n"
-    )
-
-
 def apply_path(sim: Simulator, root: Path, results: Results, token: str) -> None:
     """The headline: `kubectl apply` of a Google connection until Ready with every event,
     through one long-running `calsync run` on the shipped defaults (pointed at the simulator),
     interleaved round by round with bare paging; one untimed warm-up round first."""
-    expected = int(results.stored["events"])
     client = sim.admin("POST", "/clients", {"redirect_uris": ["http://127.0.0.1/callback"]})
+
+    def manifest(namespace: str) -> str:  # a refresh token per round, minted before the clock
+        minted = sim.admin(
+            "POST", "/tokens/refresh", {"user": USER, "client_id": client["client_id"]}
+        )
+        return oauth_manifest(
+            namespace,
+            "google",
+            USER,
+            (client["client_id"], client["client_secret"]),
+            minted["refresh_token"],
+        )
+
+    def bare() -> float:
+        seconds, items, _ = bare_paging(sim.url, token, USER)
+        if items != results.items:
+            raise RuntimeError(f"bare paging saw {items} items, then {results.items}")
+        return seconds
+
     env = {
         "CALSYNC_GOOGLE_API_URL": sim.url,
         "CALSYNC_GOOGLE_AUTHORIZE_URL": f"{sim.url}/o/oauth2/v2/auth",
         "CALSYNC_GOOGLE_TOKEN_URL": f"{sim.url}/token",
     }
-    path = ApplyPath(
-        root / "apply", "google", lambda ns: _apply_manifest(sim, client, ns), expected, env
-    )
-    try:
-        say("starting the local control plane and `calsync run`")
-        path.up()
-        warm = path.sync_once()
-        path.clean()
-        results.applied_warm = warm.seconds
-        for round_ in range(ROUNDS):
-            for tool in rotate(("ours", "bare"), round_):
-                if tool == "ours":
-                    results.applied.append(path.sync_once())
-                    path.clean()
-                else:
-                    seconds, items, _ = bare_paging(sim.url, token, USER)
-                    if items != results.items:
-                        raise RuntimeError(f"bare paging saw {items} items, then {results.items}")
-                    results.applied_bare.append(seconds)
-            say(
-                f"apply round {round_}: ours {results.applied[-1].seconds:.3f} s, "
-                f"bare paging {results.applied_bare[-1]:.3f} s"
-            )
-    except BaseException:
-        print(f"calsync run log tail:\n{path.log_tail()}", file=sys.stderr)
-        raise
-    finally:
-        path.down()
+    expected = int(results.stored["events"])
+    path = ApplyPath(root / "apply", "google", manifest, expected, env)
+    results.applied = interleaved(path, ROUNDS, bare)
 
 
 def _check(data: dict[str, Any], items: int) -> None:
@@ -494,10 +458,11 @@ def _check(data: dict[str, Any], items: int) -> None:
 
 
 def print_apply_report(results: Results) -> None:
-    if not results.applied:
+    applied = results.applied
+    if applied is None:
         return
-    ours = [r.seconds for r in results.applied]
-    bare, floor = median(results.applied_bare), median(results.sqlite_floor)
+    ours = [r.seconds for r in applied.runs]
+    bare, floor = median(applied.reference), median(results.sqlite_floor)
     reference = bare + floor
     ratio = median(ours) / reference
     print(
@@ -507,7 +472,7 @@ def print_apply_report(results: Results) -> None:
         "`calsync run` on the shipped defaults (SQLite store, pointed at the simulator); the "
         f"connection read every {APPLY_POLL * 1000:.0f} ms (plus one GET's time); "
         f"{ROUNDS} rounds interleaved with bare paging, one untimed warm-up "
-        f"({results.applied_warm:.2f} s); each round's namespace deleted before the next"
+        f"({applied.warm:.2f} s); each round's namespace deleted before the next"
     )
     print(
         f"ours {median(ours):.3f} s against bare paging {bare:.3f} s + SQLite alone "
@@ -518,14 +483,9 @@ def print_apply_report(results: Results) -> None:
         "rounds: ours "
         + ", ".join(f"{v:.3f}" for v in ours)
         + "; bare paging "
-        + ", ".join(f"{v:.3f}" for v in results.applied_bare)
+        + ", ".join(f"{v:.3f}" for v in applied.reference)
     )
-    for i, r in enumerate(results.applied):
-        print(
-            f"  round {i}: kubectl apply {r.apply:.3f} s, {r.polls} reads; SyncJob "
-            f"durationSeconds {r.job.get('durationSeconds')}, created -> Ready seen "
-            f"{r.created_to_ready:.2f} s (1 s resolution)"
-        )
+    print_rounds(applied.runs)
     print()
 
 
@@ -604,9 +564,10 @@ def rows(results: Results) -> list[Row]:
     target, passed = at_most(ours / reference, TARGET)
     case = f"initial sync, {results.items} resources"
     headline: list[Row] = []
-    if results.applied:
-        applied = median([r.seconds for r in results.applied])
-        applied_bare = median(results.applied_bare)
+    if results.applied is not None:
+        runs = results.applied.runs
+        applied = median([r.seconds for r in runs])
+        applied_bare = median(results.applied.reference)
         applied_reference = applied_bare + floor
         applied_target, applied_passed = at_most(applied / applied_reference, TARGET)
         headline.append(
@@ -624,12 +585,9 @@ def rows(results: Results) -> list[Row]:
                     "sqlite_alone_s": floor,
                     "events": results.stored.get("events"),
                     "rounds": ROUNDS,
-                    "warmup_s": results.applied_warm,
-                    "poll_interval_s": APPLY_POLL,
-                    "raw_ours_s": [r.seconds for r in results.applied],
-                    "raw_bare_s": results.applied_bare,
-                    "raw_kubectl_apply_s": [r.apply for r in results.applied],
-                    "raw_job_duration_s": [r.job.get("durationSeconds") for r in results.applied],
+                    "warmup_s": results.applied.warm,
+                    "raw_bare_s": results.applied.reference,
+                    **raw_extra(runs),
                 },
             )
         )

@@ -35,8 +35,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bench._apply import APPLY_POLL, ApplyPath, ApplyRun
-from bench._platform import say
+from bench._apply import (
+    APPLY_POLL,
+    ApplyPath,
+    Interleaved,
+    interleaved,
+    oauth_manifest,
+    print_rounds,
+    raw_extra,
+)
 from bench._results import Row, at_least
 from bench._util import MiB, median, peak_rss_bytes, rotate, verdict
 
@@ -215,78 +222,27 @@ def _child(
 # -- the headline: kubectl apply through `calsync run` ------------------------------------------
 
 
-def _apply_manifest(info: dict[str, Any], namespace: str) -> str:
-    """What a user applies for a Microsoft connection: the app's Secret, the Secret with the
-    refresh token consent gave, and the CalendarConnection, in a fresh namespace."""
-    labels = '  labels: {calsync.io/credentials: "true"}\n'
-    return (
-        "apiVersion: v1\n"
-        "kind: Namespace\n"
-        f"metadata: {{name: {namespace}}}\n"
-        "---\n"
-        "apiVersion: v1\n"
-        "kind: Secret\n"
-        f"metadata:\n  name: graph-client\n  namespace: {namespace}\n{labels}"
-        f"stringData: {{client_id: {CLIENT_ID}, client_secret: {CLIENT_SECRET}}}\n"
-        "---\n"
-        "apiVersion: v1\n"
-        "kind: Secret\n"
-        f"metadata:\n  name: work-token\n  namespace: {namespace}\n{labels}"
-        f"stringData: {{refresh_token: {info['refresh_token']}}}\n"
-        "---\n"
-        "apiVersion: calsync.io/v1alpha1\n"
-        "kind: CalendarConnection\n"
-        f"metadata: {{name: work, namespace: {namespace}}}\n"
-        "spec:\n"
-        "  provider: microsoft\n"
-        f"  owner: {info['address']}\n"
-        "  oauth:\n"
-        "    clientSecretRef: {name: graph-client}\n"
-        "    tokenSecretRef: {name: work-token}\n"
-    )
-
-
-@dataclass
-class Applied:
-    runs: list[ApplyRun] = field(default_factory=list)
-    bare: list[float] = field(default_factory=list)
-    warm: float = 0.0
-
-
-def apply_path(info: dict[str, Any], root: Path, rounds: int) -> Applied:
+def apply_path(info: dict[str, Any], root: Path, rounds: int) -> Interleaved:
     """`kubectl apply` of a Microsoft connection until Ready through one `calsync run` on the
     shipped defaults (pointed at the simulator), interleaved with bare delta paging; one
     untimed warm-up round first."""
+
+    def manifest(namespace: str) -> str:
+        client = (CLIENT_ID, CLIENT_SECRET)
+        return oauth_manifest(
+            namespace, "microsoft", info["address"], client, info["refresh_token"]
+        )
+
+    def bare() -> float:
+        return float(_child("bare", info, None, None)["seconds"])
+
     env = {"CALSYNC_MICROSOFT_GRAPH_URL": info["url"], "CALSYNC_MICROSOFT_LOGIN_URL": info["url"]}
-    path = ApplyPath(root / "apply", "microsoft", lambda ns: _apply_manifest(info, ns), None, env)
-    applied = Applied()
-    try:
-        say("starting the local control plane and `calsync run`")
-        path.up()
-        applied.warm = path.sync_once().seconds
-        path.clean()
-        for round_ in range(rounds):
-            for tool in rotate(TOOLS, round_):
-                if tool == "ours":
-                    applied.runs.append(path.sync_once())
-                    path.clean()
-                else:
-                    data = _child("bare", info, None, None)
-                    applied.bare.append(float(data["seconds"]))
-            say(
-                f"apply round {round_}: ours {applied.runs[-1].seconds:.3f} s, "
-                f"bare delta paging {applied.bare[-1]:.3f} s"
-            )
-    except BaseException:
-        print(f"calsync run log tail:\n{path.log_tail()}", file=sys.stderr)
-        raise
-    finally:
-        path.down()
-    return applied
+    path = ApplyPath(root / "apply", "microsoft", manifest, None, env)
+    return interleaved(path, rounds, bare)
 
 
-def _apply_row(applied: Applied, items: int, stored: int) -> Row:
-    ours, bare = median([r.seconds for r in applied.runs]), median(applied.bare)
+def _apply_row(applied: Interleaved, items: int, stored: int) -> Row:
+    ours, bare = median([r.seconds for r in applied.runs]), median(applied.reference)
     ratio = bare / ours
     counts = sorted({r.events for r in applied.runs})
     print(
@@ -306,14 +262,9 @@ def _apply_row(applied: Applied, items: int, stored: int) -> Row:
         "rounds: ours "
         + ", ".join(f"{r.seconds:.3f}" for r in applied.runs)
         + "; bare "
-        + ", ".join(f"{v:.3f}" for v in applied.bare)
+        + ", ".join(f"{v:.3f}" for v in applied.reference)
     )
-    for i, r in enumerate(applied.runs):
-        print(
-            f"  round {i}: kubectl apply {r.apply:.3f} s, {r.polls} reads; SyncJob "
-            f"durationSeconds {r.job.get('durationSeconds')}, created -> Ready seen "
-            f"{r.created_to_ready:.2f} s (1 s resolution)"
-        )
+    print_rounds(applied.runs)
     print()
     # The connection's window is "now" when it syncs, the simulator's a few seconds earlier:
     # an occurrence or two may fall in or out at the edges, nothing more.
@@ -335,11 +286,8 @@ def _apply_row(applied: Applied, items: int, stored: int) -> Row:
             "events": counts,
             "rounds": len(applied.runs),
             "warmup_s": applied.warm,
-            "poll_interval_s": APPLY_POLL,
-            "raw_ours_s": [r.seconds for r in applied.runs],
-            "raw_bare_s": applied.bare,
-            "raw_kubectl_apply_s": [r.apply for r in applied.runs],
-            "raw_job_duration_s": [r.job.get("durationSeconds") for r in applied.runs],
+            "raw_bare_s": applied.reference,
+            **raw_extra(applied.runs),
         },
     )
 

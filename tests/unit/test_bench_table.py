@@ -229,13 +229,79 @@ def test_google_sync_rows_compare_against_the_sum_of_the_floors() -> None:
     assert provider.ratio == pytest.approx(0.12 / 0.30)
 
 
+def test_google_sync_leads_with_the_kubectl_apply_path_against_the_same_floors() -> None:
+    from bench._apply import ApplyRun, Interleaved
+    from bench.google_sync import Results, rows
+
+    runs = [ApplyRun(s, 0.2, 12, {"durationSeconds": 0.5}, 1.0, 10_680) for s in (0.9, 0.5, 1.0)]
+    results = Results(
+        ours=[0.45],
+        ours_rss=[2**27],
+        sqlite_floor=[0.20],
+        provider=[0.25],
+        bare=[0.12],
+        items=10_680,
+        pages=5,
+        stored={"events": 10_680},
+        applied=Interleaved(runs, [0.10, 0.14, 0.12], 1.1),
+    )
+    head, engine, *_ = rows(results)
+    assert "kubectl apply" in head.case and "engine in-process" in engine.case
+    assert head.reference == pytest.approx(0.12 + 0.20)  # the bare rounds beside it + SQLite
+    assert head.ratio == pytest.approx(0.9 / 0.32)
+    assert (head.target, head.passed) == ("<= 1.5x", False)
+    assert head.extra["raw_kubectl_apply_s"] == [0.2, 0.2, 0.2]
+    assert (engine.target, engine.passed) == ("<= 1.5x", True)
+
+
+def test_microsoft_sync_headline_is_a_rate_and_checks_the_stored_count() -> None:
+    from bench._apply import ApplyRun, Interleaved
+    from bench.microsoft_sync import _apply_row
+
+    def applied(count: int) -> Interleaved:
+        runs = [ApplyRun(s, 0.2, 60, {}, 3.0, count) for s in (4.0, 3.6, 4.4)]
+        return Interleaved(runs, [2.0, 1.9, 2.2], 4.1)
+
+    row = _apply_row(applied(19_560), 19_560, 19_559)  # an occurrence at the window's edge
+    assert row.ratio == pytest.approx(2.0 / 4.0)
+    assert (row.target, row.passed) == (">= 0.5x", True)
+    with pytest.raises(RuntimeError, match="stored"):
+        _apply_row(applied(19_000), 19_560, 19_560)
+
+
+def test_the_oauth_manifest_is_what_a_user_applies() -> None:
+    import yaml
+
+    from bench._apply import CONNECTION, oauth_manifest
+
+    docs = list(
+        yaml.safe_load_all(oauth_manifest("ns-1", "google", "a@example.com", ("id", "s"), "r"))
+    )
+    assert [d["kind"] for d in docs] == ["Namespace", "Secret", "Secret", "CalendarConnection"]
+    assert all(d["metadata"].get("namespace", "ns-1") == "ns-1" for d in docs)
+    client, token, connection = docs[1:]
+    for secret in (client, token):
+        assert secret["metadata"]["labels"] == {"calsync.io/credentials": "true"}
+    assert client["stringData"] == {"client_id": "id", "client_secret": "s"}
+    assert token["stringData"] == {"refresh_token": "r"}
+    assert connection["metadata"]["name"] == CONNECTION
+    assert connection["spec"] == {
+        "provider": "google",
+        "owner": "a@example.com",
+        "oauth": {
+            "clientSecretRef": {"name": client["metadata"]["name"]},
+            "tokenSecretRef": {"name": token["metadata"]["name"]},
+        },
+    }
+
+
 def test_caldav_sync_rows_lead_with_the_kubectl_apply_path() -> None:
     from bench.caldav_sync import CASES, ApplyRun, Bench, Case
 
     bench = object.__new__(Bench)  # no vdirsyncer lookup: only the figures are needed
     bench.batch_size = 500
     bench.server_resources, bench.server_vevents = 10_000, 12_561
-    bench.applied = [ApplyRun(s, 0.2, 10, {}, 2.0) for s in (3.0, 3.4, 2.9)]
+    bench.applied = [ApplyRun(s, 0.2, 10, {}, 2.0, 12_561) for s in (3.0, 3.4, 2.9)]
     bench.applied_vdirsyncer = [6.5, 6.6, 7.0]
     bench.cases = {
         name: Case(ours=[0.6], ours_wall=[1.2], ours_rss=[2**27], vdirsyncer=[2.6], report=[0.5])
