@@ -133,8 +133,8 @@ class Settings(BaseModel):
         default=100,
         ge=1,
         le=10_000,
-        description="objects per CalDAV multiget and Graph page (Graph: at most 1,000), each one "
-        "store transaction; Google pages are always its largest (2,500)",
+        description="objects per store transaction (CalDAV: also per multiget request; Graph "
+        "pages of 1,000 are stored in such batches); Google pages are always 2,500",
     )
     caldav_poll_interval: float = Field(
         default=900.0,

@@ -198,11 +198,13 @@ async def test_foreign_delta_link_never_gets_the_token(setup: Setup) -> None:
         for n in range(3):
             setup.add(f"E{n}", n)
         setup.sim.base_url = foreign
+        small = setup.provider(page_size=1)  # Graph pages of one item: a nextLink follows
         with pytest.raises(ProviderError, match="another host") as caught:
-            await collect(provider, calendar, None, setup.window, 1)
+            await collect(small, calendar, None, setup.window, 1)
         assert not caught.value.retryable
     finally:
         await provider.aclose()
+        await small.aclose()
         await runner.cleanup()
     assert seen == []
 

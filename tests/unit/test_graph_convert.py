@@ -213,7 +213,7 @@ async def test_a_page_skips_malformed_items_and_keeps_the_last_mention() -> None
     }
 
     def answer(request: httpx.Request) -> httpx.Response:
-        assert request.headers["Prefer"] == 'odata.maxpagesize=50, outlook.timezone="UTC"'
+        assert request.headers["Prefer"] == 'odata.maxpagesize=1000, outlook.timezone="UTC"'
         assert request.url.params["startDateTime"].endswith("Z")
         return httpx.Response(200, json=payload)
 
@@ -242,19 +242,35 @@ async def test_a_page_skips_malformed_items_and_keeps_the_last_mention() -> None
 
 
 @pytest.mark.parametrize(
-    ("batch_size", "asked"), [(1, 1), (100, 100), (1000, 1000), (10_000, 1000)]
+    ("pages", "batch_size", "handed"),
+    [
+        ([7], 3, [3, 3, 1]),
+        ([6], 3, [3, 3]),
+        ([0], 100, [0]),
+        ([5, 0], 2, [2, 2, 1, 0]),
+        ([1000, 250], 100, [100] * 12 + [50]),
+        ([4], 10_000, [4]),
+    ],
 )
-async def test_the_page_size_asked_of_graph_is_the_batch_size_up_to_1000(
-    batch_size: int, asked: int
+async def test_graph_pages_are_asked_at_1000_and_stored_in_batches(
+    pages: list[int], batch_size: int, handed: list[int]
 ) -> None:
-    # SYNC_BATCH_SIZE allows up to 10,000; Graph serves at most 1,000 per page (README).
-    seen: list[str] = []
+    # Graph's largest pages (fewer requests against throttling); SYNC_BATCH_SIZE items per
+    # store transaction, in order; only the very last carries the cursor (README).
+    prefer: list[str] = []
+    numbers = iter(range(10**6))
 
     def answer(request: httpx.Request) -> httpx.Response:
-        seen.append(request.headers["Prefer"])
-        return httpx.Response(
-            200, json={"value": [], "@odata.deltaLink": "https://g/d?$deltatoken=z"}
-        )
+        prefer.append(request.headers["Prefer"])
+        number = len(prefer) - 1
+        body: dict[str, Any] = {
+            "value": [item(id=f"e{next(numbers)}") for _ in range(pages[number])]
+        }
+        if number + 1 < len(pages):
+            body["@odata.nextLink"] = f"https://graph.example/v1.0/next?page={number + 1}"
+        else:
+            body["@odata.deltaLink"] = "https://graph.example/v1.0/d?$deltatoken=z"
+        return httpx.Response(200, json=body)
 
     provider = MicrosoftProvider(
         "https://graph.example", StaticTokens("t"), transport=httpx.MockTransport(answer)
@@ -265,13 +281,21 @@ async def test_the_page_size_asked_of_graph_is_the_batch_size_up_to_1000(
         return {}
 
     try:
-        async for _ in provider.changes(
-            Calendar("c", "Calendar"), None, window=window, known=known, batch_size=batch_size
-        ):
-            pass
+        found = [
+            p
+            async for p in provider.changes(
+                Calendar("c", "Calendar"), None, window=window, known=known, batch_size=batch_size
+            )
+        ]
     finally:
         await provider.aclose()
-    assert seen == [f'odata.maxpagesize={asked}, outlook.timezone="UTC"']
+    assert prefer == ['odata.maxpagesize=1000, outlook.timezone="UTC"'] * len(pages)
+    assert [len(p.upserts) for p in found] == handed
+    ids = [r.provider_id for p in found for r in p.upserts]
+    assert ids == [f"e{n}" for n in range(sum(pages))]  # every item once, in order
+    assert [p.cursor is not None for p in found] == [False] * (len(handed) - 1) + [True]
+    assert [p.complete for p in found] == [False] * (len(handed) - 1) + [True]
+    assert all(p.full for p in found)
 
 
 def test_a_wall_time_in_an_unknown_zone_is_read_as_utc() -> None:
