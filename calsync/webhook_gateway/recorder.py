@@ -38,7 +38,7 @@ from calsync.api.meta import API_VERSION, CALENDAR_CONNECTION
 from calsync.controllers import kube
 from calsync.observability import metrics
 from calsync.worker.informer import Informer
-from calsync.worker.queue import NOTIFIED_AT, coalescing_until
+from calsync.worker.queue import NOTIFIED_AT, coalescing_until, parse_ts
 
 log = logging.getLogger(__name__)
 
@@ -146,12 +146,24 @@ def young(
 
 
 def plan(
-    jobs: Iterable[Mapping[str, Any]], prefix: str, taken: Iterable[int] = ()
+    jobs: Iterable[Mapping[str, Any]],
+    prefix: str,
+    taken: Iterable[int] = (),
+    *,
+    now: dt.datetime | None = None,
+    window: dt.timedelta = dt.timedelta(0),
+    longest: dt.timedelta = dt.timedelta(0),
 ) -> Touch | Create:
     """What a recording does next, from the calendar's webhook jobs in the cache.
 
     Touch the newest touchable job: workers start the oldest Pending job of a connection
     first, so the newest is the least likely to be claimed while the touch is on its way.
+
+    Except when that job is the calendar's only touchable one and its wait can no longer move
+    (`spent`, given `now` and the coalescing settings): a touch would prove it unclaimed but
+    buy no quiet time, so every later notification would need another write until a worker
+    takes the job. The next job is created instead, and notifications are answered without a
+    write again for most of its window. A second one at most: with two, the newest is touched.
     """
     jobs = list(jobs)
     candidates = [j for j in jobs if touchable(j)]
@@ -162,8 +174,22 @@ def plan(
             n = number_of(str(meta["name"]), prefix) or 0
             return n, str(meta.get("creationTimestamp") or ""), str(meta["name"])
 
-        return Touch(max(candidates, key=order))
+        newest = max(candidates, key=order)
+        if len(candidates) > 1 or now is None or not spent(newest, now, window, longest):
+            return Touch(newest)
     return Create(next_number(jobs, prefix, taken))
+
+
+def spent(
+    job: Mapping[str, Any], now: dt.datetime, window: dt.timedelta, longest: dt.timedelta
+) -> bool:
+    """True when a touch now could not move the job's coalescing wait past CLOCK_MARGIN from
+    now: it reaches its cap, `longest` after its creation (`coalescing_until`), within that.
+    Without a window there is no wait to move, and touching stays the cheaper write."""
+    created = parse_ts(job["metadata"].get("creationTimestamp"))
+    if window <= CLOCK_MARGIN or created is None or not is_webhook_job(job):
+        return False
+    return created + max(longest, window) - now <= CLOCK_MARGIN
 
 
 class WebhookJobIndex:
@@ -347,7 +373,14 @@ class Recorder:
         prefix = job_prefix(work.connection, work.calendar_id)
         taken: list[int] = []
         for _ in range(MAX_STEPS):
-            step = plan(self._index.jobs_of(work.key), prefix, taken)
+            step = plan(
+                self._index.jobs_of(work.key),
+                prefix,
+                taken,
+                now=dt.datetime.now(dt.UTC),
+                window=self._window,
+                longest=self._longest,
+            )
             if isinstance(step, Touch):
                 if await self._touch(step.job):
                     return "touched"

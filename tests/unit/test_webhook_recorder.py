@@ -86,6 +86,36 @@ def test_a_pending_webhook_job_is_touched_the_newest_first() -> None:
     assert isinstance(plan([job(PREFIX + "1", None)], PREFIX), Touch)
 
 
+def test_a_job_whose_wait_cannot_move_gets_a_successor_instead_of_a_touch() -> None:
+    # WEBHOOK_COALESCE 3 s, WEBHOOK_COALESCE_MAX 10 s: the job created at 00:00:00 waits at
+    # most until 00:00:10, so from 00:00:09 on a touch buys no quiet time.
+    window, longest = dt.timedelta(seconds=3), dt.timedelta(seconds=10)
+    created = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
+    only = [job(PREFIX + "1", created="2026-01-01T00:00:00Z")]
+
+    def at(seconds: float, jobs: list[dict[str, Any]]) -> Touch | Create:
+        now = created + dt.timedelta(seconds=seconds)
+        return plan(jobs, PREFIX, now=now, window=window, longest=longest)
+
+    for seconds in (2.0, 8.5, 8.99):  # a touch still moves the wait
+        assert isinstance(at(seconds, only), Touch), seconds
+    for seconds in (9.0, 9.5, 10.0, 60.0):  # it would not: the next job instead
+        assert at(seconds, only) == Create(2), seconds
+    # A second one at most: with two touchable jobs, the newest is touched, spent or not.
+    both = [*only, job(PREFIX + "2", created="2026-01-01T00:00:09Z")]
+    step = at(60.0, both)
+    assert isinstance(step, Touch) and step.job["metadata"]["name"] == PREFIX + "2"
+    # A Running job is not touchable: the Pending one after it is the only one, and young.
+    running = [job(PREFIX + "1", "Running"), job(PREFIX + "2", created="2026-01-01T00:00:59Z")]
+    step = at(60.0, running)
+    assert isinstance(step, Touch) and step.job["metadata"]["name"] == PREFIX + "2"
+    assert at(69.5, running) == Create(3)
+    # Without a coalescing window (or without a clock) nothing changes: touch.
+    assert isinstance(plan(only, PREFIX, now=created + dt.timedelta(hours=1)), Touch)
+    no_window = plan(only, PREFIX, now=created + dt.timedelta(hours=1), window=dt.timedelta(0))
+    assert isinstance(no_window, Touch)
+
+
 def test_without_a_pending_job_the_next_number_is_created() -> None:
     jobs = [job(PREFIX + "4", "Running"), job(PREFIX + "2", "Succeeded")]
     assert plan(jobs, PREFIX) == Create(5)
