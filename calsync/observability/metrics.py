@@ -203,6 +203,14 @@ WEBHOOK_JOBS = Counter(
     ["provider", "action"],
     registry=REGISTRY,
 )
+WEBHOOK_AHEAD = Counter(
+    "calsync_webhook_ahead_total",
+    "Recordings the gateway made ahead, for no notification in particular, by provider and "
+    "action: touched (a Pending webhook job re-armed before its coalescing wait ran out) or "
+    "created (its successor, once the job's wait reached WEBHOOK_COALESCE_MAX).",
+    ["provider", "action"],
+    registry=REGISTRY,
+)
 WEBHOOK_RECORDINGS_IN_FLIGHT = Gauge(
     "calsync_webhook_recordings_in_flight",
     "Recordings of notifications as sync work the gateway is carrying out now.",

@@ -120,6 +120,10 @@ def touchable(job: Mapping[str, Any]) -> bool:
 # How much a worker's clock may run ahead of the gateway's before an answer without a write
 # could come too late (the job already started): the young-job shortcut keeps this far away.
 CLOCK_MARGIN = dt.timedelta(seconds=1)
+# A young job whose wait ends sooner than this gets its next recording (a touch, or its
+# successor) started in the background, so that notifications rarely find it too old to answer
+# at once and have to wait for a write. Between this and CLOCK_MARGIN is the time that write has.
+REFRESH_AHEAD = dt.timedelta(seconds=1.5)
 
 
 def young(
@@ -143,6 +147,37 @@ def young(
         if until is not None and now < until - CLOCK_MARGIN:
             return job
     return None
+
+
+def wait_left(
+    jobs: Iterable[Mapping[str, Any]],
+    now: dt.datetime,
+    window: dt.timedelta,
+    longest: dt.timedelta = dt.timedelta(0),
+) -> dt.timedelta | None:
+    """How much longer the latest coalescing wait among the calendar's touchable webhook jobs
+    runs (negative: over), None without one."""
+    ends = [
+        until
+        for job in jobs
+        if touchable(job) and (until := coalescing_until(job, window, longest)) is not None
+    ]
+    return max(ends) - now if ends else None
+
+
+def refresh_due(
+    jobs: Iterable[Mapping[str, Any]],
+    now: dt.datetime,
+    window: dt.timedelta,
+    longest: dt.timedelta = dt.timedelta(0),
+) -> bool:
+    """True when the calendar's young job (see `young`) has less than REFRESH_AHEAD of its wait
+    left: time to start the next recording in the background, while notifications are still
+    answered at once."""
+    if window <= CLOCK_MARGIN:
+        return False
+    left = wait_left(jobs, now, window, longest)
+    return left is not None and CLOCK_MARGIN < left < REFRESH_AHEAD
 
 
 def plan(
@@ -183,13 +218,13 @@ def plan(
 def spent(
     job: Mapping[str, Any], now: dt.datetime, window: dt.timedelta, longest: dt.timedelta
 ) -> bool:
-    """True when a touch now could not move the job's coalescing wait past CLOCK_MARGIN from
-    now: it reaches its cap, `longest` after its creation (`coalescing_until`), within that.
-    Without a window there is no wait to move, and touching stays the cheaper write."""
+    """True when a touch now could not keep the job young for long: its coalescing wait
+    reaches its cap, `longest` after its creation (`coalescing_until`), within REFRESH_AHEAD
+    of now. Without a window there is no wait to move, and touching stays the cheaper write."""
     created = parse_ts(job["metadata"].get("creationTimestamp"))
     if window <= CLOCK_MARGIN or created is None or not is_webhook_job(job):
         return False
-    return created + max(longest, window) - now <= CLOCK_MARGIN
+    return created + max(longest, window) - now <= REFRESH_AHEAD
 
 
 class WebhookJobIndex:
@@ -310,10 +345,14 @@ class Recorder:
         (created, touched) for the notification that started it, covered for the others.
 
         A notification for a calendar whose webhook job is still inside its coalescing window
-        is covered at once, without waiting or writing (see `young`)."""
+        is covered at once, without waiting or writing (see `young`); when that window is about
+        to close, the next recording starts in the background (see `refresh_due`)."""
         now = dt.datetime.now(dt.UTC)
-        if young(self._index.jobs_of(work.key), now, self._window, self._longest):
+        jobs = self._index.jobs_of(work.key)
+        if young(jobs, now, self._window, self._longest):
             metrics.WEBHOOK_JOBS.labels(work.provider, "covered").inc()
+            if refresh_due(jobs, now, self._window, self._longest):
+                self._ahead(work)
             return "covered"
         flight = self._flights.setdefault(work.key, _Flight())
         if flight.next is None:
@@ -329,6 +368,18 @@ class Recorder:
             task.add_done_callback(self._tasks.discard)
         action = await asyncio.shield(batch.future)
         return action if position == 0 else "covered"
+
+    def _ahead(self, work: Work) -> None:
+        """Start a recording nobody waits for, unless one for the calendar is on its way."""
+        flight = self._flights.setdefault(work.key, _Flight())
+        if flight.running or flight.next is not None:
+            return
+        flight.next = _Batch(asyncio.get_running_loop().create_future())
+        flight.work = work
+        flight.running = True
+        task = asyncio.create_task(self._drive(work.key, flight), name=f"ahead {work.key}")
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     async def _drive(self, key: CalendarKey, flight: _Flight) -> None:
         try:
@@ -355,7 +406,10 @@ class Recorder:
                     batch.future.set_exception(RecordingFailed(str(exc)))
                 else:
                     batch.future.set_result(action)
-                    metrics.WEBHOOK_JOBS.labels(work.provider, action).inc()
+                    if batch.size == 0:  # made ahead, for no notification in particular
+                        metrics.WEBHOOK_AHEAD.labels(work.provider, action).inc()
+                    else:
+                        metrics.WEBHOOK_JOBS.labels(work.provider, action).inc()
                     if batch.size > 1:
                         metrics.WEBHOOK_JOBS.labels(work.provider, "covered").inc(batch.size - 1)
                 finally:

@@ -88,7 +88,8 @@ def test_a_pending_webhook_job_is_touched_the_newest_first() -> None:
 
 def test_a_job_whose_wait_cannot_move_gets_a_successor_instead_of_a_touch() -> None:
     # WEBHOOK_COALESCE 3 s, WEBHOOK_COALESCE_MAX 10 s: the job created at 00:00:00 waits at
-    # most until 00:00:10, so from 00:00:09 on a touch buys no quiet time.
+    # most until 00:00:10, so from 00:00:08.5 on (REFRESH_AHEAD) a touch keeps it young for
+    # too short a time to be worth it.
     window, longest = dt.timedelta(seconds=3), dt.timedelta(seconds=10)
     created = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
     only = [job(PREFIX + "1", created="2026-01-01T00:00:00Z")]
@@ -97,9 +98,9 @@ def test_a_job_whose_wait_cannot_move_gets_a_successor_instead_of_a_touch() -> N
         now = created + dt.timedelta(seconds=seconds)
         return plan(jobs, PREFIX, now=now, window=window, longest=longest)
 
-    for seconds in (2.0, 8.5, 8.99):  # a touch still moves the wait
+    for seconds in (2.0, 8.0, 8.49):  # a touch still moves the wait
         assert isinstance(at(seconds, only), Touch), seconds
-    for seconds in (9.0, 9.5, 10.0, 60.0):  # it would not: the next job instead
+    for seconds in (8.5, 9.0, 10.0, 60.0):  # not for long: the next job instead
         assert at(seconds, only) == Create(2), seconds
     # A second one at most: with two touchable jobs, the newest is touched, spent or not.
     both = [*only, job(PREFIX + "2", created="2026-01-01T00:00:09Z")]
@@ -282,6 +283,45 @@ async def test_a_recording_past_its_deadline_fails() -> None:
     with pytest.raises(RecordingFailed, match="longer than"):
         await rec.record(WORK)
     assert rec.in_flight == 0
+
+
+async def test_a_young_job_about_to_age_is_recorded_again_in_the_background() -> None:
+    # WEBHOOK_COALESCE 3 s, WEBHOOK_COALESCE_MAX 10 s. A notification finds the job young (its
+    # wait ends in 1.3 s): it is answered at once, and the touch that keeps the job young is
+    # made behind it, so the next notifications need not wait for a write either.
+    api = FakeApi()
+    now = dt.datetime.now(dt.UTC)
+
+    def stamp(seconds_ago: float) -> str:
+        return (now - dt.timedelta(seconds=seconds_ago)).isoformat()
+
+    api.jobs[PREFIX + "1"] = job(PREFIX + "1", created=stamp(1.7), rv="5")
+    index = WebhookJobIndex()
+    informer = Informer(api, object(), ["ns"], index=index.update)  # type: ignore[arg-type]
+    rec = Recorder(
+        api,  # type: ignore[arg-type]
+        informer,
+        index,
+        timeout=5.0,
+        ttl=60,
+        coalesce=3.0,
+        coalesce_max=10.0,
+    )
+    informer.put(api.jobs[PREFIX + "1"])
+    assert await rec.record(WORK) == "covered"
+    await asyncio.gather(*list(rec._tasks))
+    assert (api.patches, api.creates) == (1, 0)
+    assert NOTIFIED_AT in api.jobs[PREFIX + "1"]["metadata"]["annotations"]
+    assert await rec.record(WORK) == "covered"  # young again for about 3 s: nothing more
+    assert not rec._tasks and (api.patches, api.creates) == (1, 0)
+
+    # Near its cap (created 8.7 s ago) the job cannot be kept young: its successor is made.
+    api.jobs[PREFIX + "1"]["metadata"]["creationTimestamp"] = stamp(8.7)
+    api.jobs[PREFIX + "1"]["metadata"]["annotations"][NOTIFIED_AT] = stamp(1.7)
+    informer.put(api.jobs[PREFIX + "1"])
+    assert await rec.record(WORK) == "covered"
+    await asyncio.gather(*list(rec._tasks))
+    assert (api.patches, api.creates) == (1, 1) and PREFIX + "2" in api.jobs
 
 
 def test_a_job_inside_its_coalescing_window_covers_a_notification_without_a_write() -> None:
