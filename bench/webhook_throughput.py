@@ -10,8 +10,9 @@ of its own.
    channel, WEBHOOK_TIMEOUT 30 s, QUEUE_CAP 5000) alone on the control plane, with
    `BENCH_CHANNELS` google CalendarConnections, each owning one WebhookSubscription whose
    `status.channelId` the benchmark sets with a status patch (it plays the subscription
-   controller; no worker runs, so after a calendar's first notification every recording
-   touches its Pending SyncJob, the burst case of decision 0011). An aiohttp load generator
+   controller; no worker runs, so a calendar's first notification creates its SyncJob and the
+   later ones find it Pending: answered at once while the gateway re-arms it, or makes its
+   successor, ahead of time; the burst case of decision 0011). An aiohttp load generator
    (`BENCH_LOADGEN_PROCS` processes, `BENCH_CONCURRENCY` keep-alive connections in all) sends
    valid notifications (X-Goog-* headers as Google sends them, channel tokens minted with
    calsync.security.push_tokens from the `calsync-keyring` Secret the gateway created) round
@@ -602,6 +603,7 @@ def part1(platform: Platform, sizes: dict[str, Any]) -> dict[str, Any]:
     gateway.check()
     ours["results"] = by_label(metrics0, metrics1, "calsync_webhook_requests_total", "result")
     ours["jobs"] = by_label(metrics0, metrics1, "calsync_webhook_jobs_total", "action")
+    ours["ahead"] = by_label(metrics0, metrics1, "calsync_webhook_ahead_total", "action")
     assert platform.audit is not None
     requests = platform.audit.between(started, ended + 1.0, lambda u: u == GATEWAY_USER)
     ours["api"] = Counter((r.verb, r.resource, r.code) for r in requests)
@@ -1191,8 +1193,9 @@ def report(sizes: dict[str, Any], one: dict[str, Any], two: dict[str, Any], load
     cpus = os.cpu_count()
     print(
         f"\nGoogle webhooks: `calsync gateway` (shipped defaults) on the local control plane, "
-        f"{one['channels']} channels (connection + WebhookSubscription each, no worker: after "
-        f"a calendar's first notification each recording touches its Pending SyncJob); "
+        f"{one['channels']} channels (connection + WebhookSubscription each, no worker: a "
+        f"calendar's first notification creates its SyncJob, later ones find it Pending and "
+        f"are answered at once while the gateway re-arms it, or makes its successor, ahead); "
         f"load generator: aiohttp, {sizes['procs']} process(es), {sizes['concurrency']} "
         f"keep-alive connections, round robin over the channels, {WARMUP:g} s warm-up + "
         f"{sizes['seconds']:g} s measured; {cpus} CPUs; load average {load}."
@@ -1226,7 +1229,8 @@ def report(sizes: dict[str, Any], one: dict[str, Any], two: dict[str, Any], load
     )
     print(
         f"\nGateway: results {_statuses(ours['results'])} (warm-up included); recordings "
-        f"{_statuses(ours['jobs'])}; 429 in the measured window: {rate_limited:,} "
+        f"{_statuses(ours['jobs'])}; made ahead: {_statuses(ours.get('ahead') or {})}; "
+        f"429 in the measured window: {rate_limited:,} "
         f"(WEBHOOK_RATE_LIMIT 1000/hour per channel, at most "
         f"{(sum(ours['statuses'].values()) + sum(ours['warmup'].values())) / one['channels']:.0f} "
         f"calls per channel sent); RSS {ours['rss'] / 2**20:.0f} MiB."
