@@ -25,10 +25,11 @@ the seed's security headers (`headers`).
 from __future__ import annotations
 
 import html
+import itertools
 import logging
 import re
+import secrets
 import time
-import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -113,10 +114,17 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 _REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,64}")
 
 
+# New request ids: 16 hex digits drawn once per process, then a counter (32 in all, like a
+# UUID's hex): unique across replicas and restarts for log correlation, and a fraction of the
+# cost of a uuid4 per call, which the webhook path pays thousands of times a second.
+_RUN = secrets.token_hex(8)
+_SEQUENCE = itertools.count(1)
+
+
 def request_id(request: web.Request) -> str:
     """The caller's X-Request-Id when it is a sane token (an ingress sets one), else a new one."""
     given = request.headers.get("X-Request-Id", "")
-    return given if _REQUEST_ID.fullmatch(given) else uuid.uuid4().hex
+    return given if _REQUEST_ID.fullmatch(given) else f"{_RUN}{next(_SEQUENCE):016x}"
 
 
 @web.middleware

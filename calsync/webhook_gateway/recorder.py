@@ -49,7 +49,8 @@ MAX_STEPS = 8  # decisions per recording before it gives up (each follows a conf
 # and httpx checks every pooled connection on every request (measured: with 100 calendars
 # recording at once, a tenth of the gateway's CPU went to that scan, and idle connections
 # above the pool's keep-alive count were closed and opened again with a TLS handshake).
-API_WRITERS = 8
+API_WRITERS = 4
+UNTIL_CACHE = 10_000  # job revisions whose end of wait the recorder keeps (then starts over)
 
 CalendarKey = tuple[str, str, str]  # namespace, connection, calendarId
 Key = tuple[str, str]
@@ -338,6 +339,7 @@ class Recorder:
         self._flights: dict[CalendarKey, _Flight] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._writers = asyncio.Semaphore(API_WRITERS)
+        self._until: dict[tuple[str, str, str], dt.datetime | None] = {}
         self.in_flight = 0
 
     async def close(self) -> None:
@@ -354,10 +356,10 @@ class Recorder:
         is covered at once, without waiting or writing (see `young`); when that window is about
         to close, the next recording starts in the background (see `refresh_due`)."""
         now = dt.datetime.now(dt.UTC)
-        jobs = self._index.jobs_of(work.key)
-        if young(jobs, now, self._window, self._longest):
+        left = self._wait_left(self._index.jobs_of(work.key), now)
+        if left is not None and left > CLOCK_MARGIN:  # `young`, without its second pass
             metrics.WEBHOOK_JOBS.labels(work.provider, "covered").inc()
-            if refresh_due(jobs, now, self._window, self._longest):
+            if left < REFRESH_AHEAD:  # `refresh_due`
                 self._ahead(work)
             return "covered"
         flight = self._flights.setdefault(work.key, _Flight())
@@ -374,6 +376,26 @@ class Recorder:
             task.add_done_callback(self._tasks.discard)
         action = await asyncio.shield(batch.future)
         return action if position == 0 else "covered"
+
+    def _wait_left(self, jobs: list[dict[str, Any]], now: dt.datetime) -> dt.timedelta | None:
+        """`wait_left` with each job revision's end of wait computed once, not per call."""
+        if self._window <= CLOCK_MARGIN:
+            return None
+        latest: dt.datetime | None = None
+        for job in jobs:
+            if not touchable(job):
+                continue
+            meta = job["metadata"]
+            key = (meta["namespace"], meta["name"], meta.get("resourceVersion") or "")
+            if key in self._until:
+                until = self._until[key]
+            else:
+                if len(self._until) >= UNTIL_CACHE:
+                    self._until.clear()
+                until = self._until[key] = coalescing_until(job, self._window, self._longest)
+            if until is not None and (latest is None or until > latest):
+                latest = until
+        return None if latest is None else latest - now
 
     def _ahead(self, work: Work) -> None:
         """Start a recording nobody waits for, unless one for the calendar is on its way."""

@@ -318,6 +318,7 @@ async def test_a_young_job_about_to_age_is_recorded_again_in_the_background() ->
     # Near its cap (created 8.7 s ago) the job cannot be kept young: its successor is made.
     api.jobs[PREFIX + "1"]["metadata"]["creationTimestamp"] = stamp(8.7)
     api.jobs[PREFIX + "1"]["metadata"]["annotations"][NOTIFIED_AT] = stamp(1.7)
+    api.jobs[PREFIX + "1"]["metadata"]["resourceVersion"] = "999"  # a new revision, as always
     informer.put(api.jobs[PREFIX + "1"])
     assert await rec.record(WORK) == "covered"
     await asyncio.gather(*list(rec._tasks))

@@ -253,6 +253,8 @@ async def test_every_answer_carries_a_request_id_and_its_log_lines_too(
     hostile = await http.get("/healthz", headers={"X-Request-Id": "a b\u00e9" + "x" * 100})
     assert hostile.headers["X-Request-Id"] != "a b\u00e9" + "x" * 100
     assert len(hostile.headers["X-Request-Id"]) == 32
+    again = await http.get("/healthz")
+    assert again.headers["X-Request-Id"] not in (hostile.headers["X-Request-Id"], "ingress-42")
     caplog.set_level("INFO")
     forged = await http.post(
         "/api/webhooks/google",
