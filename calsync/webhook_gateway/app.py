@@ -124,7 +124,7 @@ _SEQUENCE = itertools.count(1)
 def request_id(request: web.Request) -> str:
     """The caller's X-Request-Id when it is a sane token (an ingress sets one), else a new one."""
     given = request.headers.get("X-Request-Id", "")
-    return given if _REQUEST_ID.fullmatch(given) else f"{_RUN}{next(_SEQUENCE):016x}"
+    return given if given and _REQUEST_ID.fullmatch(given) else f"{_RUN}{next(_SEQUENCE):016x}"
 
 
 @web.middleware
@@ -136,10 +136,10 @@ async def count_requests(request: web.Request, handler: Handler) -> web.StreamRe
         with log_context(request_id=rid):
             response = await handler(request)
     except web.HTTPException as exc:
-        metrics.GATEWAY_REQUESTS.labels(name, str(exc.status)).inc()
+        metrics.labelled(metrics.GATEWAY_REQUESTS, name, str(exc.status)).inc()
         exc.headers["X-Request-Id"] = rid
         raise
-    metrics.GATEWAY_REQUESTS.labels(name, str(response.status)).inc()
+    metrics.labelled(metrics.GATEWAY_REQUESTS, name, str(response.status)).inc()
     if not response.prepared:
         response.headers["X-Request-Id"] = rid
     return response

@@ -358,7 +358,7 @@ class Recorder:
         now = dt.datetime.now(dt.UTC)
         left = self._wait_left(self._index.jobs_of(work.key), now)
         if left is not None and left > CLOCK_MARGIN:  # `young`, without its second pass
-            metrics.WEBHOOK_JOBS.labels(work.provider, "covered").inc()
+            metrics.labelled(metrics.WEBHOOK_JOBS, work.provider, "covered").inc()
             if left < REFRESH_AHEAD:  # `refresh_due`
                 self._ahead(work)
             return "covered"

@@ -101,7 +101,7 @@ class Call:
     body: bytes = b""
 
     def count(self, result: str, n: int = 1) -> None:
-        metrics.WEBHOOK_REQUESTS.labels(self.provider, result).inc(n)
+        metrics.labelled(metrics.WEBHOOK_REQUESTS, self.provider, result).inc(n)
         self.push.results[(self.provider, result)] += n
 
     def rejected(
@@ -243,7 +243,9 @@ def _route(provider: str, inner: Route) -> Callable[[web.Request], Awaitable[web
                 return call.refuse(413, "too_large", why=f"body over {MAX_BODY} bytes")
             return await inner(call)
         finally:
-            metrics.WEBHOOK_LATENCY.labels(provider).observe(time.monotonic() - call.started)
+            metrics.labelled(metrics.WEBHOOK_LATENCY, provider).observe(
+                time.monotonic() - call.started
+            )
 
     return handler
 
