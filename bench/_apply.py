@@ -190,38 +190,55 @@ class ApplyPath:
             self.cluster.down(log=False)
 
 
+def namespace_yaml(namespace: str) -> str:
+    return f"apiVersion: v1\nkind: Namespace\nmetadata: {{name: {namespace}}}\n"
+
+
+def secret_yaml(namespace: str, name: str, data: Mapping[str, str]) -> str:
+    """A Secret labelled for calsync (its credentials label), as a user writes one."""
+    pairs = ", ".join(f"{key}: {value}" for key, value in data.items())
+    return (
+        "apiVersion: v1\n"
+        "kind: Secret\n"
+        f"metadata:\n  name: {name}\n  namespace: {namespace}\n"
+        '  labels: {calsync.io/credentials: "true"}\n'
+        f"stringData: {{{pairs}}}\n"
+    )
+
+
+def connection_yaml(namespace: str, spec: str) -> str:
+    """The CalendarConnection `work` with `spec` (its YAML lines, indented by two)."""
+    return (
+        "apiVersion: calsync.io/v1alpha1\n"
+        "kind: CalendarConnection\n"
+        f"metadata: {{name: {CONNECTION}, namespace: {namespace}}}\n"
+        f"spec:\n{spec}"
+    )
+
+
 def oauth_manifest(
     namespace: str, provider: str, owner: str, client: tuple[str, str], refresh_token: str
 ) -> str:
     """What a user applies for a Google or Microsoft connection named `work`: a fresh
     namespace, the OAuth app's Secret, the Secret with the refresh token consent gave (both
     labelled for calsync) and the CalendarConnection on shipped defaults."""
-    labels = '  labels: {calsync.io/credentials: "true"}\n'
     client_id, client_secret = client
-    return (
-        "apiVersion: v1\n"
-        "kind: Namespace\n"
-        f"metadata: {{name: {namespace}}}\n"
-        "---\n"
-        "apiVersion: v1\n"
-        "kind: Secret\n"
-        f"metadata:\n  name: oauth-client\n  namespace: {namespace}\n{labels}"
-        f"stringData: {{client_id: {client_id}, client_secret: {client_secret}}}\n"
-        "---\n"
-        "apiVersion: v1\n"
-        "kind: Secret\n"
-        f"metadata:\n  name: work-token\n  namespace: {namespace}\n{labels}"
-        f"stringData: {{refresh_token: {refresh_token}}}\n"
-        "---\n"
-        "apiVersion: calsync.io/v1alpha1\n"
-        "kind: CalendarConnection\n"
-        f"metadata: {{name: {CONNECTION}, namespace: {namespace}}}\n"
-        "spec:\n"
-        f"  provider: {provider}\n"
-        f"  owner: {owner}\n"
-        "  oauth:\n"
-        "    clientSecretRef: {name: oauth-client}\n"
-        "    tokenSecretRef: {name: work-token}\n"
+    return "---\n".join(
+        [
+            namespace_yaml(namespace),
+            secret_yaml(
+                namespace, "oauth-client", {"client_id": client_id, "client_secret": client_secret}
+            ),
+            secret_yaml(namespace, "work-token", {"refresh_token": refresh_token}),
+            connection_yaml(
+                namespace,
+                f"  provider: {provider}\n"
+                f"  owner: {owner}\n"
+                "  oauth:\n"
+                "    clientSecretRef: {name: oauth-client}\n"
+                "    tokenSecretRef: {name: work-token}\n",
+            ),
+        ]
     )
 
 

@@ -63,7 +63,17 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from bench._apply import APPLY_POLL, ApplyPath, ApplyRun, interleaved, print_rounds, raw_extra
+from bench._apply import (
+    APPLY_POLL,
+    ApplyPath,
+    ApplyRun,
+    connection_yaml,
+    interleaved,
+    namespace_yaml,
+    print_rounds,
+    raw_extra,
+    secret_yaml,
+)
 from bench._platform import load_average
 from bench._results import Row, at_most
 from bench._util import MiB, median, peak_rss_bytes, rotate, ru_maxrss_bytes, verdict
@@ -369,28 +379,21 @@ def bare_report(collection_url: str, token: str) -> Report:
 
 def _apply_manifest(namespace: str, collection_url: str) -> str:
     """Namespace, labelled credentials Secret and CalendarConnection, as a user writes them."""
-    return (
-        "apiVersion: v1\n"
-        "kind: Namespace\n"
-        f"metadata: {{name: {namespace}}}\n"
-        "---\n"
-        "apiVersion: v1\n"
-        "kind: Secret\n"
-        "metadata:\n"
-        f"  name: caldav-credentials\n  namespace: {namespace}\n"
-        '  labels: {calsync.io/credentials: "true"}\n'
-        f"stringData: {{username: {USER}, password: {PASSWORD}}}\n"
-        "---\n"
-        "apiVersion: calsync.io/v1alpha1\n"
-        "kind: CalendarConnection\n"
-        f"metadata: {{name: work, namespace: {namespace}}}\n"
-        "spec:\n"
-        "  provider: caldav\n"
-        "  owner: bench@example.com\n"
-        "  caldav:\n"
-        f"    url: {collection_url}\n"
-        "    allowInsecureHTTP: true\n"
-        "    credentialsSecretRef: {name: caldav-credentials}\n"
+    credentials = {"username": USER, "password": PASSWORD}
+    return "---\n".join(
+        [
+            namespace_yaml(namespace),
+            secret_yaml(namespace, "caldav-credentials", credentials),
+            connection_yaml(
+                namespace,
+                "  provider: caldav\n"
+                "  owner: bench@example.com\n"
+                "  caldav:\n"
+                f"    url: {collection_url}\n"
+                "    allowInsecureHTTP: true\n"
+                "    credentialsSecretRef: {name: caldav-credentials}\n",
+            ),
+        ]
     )
 
 

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+from collections.abc import Callable
 from typing import Any
 
 import httpx
 import pytest
 
-from calsync.model import Calendar, Window
+from calsync.model import Calendar, ChangePage, Window
 from calsync.providers.base import CalendarGone, CursorInvalid
 from calsync.providers.microsoft import (
     MalformedEvent,
@@ -197,6 +198,30 @@ def test_cursor_round_trip() -> None:
     assert parse_cursor("https://x/y?$deltatoken=b") == ("https://x/y?$deltatoken=b", None)
 
 
+async def full_listing(
+    answer: Callable[[httpx.Request], httpx.Response], *, batch_size: int
+) -> tuple[MicrosoftProvider, list[ChangePage]]:
+    """Every ChangePage of a first listing of calendar `c` over 2025, Graph answering `answer`."""
+    provider = MicrosoftProvider(
+        "https://graph.example", StaticTokens("t"), transport=httpx.MockTransport(answer)
+    )
+    window = Window(dt.datetime(2025, 1, 1, tzinfo=UTC), dt.datetime(2026, 1, 1, tzinfo=UTC))
+
+    async def known() -> dict[str, str | None]:
+        return {}
+
+    try:
+        pages = [
+            p
+            async for p in provider.changes(
+                Calendar("c", "Calendar"), None, window=window, known=known, batch_size=batch_size
+            )
+        ]
+    finally:
+        await provider.aclose()
+    return provider, pages
+
+
 async def test_a_page_skips_malformed_items_and_keeps_the_last_mention() -> None:
     good = item(id="good")
     flip = item(id="flip")
@@ -217,23 +242,7 @@ async def test_a_page_skips_malformed_items_and_keeps_the_last_mention() -> None
         assert request.url.params["startDateTime"].endswith("Z")
         return httpx.Response(200, json=payload)
 
-    provider = MicrosoftProvider(
-        "https://graph.example", StaticTokens("t"), transport=httpx.MockTransport(answer)
-    )
-    window = Window(dt.datetime(2025, 1, 1, tzinfo=UTC), dt.datetime(2026, 1, 1, tzinfo=UTC))
-
-    async def known() -> dict[str, str | None]:
-        return {}
-
-    try:
-        pages = [
-            p
-            async for p in provider.changes(
-                Calendar("c", "Calendar"), None, window=window, known=known, batch_size=50
-            )
-        ]
-    finally:
-        await provider.aclose()
+    provider, pages = await full_listing(answer, batch_size=50)
     (page,) = pages
     assert [r.provider_id for r in page.upserts] == ["good", "flip"]
     assert page.deletes == ["gone"]
@@ -272,23 +281,7 @@ async def test_graph_pages_are_asked_at_1000_and_stored_in_batches(
             body["@odata.deltaLink"] = "https://graph.example/v1.0/d?$deltatoken=z"
         return httpx.Response(200, json=body)
 
-    provider = MicrosoftProvider(
-        "https://graph.example", StaticTokens("t"), transport=httpx.MockTransport(answer)
-    )
-    window = Window(dt.datetime(2025, 1, 1, tzinfo=UTC), dt.datetime(2026, 1, 1, tzinfo=UTC))
-
-    async def known() -> dict[str, str | None]:
-        return {}
-
-    try:
-        found = [
-            p
-            async for p in provider.changes(
-                Calendar("c", "Calendar"), None, window=window, known=known, batch_size=batch_size
-            )
-        ]
-    finally:
-        await provider.aclose()
+    _, found = await full_listing(answer, batch_size=batch_size)
     assert prefer == ['odata.maxpagesize=1000, outlook.timezone="UTC"'] * len(pages)
     assert [len(p.upserts) for p in found] == handed
     ids = [r.provider_id for p in found for r in p.upserts]
