@@ -158,32 +158,14 @@ def young(
 def wait_left(
     jobs: Iterable[Mapping[str, Any]],
     now: dt.datetime,
-    window: dt.timedelta,
-    longest: dt.timedelta = dt.timedelta(0),
+    end_of: Callable[[Mapping[str, Any]], dt.datetime | None],
 ) -> dt.timedelta | None:
     """How much longer the latest coalescing wait among the calendar's touchable webhook jobs
-    runs (negative: over), None without one."""
-    ends = [
-        until
-        for job in jobs
-        if touchable(job) and (until := coalescing_until(job, window, longest)) is not None
-    ]
+    runs (negative: over), None without one; `end_of` gives a job's end of wait
+    (`coalescing_until` with the gateway's settings). While more than CLOCK_MARGIN is left
+    the calendar's job is young (`young`); under REFRESH_AHEAD, its next recording is due."""
+    ends = [end for job in jobs if touchable(job) and (end := end_of(job)) is not None]
     return max(ends) - now if ends else None
-
-
-def refresh_due(
-    jobs: Iterable[Mapping[str, Any]],
-    now: dt.datetime,
-    window: dt.timedelta,
-    longest: dt.timedelta = dt.timedelta(0),
-) -> bool:
-    """True when the calendar's young job (see `young`) has less than REFRESH_AHEAD of its wait
-    left: time to start the next recording in the background, while notifications are still
-    answered at once."""
-    if window <= CLOCK_MARGIN:
-        return False
-    left = wait_left(jobs, now, window, longest)
-    return left is not None and CLOCK_MARGIN < left < REFRESH_AHEAD
 
 
 def plan(
@@ -354,12 +336,13 @@ class Recorder:
 
         A notification for a calendar whose webhook job is still inside its coalescing window
         is covered at once, without waiting or writing (see `young`); when that window is about
-        to close, the next recording starts in the background (see `refresh_due`)."""
+        to close, the next recording starts in the background (see `wait_left`)."""
         now = dt.datetime.now(dt.UTC)
-        left = self._wait_left(self._index.jobs_of(work.key), now)
-        if left is not None and left > CLOCK_MARGIN:  # `young`, without its second pass
+        jobs = self._index.jobs_of(work.key)
+        left = wait_left(jobs, now, self._end_of_wait) if self._window > CLOCK_MARGIN else None
+        if left is not None and left > CLOCK_MARGIN:  # `young`
             metrics.labelled(metrics.WEBHOOK_JOBS, work.provider, "covered").inc()
-            if left < REFRESH_AHEAD:  # `refresh_due`
+            if left < REFRESH_AHEAD:
                 self._ahead(work)
             return "covered"
         flight = self._flights.setdefault(work.key, _Flight())
@@ -377,25 +360,15 @@ class Recorder:
         action = await asyncio.shield(batch.future)
         return action if position == 0 else "covered"
 
-    def _wait_left(self, jobs: list[dict[str, Any]], now: dt.datetime) -> dt.timedelta | None:
-        """`wait_left` with each job revision's end of wait computed once, not per call."""
-        if self._window <= CLOCK_MARGIN:
-            return None
-        latest: dt.datetime | None = None
-        for job in jobs:
-            if not touchable(job):
-                continue
-            meta = job["metadata"]
-            key = (meta["namespace"], meta["name"], meta.get("resourceVersion") or "")
-            if key in self._until:
-                until = self._until[key]
-            else:
-                if len(self._until) >= UNTIL_CACHE:
-                    self._until.clear()
-                until = self._until[key] = coalescing_until(job, self._window, self._longest)
-            if until is not None and (latest is None or until > latest):
-                latest = until
-        return None if latest is None else latest - now
+    def _end_of_wait(self, job: Mapping[str, Any]) -> dt.datetime | None:
+        """`coalescing_until` computed once per job revision, not per notification."""
+        meta = job["metadata"]
+        key = (meta["namespace"], meta["name"], meta.get("resourceVersion") or "")
+        if key not in self._until:
+            if len(self._until) >= UNTIL_CACHE:
+                self._until.clear()
+            self._until[key] = coalescing_until(job, self._window, self._longest)
+        return self._until[key]
 
     def _ahead(self, work: Work) -> None:
         """Start a recording nobody waits for, unless one for the calendar is on its way."""
