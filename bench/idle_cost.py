@@ -14,13 +14,13 @@ shipped defaults (pollInterval 15 m).
    requests carry another identity and are left out. The reference is the target, <= 2
    requests/s. RSS (VmRSS) of each process at the end of the window. With `BENCH_IDLE_WORKERS`
    "1,3" a second window runs with three workers.
-2. Poll cost. The operator is restarted with `CALSYNC_SYNCJOB_HISTORY=BENCH_POLL_TTL` (60 s
-   instead of 3600 s, so that the TTL deletion of a finished poll job falls inside the window
-   too; it is one DELETE either way), `BENCH_POLL_CONNECTIONS` connections get
+2. Poll cost. The operator is restarted (with `CALSYNC_SYNCJOB_HISTORY=BENCH_POLL_TTL`, which
+   mattered while polls were SyncJobs), `BENCH_POLL_CONNECTIONS` connections get
    `pollInterval: 1m`, and after `BENCH_POLL_WARMUP` seconds every request of the operator and
-   the workers is counted over `BENCH_POLL_WINDOW` seconds and divided by the poll jobs the
-   operator created in that window. The background that does not depend on polls (the
-   operator's Lease renewals, watch restarts) is left out of the per-poll figure. The
+   the workers is counted over `BENCH_POLL_WINDOW` seconds and divided by the polls the workers
+   ran in that window (their `calsync_polls_total`: polls are asked for through the event
+   store, not as SyncJobs, docs/decisions/0018). The background that does not depend on polls
+   (the operator's Lease renewals, watch restarts) is left out of the per-poll figure. The
    steady-state rate at the default interval follows: requests per poll x connections / 900 s,
    plus the idle rate.
 
@@ -35,13 +35,13 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import time
+import urllib.request
 from collections import Counter
 from typing import Any
 
 from bench._platform import (
     OPERATOR_USER,
     Platform,
-    Request,
     bounded,
     breakdown,
     breakdown_rows,
@@ -78,13 +78,31 @@ async def _connections(client: Any) -> list[dict[str, Any]]:
     ]
 
 
+def _polls_run(platform: Platform) -> int:
+    """Polls the workers ran so far, from their `calsync_polls_total` (polls are not SyncJobs,
+    docs/decisions/0018, so the audit log cannot count them)."""
+    total = 0.0
+    for component in platform.components:
+        url = f"http://127.0.0.1:{component.metrics_port}/metrics"
+        with urllib.request.urlopen(url, timeout=10) as answer:
+            text = answer.read().decode()
+        total += sum(
+            float(line.rsplit(" ", 1)[1])
+            for line in text.splitlines()
+            if line.startswith("calsync_polls_total{")
+        )
+    return round(total)
+
+
 async def window(platform: Platform, seconds: float, label: str) -> dict[str, Any]:
+    polls_before = await asyncio.to_thread(_polls_run, platform)
     cpu_before = {c.user: c.cpu_seconds() for c in platform.components}
     load_before = load_average()
     start = time.time()
     say(f"{label}: counting requests for {seconds:.0f} s")
     await asyncio.sleep(seconds)
     end = time.time()
+    polls = await asyncio.to_thread(_polls_run, platform) - polls_before
     platform.check()
     assert platform.audit is not None
     requests = platform.audit.between(start, end, is_calsync)
@@ -95,19 +113,12 @@ async def window(platform: Platform, seconds: float, label: str) -> dict[str, An
         "seconds": end - start,
         "requests": requests,
         "rate": len(requests) / (end - start),
+        "polls": polls,
         "rss": {c.user: c.rss_bytes() for c in platform.components},
         "hwm": {c.user: c.rss_bytes("VmHWM") for c in platform.components},
         "cpu": {c.user: c.cpu_seconds() - cpu_before.get(c.user, 0.0) for c in platform.components},
         "load": f"{load_before} -> {load_average()}",
     }
-
-
-def _creates(requests: list[Request]) -> int:
-    return sum(
-        1
-        for r in requests
-        if r.user == OPERATOR_USER and r.verb == "create" and r.resource == "syncjobs"
-    )
 
 
 async def measure(platform: Platform, sizes: dict[str, Any]) -> dict[str, Any]:
@@ -132,7 +143,6 @@ async def measure(platform: Platform, sizes: dict[str, Any]) -> dict[str, Any]:
             await asyncio.sleep(sizes["settle"])
         result = await window(platform, sizes["window"], f"idle, {workers} worker(s)")
         result["workers"] = workers
-        result["polls"] = _creates(result["requests"])
         result["before_first_due"] = first_due - result["end"]
         say(f"{result['label']}: {result['rate']:.3f} requests/s")
         idle.append(result)
@@ -166,7 +176,6 @@ async def measure(platform: Platform, sizes: dict[str, Any]) -> dict[str, Any]:
     say(f"{len(polled)} connections now poll every minute; warming up {sizes['poll_warmup']:.0f} s")
     await asyncio.sleep(sizes["poll_warmup"])
     poll = await window(platform, sizes["poll_window"], f"polling, {running} worker(s)")
-    poll["polls"] = _creates(poll["requests"])
     poll["deletes"] = sum(
         1 for r in poll["requests"] if r.verb == "delete" and r.resource == "syncjobs"
     )

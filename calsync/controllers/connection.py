@@ -8,7 +8,10 @@ its Secrets, its SyncJobs and the queue depth go into `policy.decide`, and the p
 is carried out idempotently (a status patch only when something changed, a SyncJob with a
 name derived from the state, so a retry or a race hits 409 instead of a duplicate). The plan
 also says when the decision changes by itself (the next poll): the queue holds that due time,
-so an idle connection costs no task and no request until then.
+so an idle connection costs no task and no request until then. A due poll is not a SyncJob:
+it is asked for in the event store under the same derived name, and a worker runs it from
+there (docs/decisions/0018), so a poll that changes nothing costs the API server one write,
+the worker's status report.
 
 Push providers' connections own one WebhookSubscription per calendar (`push_policy`); the
 reconcile creates and deletes them, and their Ready conditions become the connection's
@@ -55,6 +58,9 @@ log = logging.getLogger(__name__)
 PLURAL = CALENDAR_CONNECTION.plural
 ACTIVE_PHASES = frozenset({"", "Pending", "Running"})
 CONFLICT_RECHECK = 1.0
+# A poll asked for and not yet run is asked for again this often (the same key: idempotent),
+# so a poll the store dropped (a run covered it but reported nothing) is not lost.
+POLL_REASK = 60.0
 WRITE_ATTEMPTS = 3
 
 Key = tuple[str, str]  # (namespace, name)
@@ -366,10 +372,14 @@ async def _reconcile(ctx: ConnectionContext, key: Key, body: dict[str, Any]) -> 
         break
     else:
         return CONFLICT_RECHECK
-    if plan.job is not None:
+    again = plan.recheck_after
+    if plan.job is not None and plan.job.reason == "poll":
+        await _request_poll(ctx, current, plan.job)
+        again = POLL_REASK
+    elif plan.job is not None:
         await _create_job(ctx, current, plan.job)
     await _sync_subscriptions(ctx, ctx.connections.get(key, current))
-    return plan.recheck_after
+    return again
 
 
 def _plan(
@@ -484,6 +494,15 @@ async def _write(
         ctx.connections[key] = _strip(written)
     await publish(ctx.client, written, conds)
     return True
+
+
+async def _request_poll(
+    ctx: ConnectionContext, body: dict[str, Any], job: policy.JobRequest
+) -> None:
+    """Ask the store for the poll: a worker runs it without a SyncJob (decision 0018)."""
+    meta = body["metadata"]
+    if await ctx.store.request_poll(store_key(body), job.name):
+        log.debug("asked for poll %s of %s/%s", job.name, meta["namespace"], meta["name"])
 
 
 async def _create_job(ctx: ConnectionContext, body: dict[str, Any], job: policy.JobRequest) -> None:

@@ -89,6 +89,19 @@ SYNCJOBS_FINISHED = Counter(
     ["phase"],
     registry=REGISTRY,
 )
+POLLS = Counter(
+    "calsync_polls_total",
+    "Polls this worker ran (asked for through the event store, not SyncJobs), by outcome.",
+    ["outcome"],
+    registry=REGISTRY,
+)
+POLL_OUTCOMES = ("Succeeded", "Failed")
+POLLS_OLDEST_WAITING = Gauge(
+    "calsync_polls_oldest_waiting_seconds",
+    "How long the oldest poll due and not yet started has waited, at this worker's last look "
+    "into the event store (0: none waiting); it grows when the workers cannot keep up.",
+    registry=REGISTRY,
+)
 SCALING_DECISIONS = Counter(
     "calsync_scaling_decisions_total",
     "Decisions of the worker scaler, by direction (up, down, none).",
@@ -320,6 +333,8 @@ def _initialize() -> None:
     """Create the series alerts and dashboards divide or compare, at 0 (see the docstring)."""
     for phase in ("Succeeded", "Failed", "Superseded"):
         SYNCJOBS_FINISHED.labels(phase)
+    for outcome in POLL_OUTCOMES:
+        POLLS.labels(outcome)
     for provider in PROVIDERS:
         for result in PROVIDER_RESULTS:
             PROVIDER_REQUESTS.labels(provider, result)

@@ -40,6 +40,7 @@ from sqlalchemy import (
     ColumnElement,
     Interval,
     and_,
+    case,
     delete,
     func,
     literal,
@@ -257,7 +258,9 @@ class Leases:
         (now,) = self._at(dt.timedelta(0))
         values: dict[str, Any] = {"holder": "", "expires_at": now}
         if done_job:
-            values["done_job"] = done_job
+            # A run that ended for good covers a poll asked for before it: the operator asks
+            # for the next one from the status the run wrote.
+            values.update(done_job=done_job, poll=None, poll_at=None)
         async with self._single.begin() as conn:
             await conn.execute(
                 update(connection_claims).where(*self._matching(fence)).values(**values)
@@ -302,6 +305,51 @@ class Leases:
                 delete(table).where(table.c.purged_at.is_not(None), table.c.purged_at < cutoff)
             )
         return result.rowcount
+
+    # -- polls -----------------------------------------------------------------------------
+
+    async def request_poll(self, connection: str, key: str) -> bool:
+        if not key:
+            raise ValueError("a poll needs a key")
+        table = connection_claims
+        (now,) = self._at(dt.timedelta(0))
+        stmt = self._insert(table).values(
+            connection=connection, holder="", token=0, expires_at=now, poll=key, poll_at=now
+        )
+        stmt = stmt.on_conflict_do_update(
+            index_elements=["connection"],
+            set_={
+                "poll": stmt.excluded.poll,
+                # Asking again for the same poll keeps its place in the line.
+                "poll_at": case(
+                    (table.c.poll == stmt.excluded.poll, table.c.poll_at),
+                    else_=stmt.excluded.poll_at,
+                ),
+            },
+            where=and_(
+                table.c.purged_at.is_(None),
+                or_(table.c.done_job.is_(None), table.c.done_job != stmt.excluded.poll),
+            ),
+        ).returning(table.c.connection)
+        async with self._single.begin() as conn:
+            return (await conn.execute(stmt)).first() is not None
+
+    async def due_polls(self, limit: int) -> list[tuple[str, str, dt.datetime | None]]:
+        table = connection_claims
+        (now,) = self._at(dt.timedelta(0))
+        async with self._engine.connect() as conn:
+            result = await conn.execute(
+                select(table.c.connection, table.c.poll, table.c.poll_at)
+                .where(
+                    table.c.poll.is_not(None),
+                    table.c.purged_at.is_(None),
+                    or_(table.c.holder == "", table.c.expires_at <= now),
+                    or_(table.c.done_job.is_(None), table.c.done_job != table.c.poll),
+                )
+                .order_by(table.c.poll_at, table.c.connection)
+                .limit(max(0, limit))
+            )
+            return [(str(row.connection), str(row.poll), row.poll_at) for row in result]
 
     # -- members ---------------------------------------------------------------------------
 

@@ -490,6 +490,21 @@ class EventStore:
         for good, so a later claim naming it is refused (`JobDone`)."""
         await self._leases.release(fence, done_job)
 
+    async def request_poll(self, connection: str, key: str) -> bool:
+        """Ask for a poll of the connection, named `key` (decision 0018); idempotent.
+
+        The poll waits in the store until a worker claims the connection naming `key` as the
+        job (see `due_polls`) and releases it as done, or until any other run of the
+        connection is released as done, which covers it. Asking for another key replaces the
+        one waiting. False (and nothing written) when the connection was purged or `key` has
+        already run."""
+        return await self._leases.request_poll(connection, key)
+
+    async def due_polls(self, limit: int) -> list[tuple[str, str, dt.datetime | None]]:
+        """Up to `limit` waiting polls, oldest first, whose connections nobody holds now:
+        (connection, key, asked at). A worker claims the connection with `job=key`."""
+        return await self._leases.due_polls(limit)
+
     async def claims(self) -> dict[str, tuple[str, dt.datetime]]:
         """The live claims: connection -> (holder, lease expiry)."""
         return await self._leases.live_claims()

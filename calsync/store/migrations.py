@@ -201,11 +201,20 @@ def _v4_covering_uid_index(connection: Connection) -> None:
     )
 
 
+def _v5_polls(connection: Connection) -> None:
+    # Polls are asked for through the store, not as SyncJobs (decision 0018): the key of the
+    # poll asked for, and when it was asked for (the order workers take them in).
+    stamp = "BIGINT" if connection.dialect.name == "sqlite" else "TIMESTAMP WITH TIME ZONE"
+    connection.execute(text("ALTER TABLE connection_claims ADD COLUMN poll TEXT"))
+    connection.execute(text(f"ALTER TABLE connection_claims ADD COLUMN poll_at {stamp}"))
+
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "calendars, resources and events", _v1_initial),
     Migration(2, "store identity, connection claims and members", _v2_claims),
     Migration(3, "the last job finished on each claimed connection", _v3_done_job),
     Migration(4, "events by uid cover recurrence id and provider id", _v4_covering_uid_index),
+    Migration(5, "polls asked for through the store", _v5_polls),
 )
 
 

@@ -203,6 +203,9 @@ connection_claims = Table(
     Column("expires_at", UtcDateTime, nullable=False),
     Column("purged_at", UtcDateTime),
     Column("done_job", Text),  # the last job finished under a claim (migration 3)
+    # A poll the operator asked for and no run has covered yet, and when (migration 5).
+    Column("poll", Text),
+    Column("poll_at", UtcDateTime),
     PrimaryKeyConstraint("connection", name="connection_claims_pkey"),
 )
 

@@ -163,6 +163,37 @@ class JobWriter:
         return await self.write(status)
 
 
+class PollWriter(JobWriter):
+    """The writer of a poll, which has no SyncJob (decision 0018): it writes nothing.
+
+    A poll run goes through the same steps as a job's run; where those write the job, this
+    only remembers that the run ended (`final`), so the store records the poll as done. What a
+    poll leaves behind is the connection's status, written by `report_success` or
+    `report_failure`, and the worker's metrics and log lines."""
+
+    def __init__(self, namespace: str, connection: str, key: str, identity: str) -> None:
+        job = {
+            "metadata": {"namespace": namespace, "name": key, "uid": key, "resourceVersion": ""},
+            "spec": {"connection": connection, "mode": "incremental", "reason": "poll"},
+            "status": {},
+        }
+        super().__init__(None, job, identity)  # type: ignore[arg-type]  # never used
+
+    async def write(
+        self,
+        status: Mapping[str, Any],
+        *,
+        still: Callable[[Mapping[str, Any]], bool] | None = None,
+    ) -> bool:
+        if status.get("phase") in FINISHED:
+            self.final = True
+        return True
+
+    async def finish(self, phase: str, reason: str, message: str, **fields: Any) -> bool:
+        self.final = True
+        return True
+
+
 async def report_success(
     client: AsyncClient,
     cached: dict[str, Any] | None,

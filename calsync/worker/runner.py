@@ -34,6 +34,7 @@ import dataclasses
 import datetime as dt
 import logging
 import os
+import random
 import socket
 import time
 import zlib
@@ -90,6 +91,8 @@ CLAIM_RETRY_SECONDS = 1.0
 RUNNING_AFTER_SECONDS = 2.0
 BACKOFF_CAP_SECONDS = 300.0
 HEARTBEAT_SECONDS = 10.0
+# How often a worker with room for more runs asks the store for polls due (decision 0018).
+POLL_CHECK_SECONDS = 2.0
 
 
 class JobFailed(Exception):
@@ -142,6 +145,15 @@ class Run:
     stop: str | None = None  # why we cancelled the run ourselves: "lost" or "deleted"
     outcome: str = "stopped"  # how the run ended, for the run log line
     secrets: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def poll(self) -> bool:
+        """A poll the store asked for, not a SyncJob (decision 0018)."""
+        return isinstance(self.writer, reporting.PollWriter)
+
+    @property
+    def what(self) -> str:
+        return "poll" if self.poll else "SyncJob"
 
     @property
     def done_job(self) -> str | None:
@@ -211,6 +223,7 @@ class Worker:
         self.running: dict[tuple[str, str], Run] = {}
         self.foreign: set[tuple[str, str]] = set()
         self.members: list[str] = []
+        self.next_poll_check = 0.0
 
     # -- start and loop ------------------------------------------------------------------------
 
@@ -321,6 +334,13 @@ class Worker:
             if await self._try_start(job, now):
                 self.refused[queue.connection_of(job)] = clock + CLAIM_RETRY_SECONDS
                 due = CLAIM_RETRY_SECONDS
+        room = self.settings.sync_concurrency - len(self.running)
+        if room > 0:
+            if clock >= self.next_poll_check:
+                self.next_poll_check = clock + POLL_CHECK_SECONDS
+                await self._start_polls(room, now, clock)
+            poll_wait = max(0.0, self.next_poll_check - clock)
+            due = poll_wait if due is None else min(due, poll_wait)
         metrics.SYNCJOBS_RUNNING.set(len(self.running))
         for job in self.index.expired(now):
             wait = await self._expire(job, now)
@@ -398,6 +418,57 @@ class Worker:
             self._execute(run, body), name=f"syncjob {meta['namespace']}/{meta['name']}"
         )
         return False
+
+    async def _start_polls(self, room: int, now: dt.datetime, clock: float) -> None:
+        """Claim and start polls the store holds for connections of this worker's store."""
+        try:
+            waiting = await self.store.due_polls(room * max(1, len(self.members)))
+        except Exception as exc:
+            log.warning("could not read the polls due from the event store: %s", exc)
+            return
+        oldest = min((asked for _, _, asked in waiting if asked is not None), default=None)
+        metrics.POLLS_OLDEST_WAITING.set(
+            0.0 if oldest is None else max(0.0, (now - oldest).total_seconds())
+        )
+        if not waiting:
+            return
+        by_uid = {store_key(c): c for c in self.connections.values()}
+        # Workers of one store see the same polls: start from different ones.
+        random.shuffle(waiting)
+        for uid, poll_key, _ in waiting:
+            if room <= 0:
+                return
+            body = by_uid.get(uid)
+            if body is None:
+                continue  # not in this worker's namespaces (or gone: its purge ends the poll)
+            meta = body["metadata"]
+            key = (str(meta["namespace"]), str(meta["name"]))
+            if key in self.running or key in self.refused or meta.get("deletionTimestamp"):
+                continue
+            if (body.get("status") or {}).get("storeId") != self.store.store_id:
+                continue
+            if self.index.of_connection(key):
+                continue  # a job of the connection waits or runs: its run covers the poll
+            try:
+                fence = await self.store.claim(
+                    uid, self.identity, self.settings.sync_lease, job=poll_key
+                )
+            except (ConnectionPurged, JobDone):
+                continue
+            if fence is None:
+                self.refused[key] = clock + CLAIM_RETRY_SECONDS
+                continue
+            claim = {
+                "claimedBy": self.identity,
+                "storeId": self.store.store_id,
+                "startedAt": reporting.ts(now),
+                "attempts": 1,
+            }
+            writer = reporting.PollWriter(key[0], key[1], poll_key, self.identity)
+            run = Run(writer.job, fence, writer, key, claim)
+            self.running[key] = run
+            run.task = asyncio.create_task(self._execute(run, body), name=f"poll {key[0]}/{key[1]}")
+            room -= 1
 
     async def _show_running(self, writer: reporting.JobWriter) -> bool:
         """Mark the job Running now, guarded by the resourceVersion it was picked at.
@@ -481,14 +552,16 @@ class Worker:
             "fence": run.fence.token,
             "store": self.store.store_id,
         }
-        log.info("SyncJob %s/%s started", run.connection[0], run.writer.name, extra=probe)
+        if run.poll:
+            probe["poll"] = True
+        log.info("%s %s/%s started", run.what, run.connection[0], run.writer.name, extra=probe)
         try:
             with log_context(connection="/".join(run.connection), job=run.writer.name):
                 await self._execute_inner(run, body, started)
         finally:
             probe["run"] = "end"
             probe["outcome"] = run.outcome
-            log.info("SyncJob %s/%s ended", run.connection[0], run.writer.name, extra=probe)
+            log.info("%s %s/%s ended", run.what, run.connection[0], run.writer.name, extra=probe)
             if run.outcome in ("succeeded", "failed"):
                 # Only now may another run of the connection start. A job that ended for good
                 # is recorded as done, so nobody runs it again.
@@ -707,7 +780,8 @@ class Worker:
             await run.writer.finish(
                 "Superseded", "Suspended", "the connection is suspended", **done
             )
-            metrics.SYNCJOBS_FINISHED.labels("Superseded").inc()
+            if not run.poll:
+                metrics.SYNCJOBS_FINISHED.labels("Superseded").inc()
             return
         assert run.context is not None
         counts = {"fetched": result.fetched, "upserted": result.upserted, "deleted": result.deleted}
@@ -730,12 +804,16 @@ class Worker:
             f"deleted {counts['deleted']} events (store {self.store.store_id})"
         )
         await run.writer.finish("Succeeded", "Synced", message, counts=counts, **done)
-        metrics.SYNCJOBS_FINISHED.labels("Succeeded").inc()
+        if run.poll:
+            metrics.POLLS.labels("Succeeded").inc()
+        else:
+            metrics.SYNCJOBS_FINISHED.labels("Succeeded").inc()
         metrics.SYNC_DURATION.observe(seconds)
         for op in ("fetched", "upserted", "deleted"):
             metrics.EVENTS_SYNCED.labels(op).inc(counts[op])
         log.info(
-            "SyncJob %s/%s succeeded: %s",
+            "%s %s/%s succeeded: %s",
+            run.what,
             namespace,
             run.writer.name,
             counts,
@@ -765,7 +843,8 @@ class Worker:
         )
         reason = getattr(exc, "reason", "SyncFailed")
         log.warning(
-            "SyncJob %s attempt %d failed: %s",
+            "%s %s attempt %d failed: %s",
+            run.what,
             run.writer.name,
             int(run.claim["attempts"]),
             message,
@@ -779,6 +858,11 @@ class Worker:
         )
         throttled = isinstance(exc, RateLimited)
         final = permanent or (not throttled and attempts >= self.settings.sync_max_retries)
+        if run.poll:
+            # A poll is one attempt: its retry is the next poll, after the back-off the
+            # operator derives from the failures the status counts (a throttled poll's from
+            # the interval alone).
+            final = not throttled
         if not (isinstance(exc, JobFailed) and exc.reason == "ConnectionNotFound"):
             provider = ((self.connections.get(namespace, name) or {}).get("spec") or {}).get(
                 "provider"
@@ -803,7 +887,10 @@ class Worker:
                 consent=consent,
             )
         done: dict[str, Any] = {"error": message[:2000], "durationSeconds": round(seconds, 3)}
-        if final:
+        if run.poll:
+            await run.writer.finish("Failed", reason, message[:2000], **done)
+            metrics.POLLS.labels("Failed").inc()
+        elif final:
             await run.writer.finish("Failed", reason, message[:2000], **done)
             metrics.SYNCJOBS_FINISHED.labels("Failed").inc()
         else:
@@ -821,17 +908,21 @@ class Worker:
                 done["attempts"] = max(0, attempts - 1)
             await run.writer.write(done)
         log.warning(
-            "SyncJob %s/%s attempt %d failed%s: %s",
+            "%s %s/%s attempt %d failed%s: %s",
+            run.what,
             namespace,
             run.writer.name,
             attempts,
             " (final)" if final else "",
             message,
         )
+        target = self.connections.get(namespace, name) if run.poll else run.writer.job
+        if target is None:
+            return
         await kube.post_event(
             self.client,
-            run.writer.job,
+            target,
             type="Warning",
             reason="SyncFailed" if final else ("Throttled" if throttled else "SyncRetrying"),
-            message=f"attempt {attempts}: {message}",
+            message=f"poll: {message}" if run.poll else f"attempt {attempts}: {message}",
         )

@@ -254,28 +254,33 @@ def test_finished_jobs_expire_after_their_ttl(
     )
 
 
-def test_poll_timer_creates_incremental_jobs(
-    kubectl: Kubectl, namespace: str, operator: Process, caldav_calendar: Any
+def test_polls_run_from_the_store_without_syncjobs(
+    kubectl: Kubectl, namespace: str, operator: Process, store_path: Path, caldav_calendar: Any
 ) -> None:
     conn = connection("poller", caldav_calendar.url, "dav")
     conn["spec"]["sync"] = {"pollInterval": "1m"}
     kubectl.apply(secret("dav", caldav_calendar.user, caldav_calendar.password), namespace)
     kubectl.apply(conn, namespace)
     kubectl("wait", "--for=condition=Ready", "calconn/poller", "-n", namespace, "--timeout=120s")
+    first = kubectl.json("get", "calconn/poller", "-n", namespace)["status"]
     ((name, text),) = generate_events(1, seed=21, start=NOW).items()
     caldav_calendar.put(name, text)
 
-    def polled() -> list[dict[str, Any]]:
-        jobs = kubectl.json("get", "sj", "-n", namespace)["items"]
-        return [
-            j
-            for j in jobs
-            if j["spec"]["reason"] == "poll" and (j.get("status") or {}).get("phase") == "Succeeded"
-        ]
+    def polled() -> dict[str, Any] | None:
+        status = kubectl.json("get", "calconn/poller", "-n", namespace)["status"]
+        return status if status.get("eventCount") == first["eventCount"] + 1 else None
 
-    jobs = poll(polled, timeout=180, interval=2, what="a Succeeded poll SyncJob")
-    assert jobs[0]["spec"]["mode"] == "incremental"
-    assert jobs[0]["status"]["counts"]["fetched"] >= 1
+    # One poll interval (1m) after the first sync, the poll finds the new event.
+    status = poll(polled, timeout=180, interval=2, what="the poll's new event in the status")
+    assert status["lastAttemptTime"] > first["lastAttemptTime"]
+    assert status["consecutiveFailures"] == 0
+    assert status["observedGeneration"] == first["observedGeneration"]
+    event_uid = next(line for line in text.splitlines() if line.startswith("UID:"))[4:]
+    stored = all_stored_events(store_path, connection_uid(kubectl, namespace, "poller"))
+    assert event_uid in {e["uid"] for e in stored}
+    # The poll made no SyncJob: the only one is the first sync's.
+    jobs = kubectl.json("get", "sj", "-n", namespace)["items"]
+    assert [j["spec"]["reason"] for j in jobs] == ["lifecycle"], jobs
 
 
 def test_duplicate_uids_degrade_but_sync(

@@ -305,6 +305,61 @@ async def test_ttls_must_be_positive(store: EventStore) -> None:
 # -- purging ----------------------------------------------------------------------------------
 
 
+async def test_a_poll_waits_until_a_claim_naming_it_ends_as_done(store: EventStore) -> None:
+    # The operator asks for poll p1 (twice: asking is idempotent and keeps its place); a
+    # worker sees it due, claims the connection naming it, and releases it as done.
+    assert await store.due_polls(10) == []
+    assert await store.request_poll(CONN, "p1")
+    assert await store.request_poll(OTHER, "q1")
+    assert await store.request_poll(CONN, "p1")
+    due = await store.due_polls(10)
+    assert [(c, k) for c, k, _ in due] == [(CONN, "p1"), (OTHER, "q1")]
+    assert all(asked is not None for _, _, asked in due)
+    assert [c for c, _, _ in await store.due_polls(1)] == [CONN]
+    fence = await store.claim(CONN, "worker-a", LONG, job="p1")
+    assert fence is not None
+    # While it runs it is not offered to anyone else.
+    assert [c for c, _, _ in await store.due_polls(10)] == [OTHER]
+    # A run that ends without finishing (a worker stopping) leaves the poll waiting.
+    await store.release(fence)
+    assert [c for c, _, _ in await store.due_polls(10)] == [CONN, OTHER]
+    fence = await store.claim(CONN, "worker-b", LONG, job="p1")
+    assert fence is not None
+    await store.release(fence, done_job="p1")
+    assert [c for c, _, _ in await store.due_polls(10)] == [OTHER]
+    # The same poll asked for again (an operator whose cache lags) never runs twice.
+    assert not await store.request_poll(CONN, "p1")
+    assert [c for c, _, _ in await store.due_polls(10)] == [OTHER]
+    with pytest.raises(JobDone):
+        await store.claim(CONN, "worker-a", LONG, job="p1")
+    # The next one does.
+    assert await store.request_poll(CONN, "p2")
+    assert [k for _, k, _ in await store.due_polls(10)] == ["q1", "p2"]
+
+
+async def test_any_run_ended_as_done_covers_a_waiting_poll(store: EventStore) -> None:
+    assert await store.request_poll(CONN, "p1")
+    job = await store.claim(CONN, "worker-a", LONG, job="job-uid")
+    assert job is not None
+    assert await store.due_polls(10) == []  # held
+    await store.release(job, done_job="job-uid")
+    assert await store.due_polls(10) == []
+    # A new poll replaces one still waiting.
+    assert await store.request_poll(CONN, "p2")
+    assert await store.request_poll(CONN, "p3")
+    assert [k for _, k, _ in await store.due_polls(10)] == ["p3"]
+
+
+async def test_a_purged_connection_gets_no_polls(store: EventStore) -> None:
+    assert await store.request_poll(CONN, "p1")
+    await store.purge_connection(CONN)
+    assert await store.due_polls(10) == []
+    assert not await store.request_poll(CONN, "p2")
+    assert await store.due_polls(10) == []
+    with pytest.raises(ValueError, match="key"):
+        await store.request_poll(OTHER, "")
+
+
 async def test_a_purged_connection_is_never_claimed_or_written_again(store: EventStore) -> None:
     fence = await store.claim(CONN, "worker-a", LONG)
     assert fence is not None
