@@ -53,14 +53,18 @@ lint: venv crds-check
 	$(BIN)/mypy calsync
 	$(BIN)/lint-imports
 
+# Tests run in TEST_WORKERS processes (pytest-xdist), each with its own control planes and
+# servers; TEST_WORKERS=0 runs them in this one.
+TEST_WORKERS ?= 2
+
 test: venv controlplane helm crds-check
-	$(BIN)/pytest -m "unit or integration or e2e" $(PYTEST_ARGS)
+	$(BIN)/pytest -m "unit or integration or e2e" -n $(TEST_WORKERS) $(PYTEST_ARGS)
 
 test-unit: venv
 	$(BIN)/pytest -m unit $(PYTEST_ARGS)
 
 test-e2e: venv controlplane helm
-	$(BIN)/pytest -m e2e $(PYTEST_ARGS)
+	$(BIN)/pytest -m e2e -n $(TEST_WORKERS) $(PYTEST_ARGS)
 
 run: controlplane
 	$(BIN)/python hack/run.py --cluster $(CLUSTER)

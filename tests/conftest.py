@@ -162,6 +162,18 @@ def operator(
 _KINDS = ("unit", "integration", "e2e")
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    # Each test process runs a session-wide operator that watches its whole main cluster: on a
+    # cluster of its own (the default) that is fine, on one shared cluster they would fight.
+    workers = getattr(config.option, "numprocesses", None)
+    if os.environ.get("CALSYNC_E2E_KUBECONFIG") and workers not in (None, 0, 1):
+        raise pytest.UsageError(
+            "CALSYNC_E2E_KUBECONFIG points every test process at one cluster, where their "
+            "operators would act on each other's connections: run the tests in one process "
+            "(-n 0, or make test TEST_WORKERS=0)"
+        )
+
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """Every test carries exactly one of the kind markers, or `make test` would skip it."""
     unmarked = [
