@@ -58,13 +58,13 @@ lint: venv crds-check
 TEST_WORKERS ?= 2
 
 test: venv controlplane helm crds-check
-	$(BIN)/pytest -m "unit or integration or e2e" -n $(TEST_WORKERS) $(PYTEST_ARGS)
+	$(BIN)/pytest -m "unit or integration or e2e" -n $(TEST_WORKERS) --dist worksteal $(PYTEST_ARGS)
 
 test-unit: venv
 	$(BIN)/pytest -m unit $(PYTEST_ARGS)
 
 test-e2e: venv controlplane helm
-	$(BIN)/pytest -m e2e -n $(TEST_WORKERS) $(PYTEST_ARGS)
+	$(BIN)/pytest -m e2e -n $(TEST_WORKERS) --dist worksteal $(PYTEST_ARGS)
 
 run: controlplane
 	$(BIN)/python hack/run.py --cluster $(CLUSTER)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime as dt
 import json
 import os
 import subprocess
@@ -152,6 +153,26 @@ def stored_events(store: Path, key: str, *args: str) -> list[dict[str, Any]]:
         check=True,
     )
     return list(json.loads(out.stdout))
+
+
+def backdate_last_attempt(kubectl: Kubectl, namespace: str, name: str, seconds: float) -> str:
+    """Move the connection's `status.lastAttemptTime` `seconds` into the past, as if its last
+    sync had been that long ago: a poll interval (at least 1m) then passes at once instead of
+    after a wait. Returns the new time."""
+    stamp = dt.datetime.now(dt.UTC).replace(microsecond=0) - dt.timedelta(seconds=seconds)
+    text = stamp.isoformat().replace("+00:00", "Z")
+    patch = json.dumps({"status": {"lastAttemptTime": text}})
+    kubectl(
+        "patch",
+        f"calconn/{name}",
+        "-n",
+        namespace,
+        "--subresource=status",
+        "--type=merge",
+        "-p",
+        patch,
+    )
+    return text
 
 
 def connection_uid(kubectl: Kubectl, namespace: str, name: str) -> str:

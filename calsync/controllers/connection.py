@@ -60,7 +60,7 @@ ACTIVE_PHASES = frozenset({"", "Pending", "Running"})
 CONFLICT_RECHECK = 1.0
 # A poll asked for and not yet run is asked for again this often (the same key: idempotent),
 # so a poll the store dropped (a run covered it but reported nothing) is not lost.
-POLL_REASK = 60.0
+POLL_REASK = 300.0
 WRITE_ATTEMPTS = 3
 
 Key = tuple[str, str]  # (namespace, name)
@@ -125,6 +125,7 @@ class ConnectionContext:
     by_secret: dict[Key, set[str]] = field(default_factory=lambda: defaultdict(set))
     secret_refs: dict[Key, set[str]] = field(default_factory=dict)  # connection -> Secrets
     pending_total: int = 0
+    polls_waiting: int = 0  # polls due in the store and not started (decision 0018)
     phase_totals: dict[str, int] = field(default_factory=dict)  # calsync_syncjobs{phase}
     foreign_logged: set[Key] = field(default_factory=set)
     # WebhookSubscriptions, fed by the subscription controller's watch (subscriptions.py).

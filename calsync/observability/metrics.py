@@ -91,15 +91,22 @@ SYNCJOBS_FINISHED = Counter(
 )
 POLLS = Counter(
     "calsync_polls_total",
-    "Polls this worker ran (asked for through the event store, not SyncJobs), by outcome.",
+    "Polls this worker ran (asked for through the event store, not SyncJobs), by outcome: "
+    "Retried (failed; the next poll retries), Failed (permanently, or SYNC_MAX_RETRIES in a row).",
     ["outcome"],
     registry=REGISTRY,
 )
-POLL_OUTCOMES = ("Succeeded", "Failed")
+POLL_OUTCOMES = ("Succeeded", "Retried", "Failed")
 POLLS_OLDEST_WAITING = Gauge(
     "calsync_polls_oldest_waiting_seconds",
     "How long the oldest poll due and not yet started has waited, at this worker's last look "
     "into the event store (0: none waiting); it grows when the workers cannot keep up.",
+    registry=REGISTRY,
+)
+POLLS_WAITING = Gauge(
+    "calsync_polls_waiting",
+    "Polls due in the event store and not started yet (operator, counted every 15 s); the "
+    "scaler adds them to the pending SyncJobs.",
     registry=REGISTRY,
 )
 SCALING_DECISIONS = Counter(

@@ -40,6 +40,8 @@ from calsync.worker import Worker, WorkerRefused
 
 log = logging.getLogger(__name__)
 
+POLL_COUNT_SECONDS = 15.0
+
 PREFIX = "calsync.io"
 FINALIZER = f"{PREFIX}/finalizer"
 
@@ -142,6 +144,18 @@ async def _open_vault(
             "namespace the operator may write Secrets in)"
         ) from exc
     return vault
+
+
+async def _count_polls(context: connection_controller.ConnectionContext) -> None:
+    """Keep `calsync_polls_waiting` (and the scaler's view of the polls) current."""
+    while True:
+        try:
+            context.polls_waiting = await context.store.count_due_polls()
+        except Exception as exc:
+            log.warning("could not count the polls waiting in the event store: %s", exc)
+        else:
+            metrics.POLLS_WAITING.set(context.polls_waiting)
+        await asyncio.sleep(POLL_COUNT_SECONDS)
 
 
 async def _rotate_keys_when_due(client: AsyncClient, settings: Settings) -> None:
@@ -299,8 +313,12 @@ async def _lead(
     ]
     if settings.key_rotation_interval:
         helpers.append(asyncio.create_task(_rotate_keys_when_due(client, settings), name="keys"))
+    helpers.append(asyncio.create_task(_count_polls(context), name="poll-counter"))
     if settings.worker_deployment:
-        scaler = ScalingController(client, settings, pending=lambda: context.pending_total)
+        # Polls wait in the store, not as SyncJobs (decision 0018): both are work to scale for.
+        scaler = ScalingController(
+            client, settings, pending=lambda: context.pending_total + context.polls_waiting
+        )
         helpers.append(asyncio.create_task(scaler.run(), name="worker-scaler"))
     log.info("operator bound to event store %s (%s)", store.store_id, store.dialect)
     operator_task = asyncio.create_task(_run_kopf(settings, context, push, stop_flag), name="kopf")

@@ -334,22 +334,45 @@ class Leases:
         async with self._single.begin() as conn:
             return (await conn.execute(stmt)).first() is not None
 
-    async def due_polls(self, limit: int) -> list[tuple[str, str, dt.datetime | None]]:
+    def _waiting(self, now: ColumnElement[Any]) -> list[ColumnElement[bool]]:
+        table = connection_claims
+        return [
+            table.c.poll.is_not(None),
+            table.c.purged_at.is_(None),
+            or_(table.c.holder == "", table.c.expires_at <= now),
+            or_(table.c.done_job.is_(None), table.c.done_job != table.c.poll),
+        ]
+
+    async def due_polls(
+        self, limit: int, after: tuple[dt.datetime, str] | None = None
+    ) -> list[tuple[str, str, dt.datetime]]:
         table = connection_claims
         (now,) = self._at(dt.timedelta(0))
+        where = self._waiting(now)
+        if after is not None:
+            at = literal(after[0], UtcDateTime())
+            where.append(
+                or_(
+                    table.c.poll_at > at,
+                    and_(table.c.poll_at == at, table.c.connection > after[1]),
+                )
+            )
         async with self._engine.connect() as conn:
             result = await conn.execute(
                 select(table.c.connection, table.c.poll, table.c.poll_at)
-                .where(
-                    table.c.poll.is_not(None),
-                    table.c.purged_at.is_(None),
-                    or_(table.c.holder == "", table.c.expires_at <= now),
-                    or_(table.c.done_job.is_(None), table.c.done_job != table.c.poll),
-                )
+                .where(*where)
                 .order_by(table.c.poll_at, table.c.connection)
                 .limit(max(0, limit))
             )
             return [(str(row.connection), str(row.poll), row.poll_at) for row in result]
+
+    async def count_due_polls(self) -> int:
+        (now,) = self._at(dt.timedelta(0))
+        async with self._engine.connect() as conn:
+            count = await conn.scalar(
+                select(func.count()).select_from(connection_claims).where(*self._waiting(now))
+            )
+        return int(count or 0)
 
     # -- members ---------------------------------------------------------------------------
 

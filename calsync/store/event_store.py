@@ -500,10 +500,17 @@ class EventStore:
         already run."""
         return await self._leases.request_poll(connection, key)
 
-    async def due_polls(self, limit: int) -> list[tuple[str, str, dt.datetime | None]]:
+    async def due_polls(
+        self, limit: int, after: tuple[dt.datetime, str] | None = None
+    ) -> list[tuple[str, str, dt.datetime]]:
         """Up to `limit` waiting polls, oldest first, whose connections nobody holds now:
-        (connection, key, asked at). A worker claims the connection with `job=key`."""
-        return await self._leases.due_polls(limit)
+        (connection, key, asked at). A worker claims the connection with `job=key`. `after`
+        (the asked-at time and connection of the last row of a page) reads the next page."""
+        return await self._leases.due_polls(limit, after)
+
+    async def count_due_polls(self) -> int:
+        """How many polls wait for a worker (the same rows `due_polls` reads)."""
+        return await self._leases.count_due_polls()
 
     async def claims(self) -> dict[str, tuple[str, dt.datetime]]:
         """The live claims: connection -> (holder, lease expiry)."""

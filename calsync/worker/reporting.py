@@ -267,8 +267,12 @@ async def report_failure(
     final: bool,
     throttled: bool,
     consent: Any = None,
+    count: bool = False,
 ) -> dict[str, Any] | None:
-    """Record a failed attempt. `consent(body, conds)` gives the consent link for OAuth."""
+    """Record a failed attempt. `consent(body, conds)` gives the consent link for OAuth.
+
+    `consecutiveFailures` grows for a final failure, a refused credential, or when `count`
+    (every failed poll: the poll schedule backs off on it)."""
     holder: dict[str, readiness.Conditions] = {}
 
     async def mutate(body: dict[str, Any]) -> dict[str, Any]:
@@ -296,7 +300,7 @@ async def report_failure(
             extra["attempted"] = run.attempt
             if auth:
                 extra["refusedCredentials"] = run.credentials
-        if final or auth:
+        if final or auth or count:
             extra["consecutiveFailures"] = int(status.get("consecutiveFailures") or 0) + 1
         if consent is not None:
             extra["authorizationURL"] = consent(body, conds)

@@ -91,8 +91,11 @@ CLAIM_RETRY_SECONDS = 1.0
 RUNNING_AFTER_SECONDS = 2.0
 BACKOFF_CAP_SECONDS = 300.0
 HEARTBEAT_SECONDS = 10.0
-# How often a worker with room for more runs asks the store for polls due (decision 0018).
+# How often a worker asks the store for polls due (decision 0018), and sooner when a run ends
+# after a look that filled every free slot; pages of POLL_PAGE, at most POLL_PAGES per look.
 POLL_CHECK_SECONDS = 2.0
+POLL_PAGE = 100
+POLL_PAGES = 20
 
 
 class JobFailed(Exception):
@@ -224,6 +227,7 @@ class Worker:
         self.foreign: set[tuple[str, str]] = set()
         self.members: list[str] = []
         self.next_poll_check = 0.0
+        self.polls_more = False  # the last look for polls filled every free slot
 
     # -- start and loop ------------------------------------------------------------------------
 
@@ -334,14 +338,13 @@ class Worker:
             if await self._try_start(job, now):
                 self.refused[queue.connection_of(job)] = clock + CLAIM_RETRY_SECONDS
                 due = CLAIM_RETRY_SECONDS
-        room = self.settings.sync_concurrency - len(self.running)
-        if room > 0:
-            if clock >= self.next_poll_check:
-                self.next_poll_check = clock + POLL_CHECK_SECONDS
-                await self._start_polls(room, now, clock)
-            poll_wait = max(0.0, self.next_poll_check - clock)
-            due = poll_wait if due is None else min(due, poll_wait)
-        metrics.SYNCJOBS_RUNNING.set(len(self.running))
+        if clock >= self.next_poll_check:
+            self.next_poll_check = clock + POLL_CHECK_SECONDS
+            room = self.settings.sync_concurrency - len(self.running)
+            await self._start_polls(max(0, room), now, clock)
+        poll_wait = max(0.0, self.next_poll_check - clock)
+        due = poll_wait if due is None else min(due, poll_wait)
+        metrics.SYNCJOBS_RUNNING.set(sum(1 for r in self.running.values() if not r.poll))
         for job in self.index.expired(now):
             wait = await self._expire(job, now)
             if wait is not None:
@@ -420,55 +423,90 @@ class Worker:
         return False
 
     async def _start_polls(self, room: int, now: dt.datetime, clock: float) -> None:
-        """Claim and start polls the store holds for connections of this worker's store."""
-        try:
-            waiting = await self.store.due_polls(room * max(1, len(self.members)))
-        except Exception as exc:
-            log.warning("could not read the polls due from the event store: %s", exc)
-            return
-        oldest = min((asked for _, _, asked in waiting if asked is not None), default=None)
+        """Claim and start the oldest polls this worker may run; keep the backlog gauge.
+
+        Pages on past polls it must leave (another namespace's connection, one gone whose purge
+        was abandoned, one with a job waiting or suspended), so those never hold up the rest.
+        """
+        by_uid: dict[str, dict[str, Any]] | None = None
+        oldest: dt.datetime | None = None
+        after: tuple[dt.datetime, str] | None = None
+        self.polls_more = False
+        for _ in range(POLL_PAGES):
+            try:
+                page = await self.store.due_polls(POLL_PAGE, after)
+            except Exception as exc:
+                log.warning("could not read the polls due from the event store: %s", exc)
+                return
+            if not page:
+                break
+            if by_uid is None:
+                by_uid = {store_key(c): c for c in self.connections.values()}
+            after = (page[-1][2], page[-1][0])
+            startable: list[tuple[str, str, tuple[str, str], dict[str, Any]]] = []
+            for uid, poll_key, asked in page:
+                body = by_uid.get(uid)
+                if body is None:
+                    continue  # not in this worker's namespaces, or gone
+                if oldest is None:
+                    oldest = asked
+                meta = body["metadata"]
+                key = (str(meta["namespace"]), str(meta["name"]))
+                if (
+                    key in self.running
+                    or key in self.refused
+                    or meta.get("deletionTimestamp")
+                    or (body.get("spec") or {}).get("suspend")
+                    or (body.get("status") or {}).get("storeId") != self.store.store_id
+                    or self.index.of_connection(key)  # a job's run will cover the poll
+                ):
+                    continue
+                startable.append((uid, poll_key, key, body))
+            # Workers of one store read the same polls: each starts from different ones.
+            random.shuffle(startable)
+            for uid, poll_key, key, body in startable:
+                if room <= 0:
+                    break
+                if await self._start_poll(uid, poll_key, key, body, now, clock):
+                    room -= 1
+            if room <= 0:
+                self.polls_more = True  # more may wait: look again when a run ends
+                break
+            if len(page) < POLL_PAGE:
+                break
         metrics.POLLS_OLDEST_WAITING.set(
             0.0 if oldest is None else max(0.0, (now - oldest).total_seconds())
         )
-        if not waiting:
-            return
-        by_uid = {store_key(c): c for c in self.connections.values()}
-        # Workers of one store see the same polls: start from different ones.
-        random.shuffle(waiting)
-        for uid, poll_key, _ in waiting:
-            if room <= 0:
-                return
-            body = by_uid.get(uid)
-            if body is None:
-                continue  # not in this worker's namespaces (or gone: its purge ends the poll)
-            meta = body["metadata"]
-            key = (str(meta["namespace"]), str(meta["name"]))
-            if key in self.running or key in self.refused or meta.get("deletionTimestamp"):
-                continue
-            if (body.get("status") or {}).get("storeId") != self.store.store_id:
-                continue
-            if self.index.of_connection(key):
-                continue  # a job of the connection waits or runs: its run covers the poll
-            try:
-                fence = await self.store.claim(
-                    uid, self.identity, self.settings.sync_lease, job=poll_key
-                )
-            except (ConnectionPurged, JobDone):
-                continue
-            if fence is None:
-                self.refused[key] = clock + CLAIM_RETRY_SECONDS
-                continue
-            claim = {
-                "claimedBy": self.identity,
-                "storeId": self.store.store_id,
-                "startedAt": reporting.ts(now),
-                "attempts": 1,
-            }
-            writer = reporting.PollWriter(key[0], key[1], poll_key, self.identity)
-            run = Run(writer.job, fence, writer, key, claim)
-            self.running[key] = run
-            run.task = asyncio.create_task(self._execute(run, body), name=f"poll {key[0]}/{key[1]}")
-            room -= 1
+
+    async def _start_poll(
+        self,
+        uid: str,
+        poll_key: str,
+        key: tuple[str, str],
+        body: dict[str, Any],
+        now: dt.datetime,
+        clock: float,
+    ) -> bool:
+        try:
+            fence = await self.store.claim(
+                uid, self.identity, self.settings.sync_lease, job=poll_key
+            )
+        except (ConnectionPurged, JobDone):
+            return False
+        if fence is None:
+            self.refused[key] = clock + CLAIM_RETRY_SECONDS
+            return False
+        claim = {
+            "claimedBy": self.identity,
+            "storeId": self.store.store_id,
+            "startedAt": reporting.ts(now),
+            "attempts": 1,
+        }
+        writer = reporting.PollWriter(key[0], key[1], poll_key, self.identity)
+        run = Run(writer.job, fence, writer, key, claim)
+        self.running[key] = run
+        run.task = asyncio.create_task(self._execute(run, body), name=f"poll {key[0]}/{key[1]}")
+        return True
 
     async def _show_running(self, writer: reporting.JobWriter) -> bool:
         """Mark the job Running now, guarded by the resourceVersion it was picked at.
@@ -621,6 +659,8 @@ class Worker:
             if run.writer.shown:
                 self.jobs.put(run.writer.job)  # ahead of the watch: the next sweep sees the end
             self.running.pop(run.connection, None)
+            if self.polls_more:
+                self.next_poll_check = 0.0
             self.wake.set()
 
     async def _report(self, reporting_done: Awaitable[None], run: Run) -> None:
@@ -777,11 +817,12 @@ class Worker:
         namespace, name = run.connection
         done = {"durationSeconds": round(seconds, 3), "error": None}
         if result is None:
+            if run.poll:
+                return  # not done: it runs once the connection is resumed
             await run.writer.finish(
                 "Superseded", "Suspended", "the connection is suspended", **done
             )
-            if not run.poll:
-                metrics.SYNCJOBS_FINISHED.labels("Superseded").inc()
+            metrics.SYNCJOBS_FINISHED.labels("Superseded").inc()
             return
         assert run.context is not None
         counts = {"fetched": result.fetched, "upserted": result.upserted, "deleted": result.deleted}
@@ -861,8 +902,11 @@ class Worker:
         if run.poll:
             # A poll is one attempt: its retry is the next poll, after the back-off the
             # operator derives from the failures the status counts (a throttled poll's from
-            # the interval alone).
-            final = not throttled
+            # the interval alone). Like a job's retries, only a permanent error or the
+            # SYNC_MAX_RETRIES-th failure in a row shows as failed.
+            status = (self.connections.get(namespace, name) or {}).get("status") or {}
+            failures = int(status.get("consecutiveFailures") or 0)
+            final = permanent or (not throttled and failures + 1 >= self.settings.sync_max_retries)
         if not (isinstance(exc, JobFailed) and exc.reason == "ConnectionNotFound"):
             provider = ((self.connections.get(namespace, name) or {}).get("spec") or {}).get(
                 "provider"
@@ -885,11 +929,12 @@ class Worker:
                 final=final,
                 throttled=throttled,
                 consent=consent,
+                count=run.poll and not throttled,
             )
         done: dict[str, Any] = {"error": message[:2000], "durationSeconds": round(seconds, 3)}
         if run.poll:
             await run.writer.finish("Failed", reason, message[:2000], **done)
-            metrics.POLLS.labels("Failed").inc()
+            metrics.POLLS.labels("Failed" if final else "Retried").inc()
         elif final:
             await run.writer.finish("Failed", reason, message[:2000], **done)
             metrics.SYNCJOBS_FINISHED.labels("Failed").inc()

@@ -462,7 +462,9 @@ def test_keda_scaled_object(helm: str) -> None:
     assert scaled["scaleTargetRef"] == {"name": "calsync-worker"}
     assert (scaled["minReplicaCount"], scaled["maxReplicaCount"]) == (0, 20)
     (trigger,) = scaled["triggers"]
-    assert trigger["metadata"]["query"] == "max(calsync_syncjobs_pending)"
+    assert trigger["metadata"]["query"] == (
+        "max(calsync_syncjobs_pending) + (max(calsync_polls_waiting) or vector(0))"
+    )
     assert trigger["metadata"]["threshold"] == "250"
     assert "replicas" not in kinds(docs, "Deployment")["calsync-worker"]["spec"]
     # KEDA, not the built-in scaler: the operator gets neither the Deployment nor its rights

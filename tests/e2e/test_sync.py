@@ -15,7 +15,16 @@ from typing import Any
 import pytest
 
 from calsync.testing.icalgen import generate_events
-from tests.support import BIN, Kubectl, Process, condition, connection_uid, poll, stored_events
+from tests.support import (
+    BIN,
+    Kubectl,
+    Process,
+    backdate_last_attempt,
+    condition,
+    connection_uid,
+    poll,
+    stored_events,
+)
 
 pytestmark = pytest.mark.e2e
 
@@ -265,14 +274,15 @@ def test_polls_run_from_the_store_without_syncjobs(
     first = kubectl.json("get", "calconn/poller", "-n", namespace)["status"]
     ((name, text),) = generate_events(1, seed=21, start=NOW).items()
     caldav_calendar.put(name, text)
+    # As if the first sync had been 90 s ago: the next poll (1m after it) is due now.
+    backdated = backdate_last_attempt(kubectl, namespace, "poller", 90)
 
     def polled() -> dict[str, Any] | None:
         status = kubectl.json("get", "calconn/poller", "-n", namespace)["status"]
         return status if status.get("eventCount") == first["eventCount"] + 1 else None
 
-    # One poll interval (1m) after the first sync, the poll finds the new event.
-    status = poll(polled, timeout=180, interval=2, what="the poll's new event in the status")
-    assert status["lastAttemptTime"] > first["lastAttemptTime"]
+    status = poll(polled, timeout=120, interval=1, what="the poll's new event in the status")
+    assert status["lastAttemptTime"] > backdated
     assert status["consecutiveFailures"] == 0
     assert status["observedGeneration"] == first["observedGeneration"]
     event_uid = next(line for line in text.splitlines() if line.startswith("UID:"))[4:]

@@ -296,7 +296,9 @@ def test_soak(
         figures["syncs"] = {
             "total": len(ends),
             "by_outcome": dict(Counter(str(e.get("outcome")) for e in ends)),
-            "by_job_kind": dict(Counter(job_kind(str(e["job"])) for e in ends)),
+            "by_job_kind": dict(
+                Counter("poll" if e.get("poll") else job_kind(str(e["job"])) for e in ends)
+            ),
         }
         figures["rss"] = memory
         figures["rss_baseline_minute"] = BASELINE_MINUTE
@@ -447,7 +449,8 @@ JOB_KINDS = {"f": "full", "i": "incremental", "w": "webhook", "final": "final"}
 
 def job_kind(job: str) -> str:
     """What made a SyncJob, from its name: the operator (`<connection>-f-...` full,
-    `<connection>-i-...` incremental, e.g. a poll), the gateway (`-w-`), or this test."""
+    `<connection>-i-...` incremental), the gateway (`-w-`), or this test. (A poll's run, which
+    has no SyncJob, is marked `poll` in the worker's log line.)"""
     rest = re.sub(r"^(dav|google|ms)-\d+-", "", job)
     return JOB_KINDS.get(rest.split("-")[0], "other")
 
