@@ -53,7 +53,13 @@ from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from calsync.store.connect import one_statement, writer
-from calsync.store.schema import UtcDateTime, connection_claims, store_members, store_meta
+from calsync.store.schema import (
+    POLL_WAITING,
+    UtcDateTime,
+    connection_claims,
+    store_members,
+    store_meta,
+)
 
 # pg_advisory_xact_lock(int, int) key space for per-connection claim locks: the bytes of "clms".
 CLAIM_LOCK_SPACE = int.from_bytes(b"clms", "big")
@@ -337,7 +343,7 @@ class Leases:
     def _waiting(self, now: ColumnElement[Any]) -> list[ColumnElement[bool]]:
         table = connection_claims
         return [
-            table.c.poll.is_not(None),
+            POLL_WAITING,
             table.c.purged_at.is_(None),
             or_(table.c.holder == "", table.c.expires_at <= now),
             or_(table.c.done_job.is_(None), table.c.done_job != table.c.poll),

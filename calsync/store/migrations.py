@@ -207,6 +207,12 @@ def _v5_polls(connection: Connection) -> None:
     stamp = "BIGINT" if connection.dialect.name == "sqlite" else "TIMESTAMP WITH TIME ZONE"
     connection.execute(text("ALTER TABLE connection_claims ADD COLUMN poll TEXT"))
     connection.execute(text(f"ALTER TABLE connection_claims ADD COLUMN poll_at {stamp}"))
+    connection.execute(
+        text(
+            "CREATE INDEX connection_claims_poll_idx ON connection_claims (poll_at, connection)"
+            " WHERE poll IS NOT NULL"
+        )
+    )
 
 
 MIGRATIONS: tuple[Migration, ...] = (

@@ -209,6 +209,17 @@ connection_claims = Table(
     PrimaryKeyConstraint("connection", name="connection_claims_pkey"),
 )
 
+# Only connections with a poll waiting, in the order workers take them (migration 5). Queries
+# must repeat this exact term for SQLite to use the partial index.
+POLL_WAITING = connection_claims.c.poll.is_not(None)
+Index(
+    "connection_claims_poll_idx",
+    connection_claims.c.poll_at,
+    connection_claims.c.connection,
+    postgresql_where=POLL_WAITING,
+    sqlite_where=POLL_WAITING,
+)
+
 # Processes sharing the store (workers, ...), each alive until its `expires_at`.
 store_members = Table(
     "store_members",
