@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import datetime as dt
+import time
 from typing import Any
 
 import pytest
 
+from calsync.testing.icalgen import generate_events
 from tests.fixtures.manifests import secret
-from tests.support import Kubectl, Process, condition, poll
+from tests.support import Kubectl, Process, backdate_last_attempt, condition, poll
 
 pytestmark = pytest.mark.e2e
 
@@ -150,6 +153,48 @@ def test_suspended_connection_is_not_ready(
     )
     obj = kubectl.json("get", "calconn/dave", "-n", namespace)
     assert obj["status"]["observedGeneration"] == obj["metadata"]["generation"] == 2
+
+
+def test_a_suspended_connection_is_not_polled_and_resumes_with_a_poll(
+    kubectl: Kubectl, namespace: str, operator: Process, caldav_calendar: Any
+) -> None:
+    kubectl.apply(
+        secret("fay-dav", username=caldav_calendar.user, password=caldav_calendar.password),
+        namespace,
+    )
+    conn = caldav_connection("fay", "fay-dav", caldav_calendar.url)
+    conn["spec"]["sync"] = {"pollInterval": "1m"}
+    kubectl.apply(conn, namespace)
+    kubectl("wait", "--for=condition=Ready", "calconn/fay", "-n", namespace, "--timeout=60s")
+    before = kubectl.json("get", "calconn/fay", "-n", namespace)["status"]["eventCount"]
+    conn["spec"]["suspend"] = True
+    kubectl.apply(conn, namespace)
+    poll(
+        lambda: (c := condition(kubectl, namespace, "fay", "Ready")) and c["reason"] == "Suspended",
+        what="Ready=False reason Suspended",
+    )
+    ((name, text),) = generate_events(1, seed=41, start=dt.datetime.now(dt.UTC)).items()
+    caldav_calendar.put(name, text)
+    # A poll would be overdue, but a suspended connection is not polled.
+    stamp = backdate_last_attempt(kubectl, namespace, "fay", 120)
+    deadline = time.monotonic() + 8
+    while time.monotonic() < deadline:
+        status = kubectl.json("get", "calconn/fay", "-n", namespace)["status"]
+        assert (status["lastAttemptTime"], status["eventCount"]) == (stamp, before), status
+        time.sleep(1)
+
+    conn["spec"]["suspend"] = False
+    kubectl.apply(conn, namespace)
+
+    def resumed() -> dict[str, Any] | None:
+        status = kubectl.json("get", "calconn/fay", "-n", namespace)["status"]
+        return status if status.get("eventCount") == before + 1 else None
+
+    status = poll(resumed, timeout=60, what="the resumed connection's poll")
+    assert status["lastAttemptTime"] > stamp
+    # Resumed with an incremental poll: the only SyncJob is still the first sync's.
+    jobs = kubectl.json("get", "sj", "-n", namespace)["items"]
+    assert [j["spec"]["mode"] for j in jobs] == ["full"], jobs
 
 
 def test_delete_is_not_blocked_by_the_finalizer(
