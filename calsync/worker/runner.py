@@ -618,7 +618,7 @@ class Worker:
             run.outcome = run.stop or "stopped"
             if run.stop == "lost":
                 metrics.SYNC_RUNS_FENCED.inc()
-                log.warning("stopped SyncJob %s: its claim was lost", run.writer.name)
+                log.warning("stopped %s %s: its claim was lost", run.what, run.writer.name)
                 return
             if run.stop == "deleted":
                 with contextlib.suppress(Exception):
@@ -632,7 +632,7 @@ class Worker:
             metrics.SYNC_RUNS_FENCED.inc()
             run.outcome = "fenced"
             log.warning(
-                "SyncJob %s lost its claim mid-run (%s); result dropped", run.writer.name, exc
+                "%s %s lost its claim mid-run (%s); result dropped", run.what, run.writer.name, exc
             )
         except Exception as exc:
             keeper.cancel()
@@ -643,7 +643,8 @@ class Worker:
                 metrics.SYNC_RUNS_FENCED.inc()
                 run.outcome = "lost"
                 log.warning(
-                    "SyncJob %s failed after losing its claim (%s); result dropped",
+                    "%s %s failed after losing its claim (%s); result dropped",
+                    run.what,
                     run.writer.name,
                     exc,
                 )
@@ -674,8 +675,9 @@ class Worker:
         except Exception as exc:
             run.outcome = "unreported"
             log.warning(
-                "could not report the end of SyncJob %s/%s (%s: %s); it runs again once its "
+                "could not report the end of %s %s/%s (%s: %s); it runs again once its "
                 "lease lapses",
+                run.what,
                 run.connection[0],
                 run.writer.name,
                 type(exc).__name__,
