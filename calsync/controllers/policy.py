@@ -5,6 +5,8 @@ Secrets, the SyncJobs of the connection it knows of, the queue depth) and `decid
 `Plan`: at most one SyncJob to create (with a name derived from the state, so a retried or
 concurrent create of the same decision hits 409 instead of making a duplicate), when to look
 again, and what the status should say. Nothing here does I/O, so every rule has a unit test.
+A job with reason `poll` is carried out as a poll asked for in the event store under the same
+name, not as a SyncJob (docs/decisions/0018).
 
 The rules:
 - A connection bound to another store (`status.storeId`) is not ours: nothing happens.
