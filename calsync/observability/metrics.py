@@ -263,6 +263,12 @@ SYNC_RUNS_FENCED = Counter(
     "Sync runs stopped because they lost the connection's claim (its writes were refused).",
     registry=REGISTRY,
 )
+SYNC_RUNS_ABANDONED = Counter(
+    "calsync_sync_runs_abandoned_total",
+    "Sync runs still going a whole SYNC_LEASE after their SYNC_JOB_TIMEOUT cancelled them: "
+    "their claim is let go so another run takes the connection over.",
+    registry=REGISTRY,
+)
 PURGES = Counter(
     "calsync_connection_purges_total",
     "Deleted connections whose data was purged (ok) or given up on after the purge timeout.",

@@ -654,12 +654,17 @@ class Worker:
         else:
             keeper.cancel()
             await asyncio.gather(keeper, return_exceptions=True)
+            if run.stop == "lost":  # abandoned: the connection may be another run's by now
+                run.outcome = "lost"
+                metrics.SYNC_RUNS_FENCED.inc()
+                return
             run.outcome = "succeeded"
             await self._report(self._succeeded(run, result, time.monotonic() - started), run)
         finally:
             if run.writer.shown:
                 self.jobs.put(run.writer.job)  # ahead of the watch: the next sweep sees the end
-            self.running.pop(run.connection, None)
+            if self.running.get(run.connection) is run:
+                del self.running[run.connection]
             if self.polls_more:
                 self.next_poll_check = 0.0
             self.wake.set()
@@ -703,15 +708,25 @@ class Worker:
             )
 
     async def _keep_claim(self, run: Run, task: asyncio.Task[Any] | None) -> None:
-        """Renew the store claim and the job's lease; cancel the run when the claim is lost."""
+        """Renew the store claim and the job's lease; cancel the run when the claim is lost.
+
+        A run is cancelled at `SYNC_JOB_TIMEOUT`; one still going a whole lease later did not
+        stop when told to (something in it does not yield to cancellation). Its renewals stop
+        then, so the claim and the job's lease lapse and another run takes the connection over
+        (the stuck one's writes, should it ever go on, are refused by the store's fence)."""
         lease = self.settings.sync_lease
         confirmed = time.monotonic()
+        give_up = confirmed + self.settings.sync_job_timeout + lease
         # A run still going after a moment shows as Running, with its lease, on its job.
         await asyncio.sleep(min(RUNNING_AFTER_SECONDS, lease / 3))
         if not run.writer.shown:
             await self._show_running(run.writer)
         while True:
-            await asyncio.sleep(max(0.0, confirmed + lease / 3 - time.monotonic()))
+            wake = min(confirmed + lease / 3, give_up)
+            await asyncio.sleep(max(0.0, wake - time.monotonic()))
+            if time.monotonic() >= give_up:
+                self._abandon(run, task)
+                return
             held: bool | None
             try:
                 held = await asyncio.wait_for(self.store.renew(run.fence, lease), lease / 3)
@@ -730,6 +745,25 @@ class Worker:
                 await run.writer.write(
                     {"leaseExpiresAt": reporting.ts(reporting.now() + dt.timedelta(seconds=lease))}
                 )
+
+    def _abandon(self, run: Run, task: asyncio.Task[Any] | None) -> None:
+        """Let go of a run that did not stop at its timeout (see `_keep_claim`)."""
+        metrics.SYNC_RUNS_ABANDONED.inc()
+        log.error(
+            "%s %s/%s did not stop %.0f s after its %.0f s timeout; no longer renewing its "
+            "claim, so another run takes the connection over once the lease lapses",
+            run.what,
+            run.connection[0],
+            run.writer.name,
+            self.settings.sync_lease,
+            self.settings.sync_job_timeout,
+        )
+        run.stop = "lost"
+        if task is not None:
+            task.cancel()
+        if self.running.get(run.connection) is run:
+            del self.running[run.connection]
+        self.wake.set()
 
     async def _sync(self, run: Run, body: dict[str, Any]) -> SyncResult | None:
         namespace = run.connection[0]

@@ -133,24 +133,32 @@ def test_oauth_connection_without_token_needs_consent(
     assert (auth["status"], auth["reason"]) == ("False", "ConsentRequired")
 
 
-def test_suspended_connection_is_not_ready(
-    kubectl: Kubectl, namespace: str, operator: Process, caldav_calendar: Any
-) -> None:
+def synced_then_suspended(
+    kubectl: Kubectl, namespace: str, calendar: Any, name: str, **sync: str
+) -> dict[str, Any]:
+    """A CalDAV connection on `calendar`, synced (Ready), then suspended (Ready=False,
+    reason Suspended); returns its manifest."""
     kubectl.apply(
-        secret("dave-dav", username=caldav_calendar.user, password=caldav_calendar.password),
-        namespace,
+        secret(f"{name}-dav", username=calendar.user, password=calendar.password), namespace
     )
-    conn = caldav_connection("dave", "dave-dav", caldav_calendar.url)
+    conn = caldav_connection(name, f"{name}-dav", calendar.url)
+    if sync:
+        conn["spec"]["sync"] = dict(sync)
     kubectl.apply(conn, namespace)
-    kubectl("wait", "--for=condition=Ready", "calconn/dave", "-n", namespace, "--timeout=60s")
+    kubectl("wait", "--for=condition=Ready", f"calconn/{name}", "-n", namespace, "--timeout=60s")
     conn["spec"]["suspend"] = True
     kubectl.apply(conn, namespace)
     poll(
-        lambda: (
-            (c := condition(kubectl, namespace, "dave", "Ready")) and c["reason"] == "Suspended"
-        ),
+        lambda: (c := condition(kubectl, namespace, name, "Ready")) and c["reason"] == "Suspended",
         what="Ready=False reason Suspended",
     )
+    return conn
+
+
+def test_suspended_connection_is_not_ready(
+    kubectl: Kubectl, namespace: str, operator: Process, caldav_calendar: Any
+) -> None:
+    synced_then_suspended(kubectl, namespace, caldav_calendar, "dave")
     obj = kubectl.json("get", "calconn/dave", "-n", namespace)
     assert obj["status"]["observedGeneration"] == obj["metadata"]["generation"] == 2
 
@@ -158,21 +166,8 @@ def test_suspended_connection_is_not_ready(
 def test_a_suspended_connection_is_not_polled_and_resumes_with_a_poll(
     kubectl: Kubectl, namespace: str, operator: Process, caldav_calendar: Any
 ) -> None:
-    kubectl.apply(
-        secret("fay-dav", username=caldav_calendar.user, password=caldav_calendar.password),
-        namespace,
-    )
-    conn = caldav_connection("fay", "fay-dav", caldav_calendar.url)
-    conn["spec"]["sync"] = {"pollInterval": "1m"}
-    kubectl.apply(conn, namespace)
-    kubectl("wait", "--for=condition=Ready", "calconn/fay", "-n", namespace, "--timeout=60s")
+    conn = synced_then_suspended(kubectl, namespace, caldav_calendar, "fay", pollInterval="1m")
     before = kubectl.json("get", "calconn/fay", "-n", namespace)["status"]["eventCount"]
-    conn["spec"]["suspend"] = True
-    kubectl.apply(conn, namespace)
-    poll(
-        lambda: (c := condition(kubectl, namespace, "fay", "Ready")) and c["reason"] == "Suspended",
-        what="Ready=False reason Suspended",
-    )
     ((name, text),) = generate_events(1, seed=41, start=dt.datetime.now(dt.UTC)).items()
     caldav_calendar.put(name, text)
     # A poll would be overdue, but a suspended connection is not polled.
