@@ -32,6 +32,7 @@ import asyncio
 import contextlib
 import dataclasses
 import datetime as dt
+import io
 import logging
 import os
 import random
@@ -148,6 +149,7 @@ class Run:
     stop: str | None = None  # why we cancelled the run ourselves: "lost" or "deleted"
     outcome: str = "stopped"  # how the run ended, for the run log line
     secrets: dict[str, Any] = field(default_factory=dict)
+    sync: asyncio.Future[SyncResult | None] | None = None  # the sync itself, for its stack
 
     @property
     def poll(self) -> bool:
@@ -609,9 +611,8 @@ class Worker:
     async def _execute_inner(self, run: Run, body: dict[str, Any], started: float) -> None:
         keeper = asyncio.create_task(self._keep_claim(run, asyncio.current_task()))
         try:
-            result = await asyncio.wait_for(
-                self._sync(run, body), timeout=self.settings.sync_job_timeout
-            )
+            run.sync = asyncio.ensure_future(self._sync(run, body))
+            result = await asyncio.wait_for(run.sync, timeout=self.settings.sync_job_timeout)
         except asyncio.CancelledError:
             keeper.cancel()
             await asyncio.gather(keeper, return_exceptions=True)
@@ -749,6 +750,10 @@ class Worker:
     def _abandon(self, run: Run, task: asyncio.Task[Any] | None) -> None:
         """Let go of a run that did not stop at its timeout (see `_keep_claim`)."""
         metrics.SYNC_RUNS_ABANDONED.inc()
+        # Where it hangs, for the report this asks for.
+        stack = io.StringIO()
+        if isinstance(run.sync, asyncio.Task) and not run.sync.done():
+            run.sync.print_stack(file=stack)
         log.error(
             "%s %s/%s did not stop %.0f s after its %.0f s timeout; no longer renewing its "
             "claim, so another run takes the connection over once the lease lapses",
@@ -757,6 +762,7 @@ class Worker:
             run.writer.name,
             self.settings.sync_lease,
             self.settings.sync_job_timeout,
+            extra={"stack": stack.getvalue()[-4000:]},
         )
         run.stop = "lost"
         if task is not None:

@@ -30,7 +30,7 @@ class RenewingStore:
         return True
 
 
-async def test_a_run_deaf_to_its_cancellation_is_let_go() -> None:
+async def test_a_run_deaf_to_its_cancellation_is_let_go(caplog: pytest.LogCaptureFixture) -> None:
     settings = load_settings(environ={}, overrides={"sync_lease": 5.0, "sync_job_timeout": 0.1})
     store = RenewingStore()
     worker = Worker(object(), store, settings, identity="w1")  # type: ignore[arg-type]
@@ -50,6 +50,7 @@ async def test_a_run_deaf_to_its_cancellation_is_let_go() -> None:
                 cancellations += 1  # swallowed: the bug this guards against
 
     stuck = asyncio.create_task(deaf())
+    run.sync = stuck  # type: ignore[assignment]  # a stand-in that returns nothing
     before = metrics.SYNC_RUNS_ABANDONED._value.get()
     try:
         await asyncio.wait_for(worker._keep_claim(run, stuck), timeout=60)
@@ -58,6 +59,8 @@ async def test_a_run_deaf_to_its_cancellation_is_let_go() -> None:
         assert cancellations >= 1 and not stuck.done()
         assert key not in worker.running  # the slot is free; another run may claim anew
         assert metrics.SYNC_RUNS_ABANDONED._value.get() == before + 1
+        (record,) = [r for r in caplog.records if "did not stop" in r.getMessage()]
+        assert "in deaf" in record.stack  # type: ignore[attr-defined]  # where it hangs
     finally:
         released.set()
         await stuck
