@@ -435,6 +435,15 @@ def phase(job: dict[str, Any]) -> str:
     return str((job.get("status") or {}).get("phase") or "Pending")
 
 
+def abandoned_stacks(fleet: Any) -> list[str]:
+    """Where runs that did not stop at their timeout hung (the worker logs it as it lets go)."""
+    return [
+        str(line.get("stack", ""))[-1500:]
+        for line in fleet.log_lines()
+        if "did not stop" in str(line.get("message", ""))
+    ]
+
+
 def test_store_converges_through_worker_kills_and_an_apiserver_restart(
     cluster: tuple[Cluster, Kubectl],
     radicale: RadicaleServer,
@@ -456,6 +465,9 @@ def test_store_converges_through_worker_kills_and_an_apiserver_restart(
         microsoft=microsoft_sim,
         settings={
             "CALSYNC_SYNC_LEASE": "15",
+            # A run that hangs past this is let go a lease later (and its stack logged, kept in
+            # the figures): the test goes on instead of waiting out the 10-minute default.
+            "CALSYNC_SYNC_JOB_TIMEOUT": "120",
             "CALSYNC_SYNC_RETRY_BACKOFF": "1",
             "CALSYNC_CALDAV_RATE_LIMIT": "1000000",
             "CALSYNC_GOOGLE_RATE_LIMIT": "1000000",
@@ -678,6 +690,7 @@ def test_store_converges_through_worker_kills_and_an_apiserver_restart(
             if line.get("level") in ("error", "critical")
         )
         figures["error_log_lines"] = dict(errors.most_common(10))
+        figures["abandoned_runs"] = abandoned_stacks(fleet)
         figures["total_seconds"] = round(time.monotonic() - began, 1)
         # A component may stop on its own (the operator when it cannot renew its Lease in time,
         # anything that starts while the API server is down), saying why; it must not crash.
@@ -696,6 +709,7 @@ def test_store_converges_through_worker_kills_and_an_apiserver_restart(
                     if line.get("level") in ("warning", "error", "critical")
                 ).most_common(15)
             )
+            figures["abandoned_runs"] = abandoned_stacks(fleet)
             listed = jobs(kubectl, namespace) or {}
             figures["jobs_when_cut_short"] = dict(Counter(phase(j) for j in listed.values()))
         figures["exit_codes"] = fleet.stop()
