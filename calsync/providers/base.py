@@ -7,8 +7,9 @@ all their own I/O, parsing and rate limiting; they never import kopf or a Kubern
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
-from typing import Final, Protocol
+from typing import Any, Final, Protocol
 
 from calsync.model import Calendar, ChangePage, Window
 
@@ -116,3 +117,16 @@ def response_too_large(method: str, url: str, cap: int) -> ProviderError:
 def too_large(size: int, limit: int) -> str:
     """Why an event's JSON was skipped: the same words as the iCalendar path's refusal."""
     return f"event of {size} characters exceeds the limit of {limit} (MAX_OBJECT_SIZE)"
+
+
+async def let_go(task: asyncio.Future[Any]) -> None:
+    """Cancel `task` (work started ahead that will not be used) and wait until it has ended.
+
+    Its outcome is retrieved, so asyncio logs nothing about it. Unlike `suppress(BaseException)`
+    around `await task`, this never swallows a cancellation of the caller itself (a run's
+    timeout, a lost claim): that one still ends the caller."""
+    if not task.done():
+        task.cancel()
+        await asyncio.wait([task])
+    if not task.cancelled():
+        task.exception()

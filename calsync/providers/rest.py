@@ -37,6 +37,7 @@ from calsync.providers.base import (
     AuthenticationFailed,
     ProviderError,
     RateLimited,
+    let_go,
     response_too_large,
 )
 from calsync.providers.budget import RequestBudget
@@ -308,9 +309,4 @@ async def abandon_prefetch(fetch: asyncio.Future[Any]) -> None:
     Still running: it is cancelled and awaited. Finished: its outcome is retrieved, so that
     asyncio does not log an error nobody is going to look at.
     """
-    if not fetch.done():
-        fetch.cancel()
-        with contextlib.suppress(BaseException):
-            await fetch
-    elif not fetch.cancelled():
-        fetch.exception()
+    await let_go(fetch)

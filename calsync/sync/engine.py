@@ -31,7 +31,7 @@ from types import EllipsisType
 from typing import Literal, TypedDict
 
 from calsync.model import Calendar, ChangePage, Resource, Window
-from calsync.providers.base import CalendarGone, CalendarProvider, CursorInvalid
+from calsync.providers.base import CalendarGone, CalendarProvider, CursorInvalid, let_go
 from calsync.store import CalendarRow, EventStore, Fence, PreparedPage
 from calsync.store.expand import capped_series
 
@@ -379,9 +379,7 @@ class SyncEngine:
                 await self._apply(connection, calendar, ready, seen, fresh, outcome, fence)
         finally:
             if ahead is not None:
-                ahead.cancel()
-                with contextlib.suppress(BaseException):
-                    await ahead
+                await let_go(ahead)
             aclose = getattr(pages, "aclose", None)
             if aclose is not None:
                 await aclose()

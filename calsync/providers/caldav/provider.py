@@ -54,7 +54,6 @@ reason), which the engine collects after each run.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import datetime as dt
 import logging
 from collections.abc import AsyncIterator, Iterable
@@ -72,6 +71,7 @@ from calsync.providers.base import (
     InvalidConfiguration,
     KnownEtags,
     ProviderError,
+    let_go,
 )
 from calsync.providers.budget import RequestBudget
 from calsync.providers.caldav import xml
@@ -698,10 +698,8 @@ class CalDAVProvider:
                     parsed = [r for r in map(self._parse, chunk) if r is not None]
                     yield parsed, (vanished if number == 0 else [])
         finally:
-            if pending is not None and not pending.done():
-                pending.cancel()
-                with contextlib.suppress(asyncio.CancelledError, ProviderError):
-                    await pending
+            if pending is not None:
+                await let_go(pending)
 
     async def _multiget(self, url: str, members: list[_Member]) -> tuple[list[_Member], list[str]]:
         """calendar-multiget; a 400 (too big for the server) or an unreadable answer splits the
