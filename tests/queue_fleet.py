@@ -28,7 +28,7 @@ import subprocess
 import time
 import uuid
 from collections import defaultdict
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -584,19 +584,6 @@ def advisory_locks(store_url: str) -> list[dict[str, Any]]:
             await conn.close()
 
     return asyncio.run(read())
-
-
-def holds(check: Callable[[], Any], *, seconds: float, what: str, interval: float = 1.0) -> None:
-    """Fail as soon as `check` returns something falsy within `seconds` (a thing that must not
-    happen, watched for a while: nothing here waits for a state to arrive)."""
-    deadline = time.monotonic() + seconds
-    while True:
-        value = check()
-        if not value:
-            pytest.fail(f"{what} stopped holding (last: {value!r})")
-        if time.monotonic() >= deadline:
-            return
-        time.sleep(interval)
 
 
 def failed_logins(server: RadicaleServer, user: str) -> int:

@@ -155,6 +155,19 @@ def stored_events(store: Path, key: str, *args: str) -> list[dict[str, Any]]:
     return list(json.loads(out.stdout))
 
 
+def holds(check: Callable[[], Any], *, seconds: float, what: str, interval: float = 1.0) -> None:
+    """Fail as soon as `check` returns something falsy within `seconds` (a thing that must not
+    happen, watched for a while: nothing here waits for a state to arrive)."""
+    deadline = time.monotonic() + seconds
+    while True:
+        value = check()
+        if not value:
+            pytest.fail(f"{what} stopped holding (last: {value!r})")
+        if time.monotonic() >= deadline:
+            return
+        time.sleep(interval)
+
+
 def backdate_last_attempt(kubectl: Kubectl, namespace: str, name: str, seconds: float) -> str:
     """Move the connection's `status.lastAttemptTime` `seconds` into the past, as if its last
     sync had been that long ago: a poll interval (at least 1m) then passes at once instead of

@@ -26,6 +26,7 @@ from calsync.controllers import connection as connection_controller
 from calsync.controllers import kube
 from calsync.controllers import subscriptions as subscription_controller
 from calsync.controllers.credentials import CREDENTIALS_SELECTOR
+from calsync.controllers.status import store_key
 from calsync.controllers.tokens import KeyringCreateForbidden, TokenVault, rotate_if_due
 from calsync.observability import metrics
 from calsync.observability.metrics import REGISTRY
@@ -147,10 +148,19 @@ async def _open_vault(
 
 
 async def _count_polls(context: connection_controller.ConnectionContext) -> None:
-    """Keep `calsync_polls_waiting` (and the scaler's view of the polls) current."""
+    """Keep `calsync_polls_waiting` (and the scaler's view of the polls) current: the waiting
+    polls of connections that exist and are not suspended (a suspended connection's poll waits
+    until it resumes; a connection whose purge was given up on leaves its row behind)."""
     while True:
         try:
-            context.polls_waiting = await context.store.count_due_polls()
+            waiting = await context.store.waiting_polls()
+            known = {store_key(b): b for b in context.connections.values()}
+            context.polls_waiting = sum(
+                1
+                for uid in waiting
+                if (body := known.get(uid)) is not None
+                and not (body.get("spec") or {}).get("suspend")
+            )
         except Exception as exc:
             log.warning("could not count the polls waiting in the event store: %s", exc)
         else:

@@ -372,13 +372,13 @@ class Leases:
             )
             return [(str(row.connection), str(row.poll), row.poll_at) for row in result]
 
-    async def count_due_polls(self) -> int:
+    async def waiting_polls(self) -> list[str]:
         (now,) = self._at(dt.timedelta(0))
         async with self._engine.connect() as conn:
-            count = await conn.scalar(
-                select(func.count()).select_from(connection_claims).where(*self._waiting(now))
+            rows = await conn.scalars(
+                select(connection_claims.c.connection).where(*self._waiting(now))
             )
-        return int(count or 0)
+            return [str(c) for c in rows]
 
     # -- members ---------------------------------------------------------------------------
 

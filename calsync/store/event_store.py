@@ -508,9 +508,9 @@ class EventStore:
         (the asked-at time and connection of the last row of a page) reads the next page."""
         return await self._leases.due_polls(limit, after)
 
-    async def count_due_polls(self) -> int:
-        """How many polls wait for a worker (the same rows `due_polls` reads)."""
-        return await self._leases.count_due_polls()
+    async def waiting_polls(self) -> list[str]:
+        """The connections whose poll waits for a worker (the rows `due_polls` reads)."""
+        return await self._leases.waiting_polls()
 
     async def claims(self) -> dict[str, tuple[str, dt.datetime]]:
         """The live claims: connection -> (holder, lease expiry)."""

@@ -450,16 +450,19 @@ class Worker:
                 body = by_uid.get(uid)
                 if body is None:
                     continue  # not in this worker's namespaces, or gone
+                meta = body["metadata"]
+                if (
+                    meta.get("deletionTimestamp")
+                    or (body.get("spec") or {}).get("suspend")
+                    or (body.get("status") or {}).get("storeId") != self.store.store_id
+                ):
+                    continue  # not this worker's to run, now or soon: not counted as late
                 if oldest is None:
                     oldest = asked
-                meta = body["metadata"]
                 key = (str(meta["namespace"]), str(meta["name"]))
                 if (
                     key in self.running
                     or key in self.refused
-                    or meta.get("deletionTimestamp")
-                    or (body.get("spec") or {}).get("suspend")
-                    or (body.get("status") or {}).get("storeId") != self.store.store_id
                     or self.index.of_connection(key)  # a job's run will cover the poll
                 ):
                     continue

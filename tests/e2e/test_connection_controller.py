@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import datetime as dt
-import time
 from typing import Any
 
 import pytest
 
 from calsync.testing.icalgen import generate_events
 from tests.fixtures.manifests import secret
-from tests.support import Kubectl, Process, backdate_last_attempt, condition, poll
+from tests.support import Kubectl, Process, backdate_last_attempt, condition, holds, poll
 
 pytestmark = pytest.mark.e2e
 
@@ -172,11 +171,12 @@ def test_a_suspended_connection_is_not_polled_and_resumes_with_a_poll(
     caldav_calendar.put(name, text)
     # A poll would be overdue, but a suspended connection is not polled.
     stamp = backdate_last_attempt(kubectl, namespace, "fay", 120)
-    deadline = time.monotonic() + 8
-    while time.monotonic() < deadline:
+
+    def untouched() -> bool:
         status = kubectl.json("get", "calconn/fay", "-n", namespace)["status"]
-        assert (status["lastAttemptTime"], status["eventCount"]) == (stamp, before), status
-        time.sleep(1)
+        return (status["lastAttemptTime"], status["eventCount"]) == (stamp, before)
+
+    holds(untouched, seconds=8, what="no poll of the suspended connection")
 
     conn["spec"]["suspend"] = False
     kubectl.apply(conn, namespace)

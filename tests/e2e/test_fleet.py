@@ -57,7 +57,6 @@ from tests.queue_fleet import (
     failed_logins,
     fence_regressions,
     freeze,
-    holds,
     is_ready,
     items,
     job_finished,
@@ -72,7 +71,7 @@ from tests.queue_fleet import (
     syncjob_manifest,
     wait_healthy,
 )
-from tests.support import Kubectl, backdate_last_attempt, poll
+from tests.support import Kubectl, backdate_last_attempt, holds, poll
 
 pytestmark = pytest.mark.e2e
 
