@@ -110,11 +110,12 @@ def _kube_config() -> Any:
 async def resolve_connection(namespace: str, name: str) -> str:
     """The store key of CalendarConnection ``namespace/name``, read from the API server."""
     import httpx
-    from lightkube import ApiError, AsyncClient
+    from lightkube import ApiError
 
     from calsync.controllers.kube import get_connection
+    from calsync.controllers.kube_transport import api_client
 
-    client = AsyncClient(config=_kube_config(), timeout=httpx.Timeout(API_TIMEOUT_SECONDS))
+    client = api_client(_kube_config(), timeout=httpx.Timeout(API_TIMEOUT_SECONDS))
     try:
         body = await get_connection(client, namespace, name)
     except ApiError as exc:

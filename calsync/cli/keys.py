@@ -236,10 +236,10 @@ def _api_error(exc: Any, namespace: str, name: str) -> str:
 
 
 async def _run(args: argparse.Namespace, namespace: str, name: str) -> int:
-    from lightkube import AsyncClient
+    from calsync.controllers.kube_transport import api_client
 
     config = _kubeconfig(args.kubeconfig, args.context)
-    client = AsyncClient(config=config, field_manager="calsync-keys")
+    client = api_client(config, field_manager="calsync-keys")
     try:
         return await _ACTIONS[args.keys_action](client, namespace, name, args)
     finally:

@@ -26,6 +26,7 @@ from calsync.controllers import connection as connection_controller
 from calsync.controllers import kube
 from calsync.controllers import subscriptions as subscription_controller
 from calsync.controllers.credentials import CREDENTIALS_SELECTOR
+from calsync.controllers.kube_transport import api_client
 from calsync.controllers.status import store_key
 from calsync.controllers.tokens import KeyringCreateForbidden, TokenVault, rotate_if_due
 from calsync.observability import metrics
@@ -93,7 +94,7 @@ def _client() -> AsyncClient:
         raise StartupError(
             f"no Kubernetes configuration: set KUBECONFIG or run in a pod ({exc})"
         ) from exc
-    return AsyncClient(config=config, field_manager="calsync-operator")
+    return api_client(config, field_manager="calsync-operator")
 
 
 KEY_ROTATION_CHECK = 3600.0
