@@ -16,8 +16,9 @@ import aiohttp
 import httpx
 import pytest
 from aiohttp import web
+from lightkube.config.kubeconfig import KubeConfig
 
-from calsync.controllers.kube_transport import AiohttpTransport, proxied
+from calsync.controllers.kube_transport import AiohttpTransport, api_client, proxied
 
 pytestmark = pytest.mark.integration
 
@@ -184,3 +185,35 @@ def test_a_proxy_from_the_environment_keeps_httpx_transport(
     assert proxied("https://10.0.0.1:6443")
     monkeypatch.setenv("NO_PROXY", "10.0.0.1")
     assert not proxied("https://10.0.0.1:6443")
+
+
+def _config(server: str) -> KubeConfig:
+    return KubeConfig.from_dict(
+        {
+            "clusters": [
+                {"name": "c", "cluster": {"server": server, "insecure-skip-tls-verify": True}}
+            ],
+            "users": [{"name": "u", "user": {"token": "t"}}],
+            "contexts": [{"name": "x", "context": {"cluster": "c", "user": "u"}}],
+            "current-context": "x",
+        }
+    )
+
+
+def test_api_client_uses_aiohttp_unless_a_proxy_applies(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy", "NO_PROXY", "no_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    direct = api_client(_config("https://10.0.0.1:6443"))
+    assert isinstance(direct._client._client._transport, AiohttpTransport)
+    monkeypatch.setenv("HTTPS_PROXY", "http://proxy.invalid:3128")
+    through_proxy = api_client(_config("https://10.0.0.1:6443"))
+    assert not isinstance(through_proxy._client._client._transport, AiohttpTransport)
+
+
+async def test_a_bearer_token_from_the_kubeconfig_reaches_the_server(server: str) -> None:
+    client = api_client(_config(server))
+    try:
+        response = await client._client._client.get(f"{server}/echo")
+        assert response.json()["headers"]["authorization"] == "Bearer t"
+    finally:
+        await client.close()
