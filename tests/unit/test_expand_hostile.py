@@ -159,7 +159,18 @@ def query_beside_healthy(
     result = loop.run_until_complete(
         store.query(KEY, start=RANGE[0], end=RANGE[1], limit=LIMIT, series_limit=SERIES_CAP)
     )
-    return result, time.monotonic() - began
+    seconds = time.monotonic() - began
+    hostile_seen = sum(o.provider_id == "/cal/hostile.ics" for o in result.occurrences)
+    if hostile_seen == SERIES_CAP and not result.truncated:
+        # A series with exactly the cap's number of occurrences in range is whole, not cut;
+        # one more allowed must then find no more.
+        more = loop.run_until_complete(
+            store.query(KEY, start=RANGE[0], end=RANGE[1], limit=LIMIT, series_limit=SERIES_CAP + 1)
+        )
+        assert sum(o.provider_id == "/cal/hostile.ics" for o in more.occurrences) == SERIES_CAP, (
+            "a series cut at the cap must make the answer say truncated"
+        )
+    return result, seconds
 
 
 def check(result: QueryResult, seconds: float) -> None:
@@ -167,7 +178,7 @@ def check(result: QueryResult, seconds: float) -> None:
     assert len(result.occurrences) <= LIMIT
     hostile = [o for o in result.occurrences if o.provider_id == "/cal/hostile.ics"]
     assert len(hostile) <= SERIES_CAP
-    if len(hostile) == SERIES_CAP:
+    if "/cal/hostile.ics" in result.capped_series:
         assert result.truncated
     healthy = [o.start for o in result.occurrences if o.provider_id == "/cal/healthy.ics"]
     assert healthy == HEALTHY_STARTS, "a hostile series must not hide the healthy ones"
@@ -188,6 +199,7 @@ def test_a_hostile_rule_costs_a_query_bounded_time_and_caps(
 @example("19000101T000000Z", "FREQ=MINUTELY", "PT1H")
 @example("20250301T090000Z", "FREQ=MONTHLY;BYDAY=-5FR;INTERVAL=1000000", "")
 @example("20250301T090000Z", "FREQ=SECONDLY;BYMONTH=2;BYMONTHDAY=30", "")
+@example("19000101T000000Z", "FREQ=MONTHLY;BYSECOND=0,30", "P400D")  # exactly the cap in range
 @settings(
     max_examples=100,
     deadline=None,
