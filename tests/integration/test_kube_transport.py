@@ -158,11 +158,33 @@ async def test_a_hang_up_is_an_httpx_transport_error(server: str) -> None:
         assert (await client.get("/echo")).status_code == 200
 
 
-async def test_many_requests_at_once_share_a_bounded_pool(server: str) -> None:
-    transport = AiohttpTransport(False, limit=4)
-    async with httpx.AsyncClient(base_url=server, transport=transport) as client:
-        answers = await asyncio.gather(*(client.get(f"/echo?i={i}") for i in range(50)))
-    assert sorted(int(a.json()["query"]["i"]) for a in answers) == list(range(50))
+async def test_many_requests_at_once_share_a_bounded_pool() -> None:
+    limit = 4
+    in_flight = 0
+    most = 0
+
+    async def held(request: web.Request) -> web.Response:
+        nonlocal in_flight, most
+        in_flight += 1
+        most = max(most, in_flight)
+        await asyncio.sleep(0.02)  # the server's work: long enough for requests to overlap
+        in_flight -= 1
+        return web.json_response({"i": int(request.query["i"])})
+
+    app = web.Application()
+    app.router.add_get("/held", held)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    base = f"http://127.0.0.1:{runner.addresses[0][1]}"
+    try:
+        transport = AiohttpTransport(False, limit=limit)
+        async with httpx.AsyncClient(base_url=base, transport=transport) as client:
+            answers = await asyncio.gather(*(client.get(f"/held?i={i}") for i in range(50)))
+    finally:
+        await runner.cleanup()
+    assert sorted(a.json()["i"] for a in answers) == list(range(50))
+    assert 2 <= most <= limit, "the pool runs requests side by side, never more than `limit`"
 
 
 async def test_closing_the_client_closes_the_session(server: str) -> None:
