@@ -90,6 +90,38 @@ def load_average() -> str:
         return "?"
 
 
+def _proc_cpu(pid: int, *, reaped: bool = False) -> float:
+    """CPU seconds (user + system) of a live process; with `reaped` also of its children that
+    exited and were waited for. 0 when the process is gone."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    ticks = int(fields[11]) + int(fields[12])
+    if reaped:
+        ticks += int(fields[13]) + int(fields[14])
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
+def _children(pid: int) -> list[int]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[1]) == pid:
+                found.append(int(entry.name))
+    return found
+
+
+def tree_cpu(pid: int) -> float:
+    """CPU seconds of a process, its live children and the children it already reaped (a
+    PostgreSQL server and its backends)."""
+    return _proc_cpu(pid, reaped=True) + sum(_proc_cpu(c) for c in _children(pid))
+
+
 # -- the control plane with identities and an audit log --------------------------------------
 
 _AUDIT_POLICY = """apiVersion: audit.k8s.io/v1
@@ -245,6 +277,15 @@ class ThrowawayPostgres:
         self.port = 0
         self._as_user: list[str] = []
         self._pg_ctl = ""
+
+    def pid(self) -> int | None:
+        """The postmaster's pid (from its pid file) while the server runs."""
+        if self.root is None:
+            return None
+        try:
+            return int((self.root / "data" / "postmaster.pid").read_text().split()[0])
+        except (OSError, ValueError, IndexError):
+            return None
 
     def start(self, database: str = "calsync") -> str:
         """Start the server, create `database`; return its SQLAlchemy (asyncpg) URL."""
@@ -563,12 +604,36 @@ class Platform:
         for component in self.components:
             component.check()
 
+    def cpu_seconds(self) -> dict[str, float]:
+        """CPU seconds used so far by every process of the machine's share of the benchmark:
+        the control plane's, PostgreSQL (with its backends), Radicale, each component, and this
+        benchmark process itself (its client). Differences of two readings give a round's cost."""
+        import resource
+
+        cpu: dict[str, float] = {}
+        state = self.cluster.state()
+        for name, pid in (state.pids if state else {}).items():
+            cpu[name] = _proc_cpu(pid)
+        postmaster = self.postgres.pid()
+        if postmaster is not None:
+            cpu["postgres"] = tree_cpu(postmaster)
+        if self.radicale is not None and self.radicale.pid is not None:
+            cpu["radicale"] = _proc_cpu(self.radicale.pid)
+        for component in self.components:
+            cpu[component.user] = component.cpu_seconds()
+        usage = resource.getrusage(resource.RUSAGE_SELF)
+        cpu["benchmark"] = usage.ru_utime + usage.ru_stime
+        return cpu
+
     def client(self, user: str = BENCH_USER) -> Any:
-        from lightkube import AsyncClient
         from lightkube.config.kubeconfig import KubeConfig
 
+        from calsync.controllers.kube_transport import api_client
+
+        # The client calsync's own processes use (decision 0019): on httpx's transport the
+        # benchmark's creates and watch took CPU the components under test then lacked.
         config = KubeConfig.from_file(str(self.cluster.kubeconfig_for(user)))
-        return AsyncClient(config=config, field_manager="calsync-bench")
+        return api_client(config, field_manager="calsync-bench")
 
 
 # -- objects -----------------------------------------------------------------------------------

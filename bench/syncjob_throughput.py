@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import statistics
 import time
 from collections import Counter
@@ -209,6 +210,7 @@ async def one_round(
         created_at[name] = time.time()
 
     cpu_before = {c.user: c.cpu_seconds() for c in platform.components}
+    machine_before = platform.cpu_seconds()
     load_before = load_average()
     start = time.time()
     await bounded(CREATE_CONCURRENCY, (create(i, n) for i, n in enumerate(names)))
@@ -224,6 +226,7 @@ async def one_round(
             await asyncio.wait_for(follower.changed.wait(), 5.0)
     end = max(follower.finished[n][0] for n in names)
     cpu = {c.user: c.cpu_seconds() - cpu_before.get(c.user, 0.0) for c in platform.components}
+    machine = {k: v - machine_before.get(k, 0.0) for k, v in platform.cpu_seconds().items()}
     await asyncio.sleep(SETTLE)
     watcher.cancel()
     await asyncio.gather(watcher, return_exceptions=True)
@@ -252,6 +255,7 @@ async def one_round(
         "latency_p50": latency[len(latency) // 2],
         "latency_max": latency[-1],
         "cpu": cpu,
+        "machine": machine,
         "load": f"{load_before} -> {load_average()}",
         "errors": Counter(
             (role(r.user), r.verb, r.resource, r.code) for r in ours if r.code >= 400
@@ -311,6 +315,29 @@ def _median(rows: list[dict[str, Any]], key: str) -> float:
     return float(statistics.median(r[key] for r in rows))
 
 
+def machine_figures(result: dict[str, Any]) -> tuple[float, float, float]:
+    """(CPU seconds per job over every process, share of the machine's cores used during the
+    round, jobs/min the cores would allow at that cost)."""
+    cores = os.cpu_count() or 1
+    total = sum(result["machine"].values())
+    per_job = total / result["jobs"]
+    busy = total / (result["seconds"] * cores)
+    return per_job, busy, cores * 60.0 / per_job
+
+
+def print_machine(result: dict[str, Any]) -> None:
+    """Where the round's CPU went, process by process, and the ceiling that cost sets."""
+    per_job, busy, ceiling = machine_figures(result)
+    print(f"\n| process ({result['label']}) | CPU s in the round | CPU ms per job |\n|---|---|---|")
+    for name, seconds in sorted(result["machine"].items(), key=lambda kv: -kv[1]):
+        print(f"| {name} | {seconds:.1f} | {seconds / result['jobs'] * 1000:.1f} |")
+    print(
+        f"| all | {sum(result['machine'].values()):.1f} | {per_job * 1000:.1f} |\n"
+        f"\nThe {os.cpu_count()} cores were {busy:.0%} busy; at {per_job * 1000:.0f} ms of CPU per "
+        f"job they allow at most {ceiling:,.0f} jobs/min."
+    )
+
+
 def report(sizes: dict[str, Any], out: dict[str, Any]) -> None:
     print(
         f"\n{sizes['jobs']} manual incremental SyncJobs (no change on the server) over "
@@ -361,6 +388,7 @@ def report(sizes: dict[str, Any], out: dict[str, Any]) -> None:
                     )
                 )
         last = rows[-1]
+        print_machine(last)
         print(f"\n| who | verb | resource | requests | per job ({last['label']}) |")
         print("|---|---|---|---|---|")
         for row in breakdown_rows(breakdown(last["requests"]), last["jobs"], "/job"):
@@ -395,6 +423,9 @@ def rows(sizes: dict[str, Any], out: dict[str, Any]) -> list[Row]:
             "rounds": len(results),
             "raw_per_minute": [r["per_minute"] for r in results],
             "raw_ratio": [r["ratio"] for r in results],
+            "cpu_ms_per_job": statistics.median(machine_figures(r)[0] * 1000 for r in results),
+            "cores_busy": statistics.median(machine_figures(r)[1] for r in results),
+            "ceiling_per_minute": statistics.median(machine_figures(r)[2] for r in results),
         }
         head = f"{sizes['jobs']} no-change SyncJobs over {sizes['connections']} connections"
         found.append(

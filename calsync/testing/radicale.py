@@ -127,6 +127,11 @@ class RadicaleServer:
     def running(self) -> bool:
         return self._process is not None and self._process.poll() is None
 
+    @property
+    def pid(self) -> int | None:
+        """The server process's pid while it runs (for benchmarks that account CPU)."""
+        return self._process.pid if self.running and self._process is not None else None
+
     def start(self, timeout: float = 30.0) -> RadicaleServer:
         if self.running:
             return self
