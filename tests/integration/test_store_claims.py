@@ -758,3 +758,39 @@ async def test_a_holder_stopped_inside_a_write_does_not_hang_a_claim(postgres_ur
             await holder.close()
         granted = await store.claim(CONN, "worker-b", LONG)
         assert granted is not None and granted.holder == "worker-b"
+
+
+async def test_a_claim_on_postgresql_is_one_statement(postgres_url: str) -> None:
+    """A claim is sent as one statement on its own: granted, refused while another lease is
+    live, refused for a done job and refused for a purged connection alike, with the same
+    answers as the multi-statement form (every claim costs a worker round trips per job)."""
+    url = make_url(postgres_url).set(drivername="postgresql+asyncpg").render_as_string(False)
+    async with await EventStore.open(url) as store:
+        sent: list[str] = []
+
+        def record(_conn: Any, _cursor: Any, statement: str, *_: Any) -> None:
+            sent.append(statement)
+
+        sa.event.listen(store.engine.sync_engine, "before_cursor_execute", record)
+
+        async def counted(claim: Awaitable[T]) -> tuple[T, int]:
+            sent.clear()
+            return await claim, len(sent)
+
+        fence, statements = await counted(store.claim(CONN, "worker-a", LONG, job="job-1"))
+        assert fence is not None and fence.token == 1 and statements == 1
+        refused, statements = await counted(store.claim(CONN, "worker-b", LONG, job="job-2"))
+        assert refused is None and statements == 1
+        again, statements = await counted(store.claim(CONN, "worker-a", LONG, job="job-1"))
+        assert again is not None and again.token == 2 and statements == 1
+        await store.release(again, done_job="job-1")
+        sent.clear()
+        with pytest.raises(JobDone):
+            await store.claim(CONN, "worker-b", LONG, job="job-1")
+        assert len(sent) == 1
+        await store.purge_connection(CONN)
+        sent.clear()
+        with pytest.raises(ConnectionPurged):
+            await store.claim(CONN, "worker-b", LONG)
+        assert len(sent) == 1
+        assert not any(s.strip().upper() in ("BEGIN", "COMMIT") for s in sent)
