@@ -279,12 +279,23 @@ class EventStore:
         doomed = list(dict.fromkeys(page.deletes))
         now = _now()
         self._guard(conn, connection, fence, calendar_id)
+        listing = page.full and page.complete and full_check
+        if not (rows.upserts or doomed or listing):
+            # A page that changes nothing (a no-change sync's) only moves the calendar's cursor
+            # and sync time: one statement when the calendar's row exists, as it does after
+            # the first sync.
+            recorded = self._finish_page(conn, connection, calendar_id, page, now)
+            if not recorded:
+                self._ensure_calendar(conn, connection, calendar_id)
+            if recorded is False:
+                self._finish_page(conn, connection, calendar_id, page, now)
+            return ApplyResult(upserted=0, deleted=0)
         self._ensure_calendar(conn, connection, calendar_id)
         if rows.upserts:
             self._upsert_resources.run(conn, rows.resources)
             self._delete_events(conn, connection, calendar_id, replaced)
             self._insert_events.run(conn, rows.events)
-        if page.full and page.complete and full_check:
+        if listing:
             keep = set(run_seen or ()).union(rows.upserts)
             named = set(doomed)
             stored = conn.scalars(
@@ -360,7 +371,10 @@ class EventStore:
         calendar_id: str,
         page: ChangePage,
         now: dt.datetime,
-    ) -> None:
+    ) -> bool | None:
+        """Record the page's cursor, and on a complete page the sync time and event count;
+        False when the calendar has no row to record them in (nothing was written), None when
+        the page has nothing to record."""
         values: dict[str, Any] = {}
         if page.cursor is not None:
             values["cursor"] = page.cursor
@@ -372,12 +386,14 @@ class EventStore:
                 .where(*self._calendar_filter(events, connection, calendar_id))
                 .scalar_subquery()
             )
-        if values:
-            conn.execute(
-                update(calendars)
-                .where(*self._calendar_filter(calendars, connection, calendar_id))
-                .values(**values)
-            )
+        if not values:
+            return None
+        result = conn.execute(
+            update(calendars)
+            .where(*self._calendar_filter(calendars, connection, calendar_id))
+            .values(**values)
+        )
+        return bool(result.rowcount)
 
     async def set_cursor(
         self,

@@ -794,3 +794,46 @@ async def test_a_claim_on_postgresql_is_one_statement(postgres_url: str) -> None
             await store.claim(CONN, "worker-b", LONG)
         assert len(sent) == 1
         assert not any(s.strip().upper() in ("BEGIN", "COMMIT") for s in sent)
+
+
+async def test_a_page_that_changes_nothing_writes_one_statement(store: EventStore) -> None:
+    """A no-change sync's page (no upserts, no deletes) only moves the cursor and the sync
+    time: past the fence's lock and check, one UPDATE. A first such page of a calendar with no
+    row yet still creates the row."""
+    fence = await store.claim(CONN, "worker-a", LONG)
+    assert fence is not None
+    await store.apply_page(CONN, CAL, page(1, 2, cursor="c1", complete=True), fence=fence)
+    before = {row.id: row for row in await store.calendars(CONN)}[CAL]
+    sent: list[str] = []
+
+    def record(_conn: Any, _cursor: Any, statement: str, *_: Any) -> None:
+        if statement.lstrip().upper().startswith(("INSERT", "UPDATE", "DELETE")):
+            sent.append(statement)
+
+    # Every engine: on a SQLite file pages are written by a blocking engine of their own.
+    sa.event.listen(sa.engine.Engine, "before_cursor_execute", record)
+    try:
+        await no_change_pages(store, fence, before, sent)
+    finally:
+        sa.event.remove(sa.engine.Engine, "before_cursor_execute", record)
+
+
+async def no_change_pages(store: EventStore, fence: Fence, before: Any, sent: list[str]) -> None:
+    empty = ChangePage(upserts=[], cursor="c2", complete=True)
+    applied = await store.apply_page(CONN, CAL, empty, fence=fence)
+    assert (applied.upserted, applied.deleted) == (0, 0)
+    assert len(sent) == 1 and sent[0].lstrip().upper().startswith("UPDATE")
+    after = {row.id: row for row in await store.calendars(CONN)}[CAL]
+    assert after.cursor == "c2" and after.event_count == before.event_count == 2
+    assert after.last_sync_at is not None and before.last_sync_at is not None
+    assert after.last_sync_at >= before.last_sync_at
+    sent.clear()
+    await store.apply_page(CONN, "new", empty, fence=fence)
+    assert [s.lstrip().split()[0].upper() for s in sent] == ["UPDATE", "INSERT", "UPDATE"]
+    created = {row.id: row for row in await store.calendars(CONN)}["new"]
+    assert created.cursor == "c2" and created.event_count == 0
+    assert await store.get_cursor(CONN, "new") == "c2"
+    stale = Fence(CONN, "worker-a", fence.token - 1)
+    with pytest.raises(Fenced):
+        await store.apply_page(CONN, CAL, ChangePage(upserts=[], cursor="c3"), fence=stale)
+    assert await store.get_cursor(CONN, CAL) == "c2"
