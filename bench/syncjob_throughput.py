@@ -65,6 +65,7 @@ from bench._platform import (
     load_average,
     role,
     say,
+    steal_seconds,
     wait_synced,
 )
 from bench._results import Row
@@ -211,6 +212,7 @@ async def one_round(
 
     cpu_before = {c.user: c.cpu_seconds() for c in platform.components}
     machine_before = platform.cpu_seconds()
+    steal_before = steal_seconds()
     load_before = load_average()
     start = time.time()
     await bounded(CREATE_CONCURRENCY, (create(i, n) for i, n in enumerate(names)))
@@ -227,6 +229,7 @@ async def one_round(
     end = max(follower.finished[n][0] for n in names)
     cpu = {c.user: c.cpu_seconds() - cpu_before.get(c.user, 0.0) for c in platform.components}
     machine = {k: v - machine_before.get(k, 0.0) for k, v in platform.cpu_seconds().items()}
+    steal = steal_seconds() - steal_before
     await asyncio.sleep(SETTLE)
     watcher.cancel()
     await asyncio.gather(watcher, return_exceptions=True)
@@ -256,6 +259,7 @@ async def one_round(
         "latency_max": latency[-1],
         "cpu": cpu,
         "machine": machine,
+        "steal": steal,
         "load": f"{load_before} -> {load_average()}",
         "errors": Counter(
             (role(r.user), r.verb, r.resource, r.code) for r in ours if r.code >= 400
@@ -334,7 +338,9 @@ def print_machine(result: dict[str, Any]) -> None:
     print(
         f"| all | {sum(result['machine'].values()):.1f} | {per_job * 1000:.1f} |\n"
         f"\nThe {os.cpu_count()} cores were {busy:.0%} busy; at {per_job * 1000:.0f} ms of CPU per "
-        f"job they allow at most {ceiling:,.0f} jobs/min."
+        f"job they allow at most {ceiling:,.0f} jobs/min. The hypervisor took "
+        f"{result['steal']:.1f} CPU-seconds (steal) of the round's "
+        f"{result['seconds'] * (os.cpu_count() or 1):.1f}."
     )
 
 
