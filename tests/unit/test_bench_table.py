@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import sys
 import types
 from pathlib import Path
@@ -327,13 +328,22 @@ def test_platform_benchmark_rows_carry_their_absolute_targets() -> None:
 
     rounds = [
         {"per_minute": 2800.0, "reference": 9000.0, "ratio": 0.31, "syncs_per_minute": 300.0,
-         "per_job": 3.5, "per_sync": 9.0},
+         "per_job": 3.5, "per_sync": 9.0, "jobs": 600, "seconds": 15.0,
+         "machine": {"kube-apiserver": 9.0, "calsync-worker-1": 9.0}, "steal": 0.0},
         {"per_minute": 3200.0, "reference": 9400.0, "ratio": 0.34, "syncs_per_minute": 320.0,
-         "per_job": 3.4, "per_sync": 8.0},
+         "per_job": 3.4, "per_sync": 8.0, "jobs": 600, "seconds": 12.0,
+         "machine": {"kube-apiserver": 9.0, "calsync-worker-1": 15.0}, "steal": 0.0},
     ]  # fmt: skip
     sizes = {"jobs": 600, "connections": 50}
     jobs, syncs = syncjob_throughput.rows(sizes, {"results": {3: rounds}})
     assert jobs.ours == pytest.approx(3000.0)
+    # CPU of every process per job: 30 and 40 ms; the cores allow cores x 60 s / that.
+    cores = os.cpu_count() or 1
+    assert jobs.extra["cpu_ms_per_job"] == pytest.approx(35.0)
+    assert jobs.extra["ceiling_per_minute"] == pytest.approx(
+        (cores * 60 / 0.030 + cores * 60 / 0.040) / 2
+    )
+    assert jobs.extra["cores_busy"] == pytest.approx((18 / (15 * cores) + 24 / (12 * cores)) / 2)
     assert (jobs.target, jobs.passed, jobs.unit) == ("> 1,000/min", True, "/min")
     # The target asks for every job to be a sync: judged on the Succeeded ones only.
     assert syncs.ours == pytest.approx(310.0)
