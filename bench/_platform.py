@@ -479,9 +479,7 @@ class Component:
         return 0
 
     def cpu_seconds(self) -> float:
-        fields = Path(f"/proc/{self.pid}/stat").read_text().rsplit(")", 1)[1].split()
-        ticks = os.sysconf("SC_CLK_TCK")
-        return (int(fields[11]) + int(fields[12])) / ticks
+        return _proc_cpu(self.pid)
 
     def stop(self, timeout: float = 30.0) -> int:
         if self.proc.poll() is None:

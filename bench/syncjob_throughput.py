@@ -210,7 +210,6 @@ async def one_round(
         )
         created_at[name] = time.time()
 
-    cpu_before = {c.user: c.cpu_seconds() for c in platform.components}
     machine_before = platform.cpu_seconds()
     steal_before = steal_seconds()
     load_before = load_average()
@@ -227,8 +226,8 @@ async def one_round(
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(follower.changed.wait(), 5.0)
     end = max(follower.finished[n][0] for n in names)
-    cpu = {c.user: c.cpu_seconds() - cpu_before.get(c.user, 0.0) for c in platform.components}
     machine = {k: v - machine_before.get(k, 0.0) for k, v in platform.cpu_seconds().items()}
+    cpu = {c.user: machine[c.user] for c in platform.components}
     steal = steal_seconds() - steal_before
     await asyncio.sleep(SETTLE)
     watcher.cancel()

@@ -599,39 +599,9 @@ async def connection_deleted(
             "stop their channels",
             delay=1.0,
         )
-    if bound not in (None, ctx.store_id):
-        # Another store's operator purges it. Releasing the shared finalizer first would leave
-        # the connection's events and tokens there for good (a laptop's `calsync run` beside a
-        # fleet would win that race whenever the fleet's operator is busy or restarting).
-        if waited < ctx.settings.purge_timeout:
-            raise kopf.TemporaryError(
-                f"{namespace}/{name} is bound to event store {bound}, not to ours "
-                f"({ctx.store_id}): waiting for that store's operator to purge it",
-                delay=min(30.0, 2.0 * 2**retry),
-            )
-        metrics.PURGES.labels("abandoned").inc()
-        log.error(
-            "%s/%s is bound to event store %s and was not purged there within %.0f s; "
-            "releasing its finalizer: its data stays in that store",
-            namespace,
-            name,
-            bound,
-            waited,
-        )
-        await kube.post_event(
-            ctx.client,
-            raw,
-            type="Warning",
-            reason="PurgeAbandoned",
-            message=f"the connection is bound to event store {bound}, whose operator did not "
-            f"purge it within {ctx.settings.purge_timeout:.0f} s; released the finalizer "
-            "anyway: its events and tokens stay in that store",
-        )
-        metrics.forget_connection(namespace, name)
-        return
     try:
         async with ctx.purge_slots:
-            await _purge(ctx, raw, namespace, name)
+            await _purge(ctx, raw, bound, namespace, name)
     except Exception as exc:
         if waited < ctx.settings.purge_timeout:
             raise kopf.TemporaryError(
@@ -659,7 +629,22 @@ async def connection_deleted(
     metrics.forget_connection(namespace, name)
 
 
-async def _purge(ctx: ConnectionContext, raw: dict[str, Any], namespace: str, name: str) -> None:
+class BoundElsewhere(RuntimeError):
+    """A deleted connection is bound to another event store, whose operator purges it."""
+
+
+async def _purge(
+    ctx: ConnectionContext, raw: dict[str, Any], bound: Any, namespace: str, name: str
+) -> None:
+    if bound not in (None, ctx.store_id):
+        # Releasing the shared finalizer here first would leave the connection's events and
+        # tokens in that store for good (a laptop's `calsync run` beside a fleet would win the
+        # race whenever the fleet's operator is busy or restarting): retried like a failed
+        # purge, and let go only after PURGE_TIMEOUT, with PurgeAbandoned.
+        raise BoundElsewhere(
+            f"{namespace}/{name} is bound to event store {bound}, not to ours "
+            f"({ctx.store_id}): waiting for that store's operator to purge it"
+        )
     purged = await asyncio.wait_for(
         ctx.store.purge_connection(store_key(raw)), ctx.settings.provider_timeout
     )

@@ -239,8 +239,7 @@ class Leases:
         purge and done marks are read in the same statement, from its snapshot, for the
         refusal's reason."""
         table = connection_claims
-        (now,) = self._at(dt.timedelta(0))
-        (until,) = self._at(lease)
+        now, until = self._at(dt.timedelta(0), lease)
         busy = (
             select(table.c.connection)
             .where(

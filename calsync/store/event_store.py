@@ -285,9 +285,10 @@ class EventStore:
             # and sync time: one statement when the calendar's row exists, as it does after
             # the first sync.
             recorded = self._finish_page(conn, connection, calendar_id, page, now)
-            if not recorded:
+            if recorded is None:  # nothing to record: the row must exist all the same
                 self._ensure_calendar(conn, connection, calendar_id)
-            if recorded is False:
+            elif not recorded:  # no row yet
+                self._ensure_calendar(conn, connection, calendar_id)
                 self._finish_page(conn, connection, calendar_id, page, now)
             return ApplyResult(upserted=0, deleted=0)
         self._ensure_calendar(conn, connection, calendar_id)
